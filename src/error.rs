@@ -1,0 +1,83 @@
+//! The crate's one error type and its single conversion into Python exceptions.
+//!
+//! The exception classes live in `mcp_db/errors.py` so they can inherit from both
+//! `McpDbError` and the matching builtin (`ValueError`, `ConnectionError`, `TimeoutError`).
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// A bad URL or option: `ValueError`.
+    Config(String),
+    /// Redis could not be reached: `ConnectionError`.
+    Unavailable(String),
+    /// Redis did not answer in time: `TimeoutError`.
+    Timeout(String),
+    /// Redis answered with an error: `McpDbError`.
+    Redis(String),
+    /// The store was closed: `McpDbError`.
+    Closed,
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// Classifies a redis-rs error, naming the server (without credentials) for the user.
+    pub fn from_redis(err: &redis::RedisError, server: &str) -> Error {
+        if err.is_timeout() {
+            Error::Timeout(format!("Redis at {server} did not answer in time: {err}"))
+        } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
+            Error::Unavailable(format!(
+                "cannot reach Redis at {server}: {err}; check that redis-server is running and the URL is right"
+            ))
+        } else {
+            Error::Redis(format!("Redis at {server} answered with an error: {err}"))
+        }
+    }
+
+    /// A fault that goes away when Redis comes back (as opposed to a refused command).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Error::Config(m) | Error::Unavailable(m) | Error::Timeout(m) | Error::Redis(m) => m.clone(),
+            Error::Closed => "the event store is closed".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message())
+    }
+}
+
+static ERRORS_MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+impl From<Error> for PyErr {
+    fn from(err: Error) -> PyErr {
+        Python::attach(|py| {
+            let class = match &err {
+                Error::Config(_) => "ConfigError",
+                Error::Unavailable(_) => "RedisUnavailableError",
+                Error::Timeout(_) => "StoreTimeoutError",
+                Error::Redis(_) | Error::Closed => "McpDbError",
+            };
+            let module = ERRORS_MODULE.get_or_try_init(py, || {
+                PyModule::import(py, "mcp_db.errors").map(|m| m.unbind())
+            });
+            match module.and_then(|m| m.bind(py).getattr(class)) {
+                Ok(cls) => match cls.call1((err.message(),)) {
+                    Ok(instance) => PyErr::from_value(instance),
+                    Err(e) => e,
+                },
+                Err(_) => PyRuntimeError::new_err(err.message()),
+            }
+        })
+    }
+}

@@ -1,0 +1,31 @@
+//! mcp-db's Rust core, exposed to Python as `mcp_db._core`. This file only registers the
+//! module; each concept lives in its own file.
+
+use pyo3::prelude::*;
+
+pub mod completion;
+pub mod connection;
+pub mod error;
+pub mod event_id;
+pub mod events;
+pub mod keys;
+pub mod logging;
+pub mod memory;
+pub mod writer;
+
+/// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.
+#[pyfunction]
+fn parse_event_id(event_id: &str) -> Option<(String, String)> {
+    event_id::EventId::decode(event_id).map(|id| (id.session, id.stream))
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    logging::install();
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_EVENT_ID_LEN", event_id::MAX_EVENT_ID_LEN)?;
+    m.add_class::<events::RedisEvents>()?;
+    m.add_class::<memory::MemoryEvents>()?;
+    m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The append path: one task per store batches every pending append into one pipeline.
+//!
+//! Event positions are chosen here, from a per-process monotonic clock, rather than by
+//! Redis (`*`). Knowing the position before the write is what makes a retry idempotent:
+//! after a timeout the same entry is re-sent with the same ID, and Redis refusing it as
+//! "equal or smaller than the top item" proves it already landed, so nothing is stored
+//! twice. It also lets the store hand the SDK an event ID while Redis is down.
+//!
+//! A Redis fault never reaches the SDK. Appends that cannot be written go to a bounded
+//! buffer, in order, and are written when Redis is back; while the buffer holds anything,
+//! new appends queue behind it so each stream stays in order. Past the bound, events are
+//! counted as dropped and logged.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::completion::{resolve_all, Waiter};
+use crate::connection::Connector;
+use crate::error::Error;
+use crate::event_id::{EventId, Position};
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// One event to store.
+pub struct Append {
+    pub key: String,
+    pub session: String,
+    pub stream: String,
+    pub tag: u8,
+    /// `None` for a priming event (stored, never replayed).
+    pub data: Option<Vec<u8>>,
+    pub waiter: Waiter,
+}
+
+pub enum Command {
+    Append(Append),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Clone, Copy)]
+pub struct Limits {
+    pub max_events_per_stream: u64,
+    pub ttl_ms: u64,
+    pub buffer_max: usize,
+    pub batch_max: usize,
+}
+
+/// Counters shared with Python (`RedisEvents.stats()`).
+#[derive(Default)]
+pub struct Stats {
+    pub stored: AtomicU64,
+    pub buffered: AtomicU64,
+    pub flushed: AtomicU64,
+    pub dropped: AtomicU64,
+    pub redis_errors: AtomicU64,
+    pub replayed: AtomicU64,
+}
+
+/// An event that has its position but is not in Redis yet.
+struct Pending {
+    key: String,
+    tag: u8,
+    data: Option<Vec<u8>>,
+    position: Position,
+}
+
+/// Monotonic `ms-seq` positions: never behind the wall clock, never repeating.
+struct Clock {
+    last: Position,
+}
+
+impl Clock {
+    fn next(&mut self) -> Position {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next() };
+        self.last
+    }
+}
+
+fn is_behind_top(err: &redis::Value) -> bool {
+    matches!(err, redis::Value::ServerError(e) if e.details().is_some_and(|d| d.contains("equal or smaller")))
+}
+
+pub struct Writer {
+    connector: Arc<Connector>,
+    stats: Arc<Stats>,
+    limits: Limits,
+    clock: Clock,
+    buffer: VecDeque<Pending>,
+    backoff: Duration,
+    next_flush: Instant,
+    /// Events written from the buffer since the outage began, for the recovery log line.
+    recovered: u64,
+    dropped_this_outage: u64,
+}
+
+impl Writer {
+    pub fn new(connector: Arc<Connector>, stats: Arc<Stats>, limits: Limits) -> Writer {
+        Writer {
+            connector,
+            stats,
+            limits,
+            clock: Clock { last: Position::ZERO },
+            buffer: VecDeque::new(),
+            backoff: MIN_BACKOFF,
+            next_flush: Instant::now(),
+            recovered: 0,
+            dropped_this_outage: 0,
+        }
+    }
+
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut batch: Vec<Append> = Vec::with_capacity(self.limits.batch_max);
+        loop {
+            let first = if self.buffer.is_empty() {
+                rx.recv().await
+            } else {
+                tokio::select! {
+                    cmd = rx.recv() => cmd,
+                    _ = tokio::time::sleep_until(self.next_flush) => {
+                        self.flush().await;
+                        continue;
+                    }
+                }
+            };
+            let mut closing = None;
+            match first {
+                Some(Command::Append(a)) => batch.push(a),
+                Some(Command::Close(reply)) => closing = Some(reply),
+                None => break,
+            }
+            while closing.is_none() && batch.len() < self.limits.batch_max {
+                match rx.try_recv() {
+                    Ok(Command::Append(a)) => batch.push(a),
+                    Ok(Command::Close(reply)) => closing = Some(reply),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                self.write(std::mem::take(&mut batch)).await;
+            }
+            if !self.buffer.is_empty() && Instant::now() >= self.next_flush {
+                self.flush().await;
+            }
+            if let Some(reply) = closing {
+                self.shutdown().await;
+                let _ = reply.send(());
+                return;
+            }
+        }
+        self.shutdown().await;
+    }
+
+    async fn write(&mut self, batch: Vec<Append>) {
+        let mut done = Vec::with_capacity(batch.len());
+        let mut pending = Vec::with_capacity(batch.len());
+        for append in batch {
+            let position = self.clock.next();
+            done.push((append.waiter, EventId::encode(&append.session, &append.stream, position)));
+            pending.push(Pending { key: append.key, tag: append.tag, data: append.data, position });
+        }
+        if self.buffer.is_empty() {
+            match self.send(&pending).await {
+                Ok(()) => {}
+                Err(err) => {
+                    tracing::error!(
+                        "cannot store events: {err}; live delivery continues and up to {} events are kept in memory until Redis is back",
+                        self.limits.buffer_max
+                    );
+                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    self.backoff = MIN_BACKOFF;
+                    self.next_flush = Instant::now() + self.backoff;
+                    self.recovered = 0;
+                    self.dropped_this_outage = 0;
+                    self.spill(pending);
+                }
+            }
+        } else {
+            self.spill(pending);
+        }
+        // The SDK gets its IDs whether or not Redis has the events yet: delivery goes on.
+        resolve_all(done);
+    }
+
+    /// Writes `pending` in one pipeline. `Err` only for a fault that may heal (nothing
+    /// known to be written); refused commands are logged and counted here.
+    async fn send(&mut self, pending: &[Pending]) -> Result<(), Error> {
+        let pipe = self.pipeline(pending);
+        let values = self.connector.query(&pipe).await?;
+        let mut retry_unassigned = Vec::new();
+        for (event, value) in pending.iter().zip(values.iter()) {
+            match value {
+                redis::Value::ServerError(_) if is_behind_top(value) => retry_unassigned.push(event),
+                redis::Value::ServerError(e) => self.refused(event, &e.to_string()),
+                _ => {
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // Refused as behind the stream's top: either an earlier attempt of this very entry
+        // landed before a timeout (then it is stored), or another node wrote the stream
+        // with a clock ahead of ours (then let Redis pick the position).
+        for event in retry_unassigned {
+            let position = event.position.to_string();
+            let mut pipe = redis::pipe();
+            pipe.cmd("XRANGE").arg(&event.key).arg(&position).arg(&position);
+            match self.connector.query(&pipe).await {
+                Ok(v) if matches!(v.first(), Some(redis::Value::Array(rows)) if !rows.is_empty()) => {
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.refused(event, &e.to_string());
+                    continue;
+                }
+            }
+            let mut pipe = redis::pipe();
+            self.xadd(&mut pipe, event, None);
+            match self.connector.query(&pipe).await {
+                Ok(v) if !matches!(v.first(), Some(redis::Value::ServerError(_))) => {
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(v) => self.refused(event, &format!("{:?}", v.first())),
+                Err(e) => self.refused(event, &e.to_string()),
+            }
+        }
+        Ok(())
+    }
+
+    fn refused(&self, event: &Pending, why: &str) {
+        self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::error!("Redis refused event {} of {}: {why}; the event is not replayable", event.position, event.key);
+    }
+
+    fn xadd(&self, pipe: &mut redis::Pipeline, event: &Pending, position: Option<Position>) {
+        pipe.cmd("XADD")
+            .arg(&event.key)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.limits.max_events_per_stream);
+        match position {
+            Some(p) => pipe.arg(p.to_string()),
+            None => pipe.arg("*"),
+        };
+        pipe.arg("t").arg(&[event.tag][..]);
+        if let Some(data) = &event.data {
+            pipe.arg("d").arg(data.as_slice());
+        }
+    }
+
+    /// XADD for every event, then one PEXPIRE per distinct stream (the sliding TTL).
+    fn pipeline(&self, pending: &[Pending]) -> redis::Pipeline {
+        let mut pipe = redis::Pipeline::with_capacity(pending.len() * 2);
+        pipe.ignore_errors();
+        for event in pending {
+            self.xadd(&mut pipe, event, Some(event.position));
+        }
+        let mut seen = HashSet::with_capacity(pending.len());
+        for event in pending.iter().rev() {
+            if seen.insert(event.key.as_str()) {
+                pipe.cmd("PEXPIRE").arg(&event.key).arg(self.limits.ttl_ms).ignore();
+            }
+        }
+        pipe
+    }
+
+    fn spill(&mut self, pending: Vec<Pending>) {
+        for event in pending {
+            if self.buffer.len() < self.limits.buffer_max {
+                self.buffer.push_back(event);
+            } else {
+                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped_this_outage += 1;
+                if self.dropped_this_outage == 1 || self.dropped_this_outage % 1000 == 0 {
+                    tracing::error!(
+                        "event buffer full ({} events) while Redis is unreachable: {} events dropped so far; they are delivered live but cannot be replayed",
+                        self.limits.buffer_max,
+                        self.dropped_this_outage
+                    );
+                }
+            }
+        }
+        self.stats.buffered.store(self.buffer.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Writes the buffer's head; on success keeps going, on a fault backs off.
+    async fn flush(&mut self) {
+        while !self.buffer.is_empty() {
+            let n = self.buffer.len().min(self.limits.batch_max);
+            let chunk: Vec<Pending> = self.buffer.drain(..n).collect();
+            match self.send(&chunk).await {
+                Ok(()) => {
+                    self.recovered += n as u64;
+                    self.stats.flushed.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    for event in chunk.into_iter().rev() {
+                        self.buffer.push_front(event);
+                    }
+                    self.stats.buffered.store(self.buffer.len() as u64, Ordering::Relaxed);
+                    self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+                    self.next_flush = Instant::now() + self.backoff;
+                    tracing::debug!("Redis still unavailable ({err}); {} events buffered", self.buffer.len());
+                    return;
+                }
+            }
+        }
+        self.stats.buffered.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            "Redis at {} is back: wrote {} events buffered during the outage ({} dropped)",
+            self.connector.server(),
+            self.recovered,
+            self.dropped_this_outage
+        );
+        self.backoff = MIN_BACKOFF;
+    }
+
+    async fn shutdown(&mut self) {
+        if !self.buffer.is_empty() {
+            self.flush().await;
+        }
+        if !self.buffer.is_empty() {
+            tracing::error!(
+                "store closed while Redis at {} is unreachable: {} buffered events are lost",
+                self.connector.server(),
+                self.buffer.len()
+            );
+        }
+    }
+}
