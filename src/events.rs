@@ -131,13 +131,13 @@ impl Inner {
 #[pymethods]
 impl RedisEvents {
     #[new]
-    #[pyo3(signature = (url, *, prefix, ttl_seconds, max_events_per_stream, buffer_max, timeout_seconds, page_size))]
+    #[pyo3(signature = (url, *, prefix, ttl_seconds, max_events_per_stream, buffer_max_events, timeout_seconds, page_size))]
     fn new(
         url: &str,
         prefix: &str,
         ttl_seconds: f64,
         max_events_per_stream: u64,
-        buffer_max: usize,
+        buffer_max_events: usize,
         timeout_seconds: f64,
         page_size: usize,
     ) -> PyResult<Self> {
@@ -149,7 +149,7 @@ impl RedisEvents {
         }
         let connector = Arc::new(Connector::new(url, timeout)?);
         let stats = Arc::new(Stats::default());
-        let limits = Limits { max_events_per_stream, ttl_ms, buffer_max, batch_max: 1024 };
+        let limits = Limits { max_events_per_stream, ttl_ms, buffer_max: buffer_max_events, batch_max: 1024 };
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(connector.clone(), stats.clone(), limits);
         pyo3_async_runtimes::tokio::get_runtime().spawn(writer.run(rx));

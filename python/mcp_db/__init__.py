@@ -1,0 +1,27 @@
+"""mcp-db: run MCP servers built on the official Python SDK on many nodes.
+
+Users import from here; ``mcp_db._core`` is the private Rust extension.
+"""
+
+from __future__ import annotations
+
+from mcp_db._core import __version__
+from mcp_db.errors import ConfigError, McpDbError, RedisUnavailableError, StoreTimeoutError
+from mcp_db.event_store import (
+    MemoryEventStore,
+    RedisEventStore,
+    SessionEventStore,
+    UnattachedStoreWarning,
+)
+
+__all__ = [
+    "ConfigError",
+    "McpDbError",
+    "MemoryEventStore",
+    "RedisEventStore",
+    "RedisUnavailableError",
+    "SessionEventStore",
+    "StoreTimeoutError",
+    "UnattachedStoreWarning",
+    "__version__",
+]

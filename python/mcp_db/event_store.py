@@ -1,0 +1,343 @@
+"""Session-scoped event stores for the MCP SDK's streamable HTTP transport.
+
+The SDK gives one ``event_store`` to every session and names streams by JSON-RPC request
+id, which repeats across sessions. A store used as is would replay one session's messages
+to another. :meth:`EventStore.attach` fixes that: every transport the session manager
+creates gets a view of the store bound to its session ID, and event IDs carry the session,
+so a ``Last-Event-ID`` from another session replays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from mcp_db import _core
+from mcp_db._sdk import (
+    EventCallback,
+    EventId,
+    EventMessage,
+    StreamId,
+    decode,
+    encode,
+)
+from mcp_db._sdk import EventStore as _SdkEventStore
+from mcp_db.errors import ConfigError
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+    from typing_extensions import Self
+
+__all__ = ["MemoryEventStore", "RedisEventStore", "SessionEventStore", "UnattachedStoreWarning"]
+
+logger = logging.getLogger("mcp_db")
+
+#: Session component of events stored through an unattached store.
+UNATTACHED = ""
+
+#: A stored event as the core returns it: ``(event_id, tag, message_json)``.
+Row = tuple[str, str, bytes]
+#: First page of a replay: ``(stream_id, rows, cursor_for_the_next_page_or_None)``.
+Replay = tuple[str, list[Row], "str | None"]
+
+
+class UnattachedStoreWarning(UserWarning):
+    """The store was used without :meth:`attach`: fine for one session, unsafe for more."""
+
+
+def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        kind = "an integer" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {value!r}")
+    if not math.isfinite(value) or value < minimum or (minimum == 0 and value <= 0):
+        raise ConfigError(f"{name} must be {'at least ' + str(minimum) if minimum else 'positive'}, got {value!r}")
+    return value
+
+
+class _Base(_SdkEventStore):
+    """What both stores share: the SDK interface, session views and ``attach``."""
+
+    _warned_unattached = False
+
+    async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
+        raise NotImplementedError
+
+    async def _replay(self, session: str, last_event_id: str) -> Replay | None:
+        """The first page after ``last_event_id``, or ``None`` if it is not a known ID of
+        ``session``."""
+        raise NotImplementedError
+
+    async def _replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
+        """The page after ``cursor`` (from an earlier page) and the next cursor."""
+        raise NotImplementedError
+
+    # -- the SDK's interface, used directly only by an unattached store ------------------
+
+    async def store_event(self, stream_id: StreamId, message: Any) -> EventId:
+        self._warn_unattached()
+        return await self._store(UNATTACHED, stream_id, message)
+
+    async def replay_events_after(
+        self, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        self._warn_unattached()
+        return await self._replay_to(UNATTACHED, last_event_id, send_callback)
+
+    # -- shared by the store and its session views ----------------------------------------
+
+    async def _store(self, session: str, stream_id: StreamId, message: Any) -> EventId:
+        stream = stream_id if type(stream_id) is str else str(stream_id)
+        if message is None:  # a priming event: its ID is a resume point, it is never replayed
+            return await self._append(session, stream, "p", None)
+        tag, data = encode(message)
+        return await self._append(session, stream, tag, data)
+
+    async def _replay_to(
+        self, session: str, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        if not isinstance(last_event_id, str) or not 0 < len(last_event_id) <= _core.MAX_EVENT_ID_LEN:
+            return None
+        found = await self._replay(session, last_event_id)
+        if found is None:
+            return None
+        stream, rows, cursor = found
+        while True:
+            for event_id, tag, data in rows:
+                try:
+                    message = decode(tag, data)
+                except (KeyError, ValidationError) as exc:
+                    # Not written by this store: skip it rather than end the replay.
+                    logger.error("skipping unreadable event %s on replay: %s", event_id[:80], exc)
+                    continue
+                await send_callback(EventMessage(message, event_id))
+            if cursor is None:
+                return stream
+            rows, cursor = await self._replay_after(cursor)
+
+    def _warn_unattached(self) -> None:
+        if not self._warned_unattached:
+            self._warned_unattached = True
+            warnings.warn(
+                UnattachedStoreWarning(
+                    f"{type(self).__name__} is used without attach(): events are not scoped to "
+                    "a session, which is only safe while the server has one session. Call "
+                    "store.attach(session_manager) (SessionMiddleware does it for you)."
+                ),
+                stacklevel=3,
+            )
+
+    # -- binding to sessions --------------------------------------------------------------
+
+    def for_session(self, session_id: str) -> SessionEventStore:
+        """A view of this store whose events all belong to ``session_id``."""
+        if not isinstance(session_id, str) or not session_id:
+            raise ConfigError(f"session_id must be a non-empty string, got {session_id!r}")
+        return SessionEventStore(self, session_id)
+
+    def attach(self, session_manager: Any) -> None:
+        """Bind every transport ``session_manager`` creates to its own session.
+
+        ``session_manager`` is the SDK's ``StreamableHTTPSessionManager`` (for FastMCP,
+        ``mcp.session_manager`` after ``streamable_http_app()``). If it was built without
+        an event store, this store becomes its event store. Idempotent.
+        """
+        if getattr(session_manager, "stateless", False):
+            return  # stateless managers keep no sessions and no events
+        instances = getattr(session_manager, "_server_instances", None)
+        if not isinstance(instances, dict) or not hasattr(session_manager, "event_store"):
+            from mcp_db._sdk import SDK_VERSION
+
+            raise ConfigError(
+                f"cannot attach to {type(session_manager).__name__}: expected the SDK's "
+                f"StreamableHTTPSessionManager (mcp {SDK_VERSION} is installed)"
+            )
+        current = session_manager.event_store
+        if current is None:
+            session_manager.event_store = self
+        elif current is not self:
+            raise ConfigError(
+                f"the session manager was built with event_store={current!r}; "
+                "pass this store as its event_store, or attach that one"
+            )
+        if isinstance(instances, _BindingDict):
+            if instances.store is not self:
+                raise ConfigError("the session manager is already attached to another store")
+            return
+        session_manager._server_instances = _BindingDict(self, instances)
+
+
+class _BindingDict(dict):  # type: ignore[type-arg]
+    """The manager's ``_server_instances``: binds each transport as it is registered.
+
+    Every SDK line (1.12.4 through 2.x) registers a new transport here before it handles
+    its first request, and keeps the store in the transport's ``_event_store``.
+    """
+
+    def __init__(self, store: _Base, existing: dict[str, Any]) -> None:
+        super().__init__()
+        self.store = store
+        for session_id, transport in existing.items():
+            self[session_id] = transport
+
+    def __setitem__(self, session_id: str, transport: Any) -> None:
+        if getattr(transport, "_event_store", None) is self.store:
+            transport._event_store = self.store.for_session(session_id)
+        super().__setitem__(session_id, transport)
+
+
+class SessionEventStore(_SdkEventStore):
+    """A store's view bound to one session; what each transport gets after ``attach``."""
+
+    __slots__ = ("_store", "session_id")
+
+    def __init__(self, store: _Base, session_id: str) -> None:
+        self._store = store
+        self.session_id = session_id
+
+    async def store_event(self, stream_id: StreamId, message: Any) -> EventId:
+        return await self._store._store(self.session_id, stream_id, message)
+
+    async def replay_events_after(
+        self, last_event_id: EventId, send_callback: EventCallback
+    ) -> StreamId | None:
+        return await self._store._replay_to(self.session_id, last_event_id, send_callback)
+
+    def __repr__(self) -> str:
+        return f"<SessionEventStore {self.session_id[:8]}… of {self._store!r}>"
+
+
+class RedisEventStore(_Base):
+    """Events in Redis streams, one per (session, stream), shared by every node.
+
+    Args:
+        url: ``redis://[user:pass@]host:port/db``, ``rediss://…`` for TLS, or ``unix://…``.
+        prefix: first part of every key, to share one Redis between deployments.
+        ttl_seconds: sliding expiry of a stream, renewed on every append.
+        max_events_per_stream: approximate cap per stream (``XADD MAXLEN ~``).
+        buffer_max_events: events kept in memory while Redis is unreachable, written
+            when it is back; beyond that they are delivered live but counted as dropped.
+        timeout_seconds: how long one Redis round trip may take before it counts as a fault.
+        replay_page_size: entries read per round trip on replay.
+
+    ``store_event`` returns once Redis has the event. It never raises into the SDK: while
+    Redis is unreachable it buffers (see ``buffer_max_events``) and logs. Replay raises
+    :class:`~mcp_db.errors.RedisUnavailableError` (a ``ConnectionError``) if Redis cannot
+    be reached, so a client retries instead of silently missing events.
+    """
+
+    def __init__(
+        self,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        prefix: str = "mcp",
+        ttl_seconds: float = 3600,
+        max_events_per_stream: int = 10_000,
+        buffer_max_events: int = 10_000,
+        timeout_seconds: float = 5.0,
+        replay_page_size: int = 500,
+    ) -> None:
+        if not isinstance(url, str):
+            raise ConfigError(f"url must be a string such as 'redis://127.0.0.1:6379/0', got {url!r}")
+        if not isinstance(prefix, str):
+            raise ConfigError(f"prefix must be a string, got {prefix!r}")
+        self._core = _core.RedisEvents(
+            url,
+            prefix=prefix,
+            ttl_seconds=_number("ttl_seconds", ttl_seconds),
+            max_events_per_stream=_number("max_events_per_stream", max_events_per_stream, integer=True),
+            buffer_max_events=_number("buffer_max_events", buffer_max_events, integer=True, minimum=0),
+            timeout_seconds=_number("timeout_seconds", timeout_seconds),
+            page_size=_number("replay_page_size", replay_page_size, integer=True),
+        )
+        self.prefix = prefix
+
+    @property
+    def server(self) -> str:
+        """The Redis server, without credentials."""
+        return self._core.server
+
+    def __repr__(self) -> str:
+        return f"<RedisEventStore {self._core.server} prefix={self.prefix!r}>"
+
+    async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._core.append(loop, future, session, stream, tag, data)
+        return await future
+
+    async def _replay(self, session: str, last_event_id: str) -> Replay | None:
+        return await self._core.replay(last_event_id, session)
+
+    async def _replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
+        return await self._core.replay_after(cursor)
+
+    async def connect(self) -> None:
+        """Opens the connection now. Raises ``ConnectionError`` naming the server if it cannot."""
+        await self._core.connect()
+
+    async def close(self) -> None:
+        """Writes what is queued (and, if Redis is back, what is buffered), then stops."""
+        await self._core.close()
+
+    def stats(self) -> dict[str, int]:
+        """Counters: stored, buffered, flushed, dropped, redis_errors, replayed."""
+        return self._core.stats()
+
+    async def __aenter__(self) -> Self:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class MemoryEventStore(_Base):
+    """Events in this process's memory, with the same semantics as :class:`RedisEventStore`.
+
+    For a single-process server or tests. Memory is bounded: at most
+    ``max_events_per_stream`` events per stream and ``max_streams`` streams, the least
+    recently written stream being dropped first.
+    """
+
+    def __init__(self, *, max_events_per_stream: int = 10_000, max_streams: int = 10_000) -> None:
+        self._core = _core.MemoryEvents(
+            max_events_per_stream=_number("max_events_per_stream", max_events_per_stream, integer=True),
+            max_streams=_number("max_streams", max_streams, integer=True),
+        )
+
+    def __repr__(self) -> str:
+        return "<MemoryEventStore>"
+
+    async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
+        return self._core.append(session, stream, tag, data)
+
+    async def _replay(self, session: str, last_event_id: str) -> Replay | None:
+        found = self._core.replay(last_event_id, session)
+        if found is None:
+            return None
+        stream, rows = found
+        return stream, rows, None
+
+    async def close(self) -> None:
+        """Nothing to release; here so both stores can be used the same way."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: stored, replayed, streams, evicted_streams."""
+        return self._core.stats()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
