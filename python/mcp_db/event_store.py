@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 import warnings
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["MemoryEventStore", "RedisEventStore", "SessionEventStore", "UnattachedStoreWarning"]
 
 logger = logging.getLogger("mcp_db")
+
+#: How long a message waits for the transport to re-register a stream being resumed.
+_RESUME_WAIT_SECONDS = 2.0
 
 #: Session component of events stored through an unattached store.
 UNATTACHED = ""
@@ -93,10 +98,16 @@ class _Base(_SdkEventStore):
 
     async def _store(self, session: str, stream_id: StreamId, message: Any) -> EventId:
         stream = stream_id if type(stream_id) is str else str(stream_id)
-        if message is None:  # a priming event: its ID is a resume point, it is never replayed
-            return await self._append(session, stream, "p", None)
-        tag, data = encode(message)
-        return await self._append(session, stream, tag, data)
+        try:
+            if message is None:  # a priming event: a resume point, never replayed
+                return await self._append(session, stream, "p", None)
+            tag, data = encode(message)
+            return await self._append(session, stream, tag, data)
+        except Exception:
+            # Raising would stop the SDK's message router for the whole session. Without an
+            # ID the SDK still delivers the message live; it just cannot be resumed from.
+            logger.exception("could not store an event of session %s", session[:8])
+            return None  # type: ignore[return-value]
 
     async def _replay_to(
         self, session: str, last_event_id: EventId, send_callback: EventCallback
@@ -187,26 +198,59 @@ class _BindingDict(dict):  # type: ignore[type-arg]
 
     def __setitem__(self, session_id: str, transport: Any) -> None:
         if getattr(transport, "_event_store", None) is self.store:
-            transport._event_store = self.store.for_session(session_id)
+            transport._event_store = SessionEventStore(self.store, session_id, transport)
         super().__setitem__(session_id, transport)
 
 
 class SessionEventStore(_SdkEventStore):
-    """A store's view bound to one session; what each transport gets after ``attach``."""
+    """A store's view bound to one session; what each transport gets after ``attach``.
 
-    __slots__ = ("_store", "session_id")
+    It also closes a gap in the SDK's resume path. After ``replay_events_after`` returns,
+    the transport re-registers the stream for live delivery a moment later; a message the
+    server emits in between is stored but neither replayed nor sent. So while a stream of
+    this session is being resumed, ``store_event`` for that stream waits until the
+    transport has re-registered it (bounded by ``_RESUME_WAIT_SECONDS``), and the message
+    then goes out live.
+    """
 
-    def __init__(self, store: _Base, session_id: str) -> None:
+    def __init__(self, store: _Base, session_id: str, transport: Any = None) -> None:
         self._store = store
         self.session_id = session_id
+        self._transport = weakref.ref(transport) if transport is not None else None
+        #: stream id -> monotonic deadline, for streams being resumed right now
+        self._resuming: dict[str, float] = {}
 
     async def store_event(self, stream_id: StreamId, message: Any) -> EventId:
+        if self._resuming and message is not None and stream_id in self._resuming:
+            await self._until_live(stream_id)
         return await self._store._store(self.session_id, stream_id, message)
 
     async def replay_events_after(
         self, last_event_id: EventId, send_callback: EventCallback
     ) -> StreamId | None:
-        return await self._store._replay_to(self.session_id, last_event_id, send_callback)
+        parsed = _core.parse_event_id(last_event_id) if isinstance(last_event_id, str) else None
+        stream = parsed[1] if parsed is not None and parsed[0] == self.session_id else None
+        if stream is not None and self._transport is not None:
+            self._resuming[stream] = time.monotonic() + _RESUME_WAIT_SECONDS
+        result = None
+        try:
+            result = await self._store._replay_to(self.session_id, last_event_id, send_callback)
+            return result
+        finally:
+            if stream is not None:
+                if result is None:
+                    self._resuming.pop(stream, None)
+                else:  # the transport registers the stream right after this returns
+                    self._resuming[stream] = time.monotonic() + _RESUME_WAIT_SECONDS
+
+    async def _until_live(self, stream_id: str) -> None:
+        transport = self._transport() if self._transport is not None else None
+        deadline = self._resuming[stream_id]
+        while transport is not None and time.monotonic() < deadline:
+            if stream_id in getattr(transport, "_request_streams", {}):
+                break
+            await asyncio.sleep(0.001)
+        self._resuming.pop(stream_id, None)
 
     def __repr__(self) -> str:
         return f"<SessionEventStore {self.session_id[:8]}… of {self._store!r}>"
