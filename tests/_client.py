@@ -1,0 +1,36 @@
+"""The installed SDK's own streamable HTTP client, the same way across SDK lines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from mcp import ClientSession
+
+from mcp_db._sdk import SDK_MAJOR
+
+try:  # 1.2x and 2.x
+    from mcp.client.streamable_http import streamable_http_client as _open
+except ImportError:  # 1.12
+    from mcp.client.streamable_http import streamablehttp_client as _open
+
+
+@asynccontextmanager
+async def client_session(
+    url: str, *, logging_callback: Callable[..., Any] | None = None
+) -> AsyncIterator[ClientSession]:
+    """An initialized ``ClientSession`` (handshake era, the client's newest version)."""
+    async with _open(url) as streams:
+        read, write = streams[0], streams[1]
+        async with ClientSession(read, write, logging_callback=logging_callback) as session:
+            await session.initialize()
+            yield session
+
+
+def result_text(result: Any) -> str:
+    return result.content[0].text
+
+
+#: Whether this SDK line's client resumes a cut stream by itself (1.2x and 2.x).
+AUTO_RESUME = SDK_MAJOR >= 2 or not _open.__name__.startswith("streamablehttp")

@@ -1,0 +1,84 @@
+"""An MCP server built the ordinary way with the installed SDK, plus mcp-db's store.
+
+Run by the tests under uvicorn in a subprocess. Configured by environment:
+
+- ``MCP_DB_STORE``: ``redis`` (default) or ``memory``
+- ``MCP_DB_REDIS_URL`` and ``MCP_DB_PREFIX`` for the Redis store
+"""
+
+# No `from __future__ import annotations`: FastMCP 1.12 inspects real annotations.
+import inspect
+import os
+from typing import Any
+
+import anyio
+
+from mcp_db import MemoryEventStore, RedisEventStore
+from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
+
+if os.environ.get("MCP_DB_STORE", "redis") == "memory":
+    store: Any = MemoryEventStore()
+else:
+    store = RedisEventStore(
+        os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        prefix=os.environ.get("MCP_DB_PREFIX", "mcp"),
+    )
+
+# Clients reconnect after this many milliseconds once the server cuts a stream.
+RETRY_MS = 100
+
+if SDK_MAJOR >= 2:
+    from mcp.server.mcpserver import Context, MCPServer
+
+    server: Any = MCPServer("mcp-db-test")
+else:
+    from mcp.server.fastmcp import Context, FastMCP
+
+    server_options: dict[str, Any] = {"event_store": store}
+    if "retry_interval" in inspect.signature(FastMCP).parameters:  # since SEP-1699 (1.2x)
+        server_options["retry_interval"] = RETRY_MS
+    server = FastMCP("mcp-db-test", **server_options)
+
+
+async def _cut_stream(ctx: Any) -> None:
+    """Ends the current POST's SSE stream mid-call, as a dropped connection would."""
+    if hasattr(ctx, "close_sse_stream"):
+        await ctx.close_sse_stream()
+        return
+    # mcp 1.12.4 has no API for it: close the transport's writer for this request.
+    session_id = ctx.request_context.request.headers["mcp-session-id"]
+    transport = server.session_manager._server_instances[session_id]
+    transport._request_streams[str(ctx.request_id)][0].close()
+
+
+async def _notify(ctx: Any, i: int, n: int) -> None:
+    if SDK_VERSION.startswith("1.12."):
+        # 1.12's report_progress does not tie progress to the request, so it would go to
+        # the GET stream; a log message is tied to the request's POST stream.
+        await ctx.info(f"step {i}")
+    else:
+        await ctx.report_progress(i, n, f"step {i}")
+
+
+@server.tool()
+async def steps(n: int, cut_at: int = -1, delay: float = 0.01, ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Sends n notifications, cutting the stream after notification ``cut_at``."""
+    for i in range(n):
+        await _notify(ctx, i, n)
+        if i == cut_at:
+            await _cut_stream(ctx)
+        await anyio.sleep(delay)
+    return f"done {n}"
+
+
+@server.tool()
+def echo(text: str) -> str:
+    """Returns its argument."""
+    return text
+
+
+if SDK_MAJOR >= 2:
+    app = server.streamable_http_app(event_store=store, retry_interval=RETRY_MS)
+else:
+    app = server.streamable_http_app()
+store.attach(server.session_manager)
