@@ -17,7 +17,7 @@ MCP_MAIN ?= 2.3.0
 PIN_1.12.4 := "pydantic<2.14"
 
 TEST_DEPS := "pytest>=8,<10" "pytest-asyncio>=0.24,<2" "pytest-timeout>=2.3,<3" \
-             "uvicorn>=0.30" "redis>=5,<9"
+             "uvicorn>=0.30" "redis>=5,<9" "httpx>=0.27"
 
 RUST_SOURCES := $(wildcard src/*.rs) Cargo.toml Cargo.lock
 PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')

@@ -83,3 +83,22 @@ async def test_resume_reads_from_redis(node: Node, redis_server: RedisServer, pr
     tags = [[f[b"t"] for _, f in r.xrange(k)] for k in keys]
     assert any(t.count(b"n") == 10 and t.count(b"r") == 1 for t in tags), tags
     assert all(r.ttl(k) > 0 for k in keys), "every stream has a sliding TTL"
+
+
+async def test_restarted_server_resumes_new_sessions_and_never_replays_old_ones(
+    node: Node, redis_server: RedisServer, prefix: str
+) -> None:
+    text, seen = await call_with_cut(node.url, n=20, cut_at=5)
+    assert (text, seen) == ("done 20", list(range(20)))
+
+    node.stop()
+    node.start()  # same port, same Redis, a new process
+
+    text, seen = await call_with_cut(node.url, n=20, cut_at=7)
+    assert (text, seen) == ("done 20", list(range(20)))
+    if node.env["MCP_DB_STORE"] == "redis":
+        # Both sessions' events are in Redis, each under its own session: the second
+        # session's request ids repeat the first's, and neither replayed the other's.
+        r = redis.Redis.from_url(redis_server.url)
+        sessions = {k.decode().split("{", 1)[1].split("}", 1)[0] for k in r.keys(f"{prefix}:e:*")}
+        assert len(sessions) == 2

@@ -1,0 +1,136 @@
+"""Redis killed and restarted under a live session: delivery goes on, nothing is lost."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from tests import _messages as msgs
+from tests._client import AUTO_RESUME, client_session, result_text
+from tests._nodes import Node
+from tests._redis import RedisServer
+
+
+@pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    server = RedisServer(persistent=True).start()
+    yield server
+    server.cleanup()
+
+
+async def read_sse_events(url: str, headers: dict[str, str], count: int) -> list[dict[str, str]]:
+    """GETs an SSE stream and returns its first ``count`` events that carry data."""
+    events: list[dict[str, str]] = []
+    async with httpx.AsyncClient(timeout=10) as http:
+        async with http.stream("GET", url, headers=headers) as response:
+            assert response.status_code == 200, response.status_code
+            event: dict[str, str] = {}
+            async for line in response.aiter_lines():
+                if line == "":
+                    if event.get("data"):
+                        events.append(event)
+                        if len(events) == count:
+                            return events
+                    event = {}
+                elif ":" in line:
+                    field, _, value = line.partition(":")
+                    event[field] = value.removeprefix(" ")
+    return events
+
+
+async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
+    persistent_redis: RedisServer,
+) -> None:
+    node = Node(env={"MCP_DB_REDIS_URL": persistent_redis.url, "MCP_DB_PREFIX": "fault"}).start()
+    try:
+        n = 60
+        seen: list[int] = []
+        outage = asyncio.Event()
+
+        def progressed(i: int) -> None:
+            seen.append(i)
+            if i == 10:
+                persistent_redis.stop()  # kill -9, mid-stream
+                outage.set()
+            if i == 35:
+                persistent_redis.start()
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            progressed(int(progress))
+
+        async def on_log(params: Any) -> None:
+            progressed(int(str(params.data).split()[-1]))
+
+        async with client_session(node.url, logging_callback=None if AUTO_RESUME else on_log) as session:
+            args = {"n": n, "delay": 0.03}
+            if AUTO_RESUME:
+                result = await session.call_tool("steps", args, progress_callback=on_progress)
+            else:
+                result = await session.call_tool("steps", args)
+            assert outage.is_set()
+            assert result_text(result) == f"done {n}"
+            assert seen == list(range(n)), "live delivery went on while Redis was down"
+
+            # Once Redis is back, every event of the call is stored, in order...
+            r = redis.Redis.from_url(persistent_redis.url)
+            for _ in range(100):
+                keys = [k for k in r.keys("fault:e:*") if len(r.xrange(k)) > n]
+                if keys:
+                    break
+                await asyncio.sleep(0.05)
+            assert len(keys) == 1, "the buffered events were written when Redis came back"
+            entries = r.xrange(keys[0])
+            kinds = [f[b"t"] for _, f in entries if f[b"t"] != b"p"]
+            assert kinds == [b"n"] * n + [b"r"]
+
+            # ...and the SDK replays all of them from the first event ID.
+            key = keys[0].decode()
+            session_id = key.split("{", 1)[1].split("}", 1)[0]
+            stream = key.rsplit(":", 1)[1]
+            first = f"{session_id}:{stream}:{entries[0][0].decode()}"
+            headers = {
+                "accept": "text/event-stream",
+                "mcp-session-id": session_id,
+                "mcp-protocol-version": "2025-11-25" if AUTO_RESUME else "2025-06-18",
+                "last-event-id": first,
+            }
+            expected = len(kinds) if entries[0][1][b"t"] == b"p" else len(kinds) - 1
+            replayed = await read_sse_events(node.url, headers, expected)
+            assert len(replayed) == expected
+            assert '"result"' in replayed[-1]["data"]
+            assert [e["id"] for e in replayed] == [
+                f"{session_id}:{stream}:{eid.decode()}" for eid, f in entries[1:] if f[b"t"] != b"p"
+            ]
+    finally:
+        node.stop()
+
+
+async def test_buffer_bound_counts_drops_and_keeps_the_rest(persistent_redis: RedisServer) -> None:
+    from mcp_db import RedisEventStore
+
+    async with RedisEventStore(persistent_redis.url, prefix="bound", buffer_max_events=5, timeout_seconds=1) as store:
+        view = store.for_session("s")
+        first = await view.store_event("1", None)
+        persistent_redis.stop()
+        ids = [await view.store_event("1", msgs.notification(i)) for i in range(12)]
+        assert len(set(ids)) == 12, "every event got an ID while Redis was down"
+        stats = store.stats()
+        assert stats["buffered"] == 5 and stats["dropped"] == 7
+        persistent_redis.start()
+        for _ in range(100):
+            if store.stats()["buffered"] == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert store.stats()["flushed"] == 5
+        got: list[Any] = []
+
+        async def collect(event: Any) -> None:
+            got.append(msgs.unwrap(event.message).params["progress"])
+
+        assert await view.replay_events_after(first, collect) == "1"
+        assert got == [0, 1, 2, 3, 4], "the first five, kept in order; the rest were dropped"
