@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests._redis import free_port
+from mcp_db._redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

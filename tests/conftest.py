@@ -4,20 +4,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests._redis import RedisServer
+from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
     """A redis-server shared by the tests that do not stop it; tests use their own prefix."""
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServer]:
-    """A redis-server for one test, which may stop and restart it."""
     server = RedisServer().start()
     yield server
     server.cleanup()

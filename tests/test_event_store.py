@@ -18,7 +18,7 @@ from mcp_db import (
 )
 from mcp_db._sdk import EventMessage
 from tests import _messages as msgs
-from tests._redis import RedisServer, free_port
+from mcp_db._redis_server import RedisServer, free_port
 
 
 @pytest.fixture(params=["memory", "redis"])

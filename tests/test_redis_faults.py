@@ -13,7 +13,7 @@ import redis
 from tests import _messages as msgs
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._nodes import Node
-from tests._redis import RedisServer
+from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import redis
 from mcp_db._sdk import SDK_VERSION
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._nodes import Node
-from tests._redis import RedisServer
+from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture(params=["redis", "memory"])
