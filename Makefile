@@ -67,6 +67,7 @@ bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
 
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/build/bin/ruff check python tests benches examples
+	$(VENVS)/build/bin/ruff format --check python tests benches examples
 	cargo clippy --locked --all-targets -q -- -D warnings
 	$(VENVS)/build/bin/mypy --python-executable $(VENVS)/mcp-$(MCP_MAIN)/bin/python python/mcp_db
 

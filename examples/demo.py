@@ -13,7 +13,6 @@ from pathlib import Path
 
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
-
 from mcp_db._redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,7 +21,16 @@ N, CUT_AT = 12, 4
 
 def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "examples.server:app", "--port", str(port), "--log-level", "warning"],
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "examples.server:app",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
         cwd=ROOT,
         env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
     )
@@ -45,12 +53,17 @@ async def drive(url: str) -> tuple[list[int], dict[str, int]]:
         seen.append(int(progress))
         print(f"  {time.monotonic() - start:6.3f}s  progress {int(progress):2}/{N}")
 
-    async with streamable_http_client(url) as streams, ClientSession(streams[0], streams[1]) as session:
+    async with (
+        streamable_http_client(url) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
         init = await session.initialize()
         version = getattr(init, "protocol_version", None) or init.protocolVersion  # 2.x / 1.x
         print(f"session open, protocol {version}")
         print(f"calling count(n={N}); the server drops the stream after step {CUT_AT}")
-        result = await session.call_tool("count", {"n": N, "cut_at": CUT_AT}, progress_callback=on_progress)
+        result = await session.call_tool(
+            "count", {"n": N, "cut_at": CUT_AT}, progress_callback=on_progress
+        )
         print(f"result: {result.content[0].text}")
         stats = await session.call_tool("store_stats", {})
     return seen, json.loads(stats.content[0].text)
@@ -64,7 +77,7 @@ def main() -> int:
         env["MCP_DB_REDIS_URL"] = redis.url
         print(f"store: RedisEventStore on a redis-server started for the demo ({redis.url})")
     else:
-        print("store: MemoryEventStore (redis-server is not installed; events live in the server process)")
+        print("store: MemoryEventStore (redis-server is not installed; events stay in the server)")
     port = free_port()
     server = start_server(port, env)
     try:

@@ -47,7 +47,9 @@ def notification(n: int, text: str = "") -> Any:
 
 
 def request(request_id: int | str, method: str = "sampling/createMessage") -> Any:
-    return wrap(JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params={"x": [1, 2.5, None]}))
+    return wrap(
+        JSONRPCRequest(jsonrpc="2.0", id=request_id, method=method, params={"x": [1, 2.5, None]})
+    )
 
 
 def response(request_id: int | str, payload: Any) -> Any:
@@ -56,14 +58,16 @@ def response(request_id: int | str, payload: Any) -> Any:
 
 def error(request_id: int | str) -> Any:
     return wrap(
-        JSONRPCError(jsonrpc="2.0", id=request_id, error={"code": -32601, "message": "no such method"})
+        JSONRPCError(
+            jsonrpc="2.0", id=request_id, error={"code": -32601, "message": "no such method"}
+        )
     )
 
 
 def mixed(request_id: int | str) -> list[Any]:
     """Every message class, with unicode, nesting, floats, nulls and extra fields."""
     return [
-        notification(1, "héllo ✓ \u2028 \"quoted\" \\ back"),
+        notification(1, 'héllo ✓ \u2028 "quoted" \\ back'),
         request(f"srv-{request_id}"),
         notification(2, "x" * 5000),
         error(f"srv-{request_id}"),

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 class Node:
     """``uvicorn <app>`` on a free loopback port; ``stop()``/``start()`` keep the port."""
 
-    def __init__(self, app: str = "tests.servers.app:app", env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, app: str = "tests.servers.app:app", env: dict[str, str] | None = None
+    ) -> None:
         self.app = app
         self.env = env or {}
         self.port = free_port()
@@ -32,9 +34,22 @@ class Node:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", self.app, "--host", "127.0.0.1",
-                 "--port", str(self.port), "--log-level", "warning"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    self.app,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
             )
         deadline = time.monotonic() + 20
         while True:
@@ -43,7 +58,9 @@ class Node:
                 return self
             except OSError:
                 if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"node on port {self.port} did not start:\n{self.output()}") from None
+                    raise RuntimeError(
+                        f"node on port {self.port} did not start:\n{self.output()}"
+                    ) from None
                 time.sleep(0.05)
 
     def output(self) -> str:

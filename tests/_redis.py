@@ -1,2 +1,3 @@
 """Temporary alias (removed once benches import mcp_db._redis_server)."""
+
 from mcp_db._redis_server import RedisServer, free_port  # noqa: F401

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-
 from mcp_db import (
     ConfigError,
     MemoryEventStore,
@@ -16,9 +15,10 @@ from mcp_db import (
     RedisUnavailableError,
     UnattachedStoreWarning,
 )
-from mcp_db._sdk import EventMessage
-from tests import _messages as msgs
 from mcp_db._redis_server import RedisServer, free_port
+from mcp_db._sdk import EventMessage
+
+from tests import _messages as msgs
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -60,12 +60,18 @@ async def test_replays_every_message_byte_for_byte_in_order(store: Any) -> None:
     assert stream == "7"
     assert got.json == [msgs.sdk_json(m) for m in sent]
     assert [e.event_id for e in got.events] == ids
-    assert [type(msgs.unwrap(e.message)) for e in got.events] == [type(msgs.unwrap(m)) for m in sent]
+    assert [type(msgs.unwrap(e.message)) for e in got.events] == [
+        type(msgs.unwrap(m)) for m in sent
+    ]
 
 
 async def test_event_ids_are_unique_visible_ascii(store: Any) -> None:
     view = store.for_session("s p/a{c}e")
-    ids = [await view.store_event(stream, msgs.notification(i)) for i in range(50) for stream in ("1", "é x")]
+    ids = [
+        await view.store_event(stream, msgs.notification(i))
+        for i in range(50)
+        for stream in ("1", "é x")
+    ]
     assert len(set(ids)) == len(ids)
     for event_id in ids:
         assert event_id and all(0x21 <= ord(c) <= 0x7E for c in event_id), event_id

@@ -9,11 +9,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
+from mcp_db._redis_server import RedisServer
 
 from tests import _messages as msgs
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._nodes import Node
-from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture
@@ -66,7 +66,9 @@ async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
         async def on_log(params: Any) -> None:
             progressed(int(str(params.data).split()[-1]))
 
-        async with client_session(node.url, logging_callback=None if AUTO_RESUME else on_log) as session:
+        async with client_session(
+            node.url, logging_callback=None if AUTO_RESUME else on_log
+        ) as session:
             args = {"n": n, "delay": 0.03}
             if AUTO_RESUME:
                 result = await session.call_tool("steps", args, progress_callback=on_progress)
@@ -113,7 +115,9 @@ async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
 async def test_buffer_bound_counts_drops_and_keeps_the_rest(persistent_redis: RedisServer) -> None:
     from mcp_db import RedisEventStore
 
-    async with RedisEventStore(persistent_redis.url, prefix="bound", buffer_max_events=5, timeout_seconds=1) as store:
+    async with RedisEventStore(
+        persistent_redis.url, prefix="bound", buffer_max_events=5, timeout_seconds=1
+    ) as store:
         view = store.for_session("s")
         first = await view.store_event("1", None)
         persistent_redis.stop()

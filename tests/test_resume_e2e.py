@@ -8,16 +8,20 @@ from typing import Any
 import anyio
 import pytest
 import redis
-
+from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_VERSION
+
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._nodes import Node
-from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture(params=["redis", "memory"])
 def node(request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str) -> Iterator[Node]:
-    env = {"MCP_DB_STORE": request.param, "MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix}
+    env = {
+        "MCP_DB_STORE": request.param,
+        "MCP_DB_REDIS_URL": redis_server.url,
+        "MCP_DB_PREFIX": prefix,
+    }
     n = Node(env=env).start()
     yield n
     n.stop()
@@ -27,11 +31,14 @@ async def call_with_cut(url: str, n: int, cut_at: int) -> tuple[str, list[Any]]:
     """Calls ``steps`` and returns its result and the notifications the client saw."""
     seen: list[Any] = []
     if AUTO_RESUME:
+
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
             seen.append(int(progress))
 
         async with client_session(url) as session:
-            result = await session.call_tool("steps", {"n": n, "cut_at": cut_at}, progress_callback=on_progress)
+            result = await session.call_tool(
+                "steps", {"n": n, "cut_at": cut_at}, progress_callback=on_progress
+            )
             return result_text(result), seen
 
     # mcp 1.12: no automatic reconnection; resume by hand with the last event ID, as its
@@ -48,18 +55,27 @@ async def call_with_cut(url: str, n: int, cut_at: int) -> tuple[str, list[Any]]:
         token.append(t)
 
     request = ClientRequest(
-        CallToolRequest(method="tools/call", params=CallToolRequestParams(name="steps", arguments={"n": n, "cut_at": cut_at}))
+        CallToolRequest(
+            method="tools/call",
+            params=CallToolRequestParams(name="steps", arguments={"n": n, "cut_at": cut_at}),
+        )
     )
     async with client_session(url, logging_callback=on_log) as session:
         with anyio.move_on_after(1.0):  # the cut stream never answers: give up on it
-            await session.send_request(request, CallToolResult, metadata=ClientMessageMetadata(on_resumption_token_update=on_token))
+            await session.send_request(
+                request,
+                CallToolResult,
+                metadata=ClientMessageMetadata(on_resumption_token_update=on_token),
+            )
         # The cut lands right after notification `cut_at` is queued; it may or may not
         # have gone out. Nothing after it did.
         assert seen == list(range(len(seen))) and cut_at <= len(seen) <= cut_at + 1, seen
         result = await session.send_request(
             request,
             CallToolResult,
-            metadata=ClientMessageMetadata(resumption_token=token[-1], on_resumption_token_update=on_token),
+            metadata=ClientMessageMetadata(
+                resumption_token=token[-1], on_resumption_token_update=on_token
+            ),
         )
         return result_text(result), seen
 

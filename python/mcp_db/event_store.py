@@ -61,7 +61,9 @@ def _number(name: str, value: Any, *, integer: bool = False, minimum: float = 0)
         kind = "an integer" if integer else "a number"
         raise ConfigError(f"{name} must be {kind}, got {value!r}")
     if not math.isfinite(value) or value < minimum or (minimum == 0 and value <= 0):
-        raise ConfigError(f"{name} must be {'at least ' + str(minimum) if minimum else 'positive'}, got {value!r}")
+        raise ConfigError(
+            f"{name} must be {'at least ' + str(minimum) if minimum else 'positive'}, got {value!r}"
+        )
     return value
 
 
@@ -112,7 +114,10 @@ class _Base(_SdkEventStore):
     async def _replay_to(
         self, session: str, last_event_id: EventId, send_callback: EventCallback
     ) -> StreamId | None:
-        if not isinstance(last_event_id, str) or not 0 < len(last_event_id) <= _core.MAX_EVENT_ID_LEN:
+        if (
+            not isinstance(last_event_id, str)
+            or not 0 < len(last_event_id) <= _core.MAX_EVENT_ID_LEN
+        ):
             return None
         found = await self._replay(session, last_event_id)
         if found is None:
@@ -287,15 +292,21 @@ class RedisEventStore(_Base):
         replay_page_size: int = 500,
     ) -> None:
         if not isinstance(url, str):
-            raise ConfigError(f"url must be a string such as 'redis://127.0.0.1:6379/0', got {url!r}")
+            raise ConfigError(
+                f"url must be a string such as 'redis://127.0.0.1:6379/0', got {url!r}"
+            )
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a string, got {prefix!r}")
         self._core = _core.RedisEvents(
             url,
             prefix=prefix,
             ttl_seconds=_number("ttl_seconds", ttl_seconds),
-            max_events_per_stream=_number("max_events_per_stream", max_events_per_stream, integer=True),
-            buffer_max_events=_number("buffer_max_events", buffer_max_events, integer=True, minimum=0),
+            max_events_per_stream=_number(
+                "max_events_per_stream", max_events_per_stream, integer=True
+            ),
+            buffer_max_events=_number(
+                "buffer_max_events", buffer_max_events, integer=True, minimum=0
+            ),
             timeout_seconds=_number("timeout_seconds", timeout_seconds),
             page_size=_number("replay_page_size", replay_page_size, integer=True),
         )
@@ -311,7 +322,7 @@ class RedisEventStore(_Base):
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[str] = loop.create_future()
         self._core.append(loop, future, session, stream, tag, data)
         return await future
 
@@ -356,7 +367,9 @@ class MemoryEventStore(_Base):
 
     def __init__(self, *, max_events_per_stream: int = 10_000, max_streams: int = 10_000) -> None:
         self._core = _core.MemoryEvents(
-            max_events_per_stream=_number("max_events_per_stream", max_events_per_stream, integer=True),
+            max_events_per_stream=_number(
+                "max_events_per_stream", max_events_per_stream, integer=True
+            ),
             max_streams=_number("max_streams", max_streams, integer=True),
         )
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from importlib.metadata import version as _dist_version
 
+from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+
 SDK_VERSION: str = _dist_version("mcp")
 SDK_MAJOR: int = int(SDK_VERSION.split(".")[0])
 
@@ -17,7 +19,6 @@ if SDK_MAJOR >= 2:
 else:
     from mcp_db._sdk.v1 import decode, encode
 
-from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 
 __all__ = [
     "SDK_MAJOR",

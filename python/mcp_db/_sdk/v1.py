@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcp.types import (
-    JSONRPCError,
-    JSONRPCMessage,
-    JSONRPCNotification,
-    JSONRPCRequest,
-    JSONRPCResponse,
-)
+from mcp import types as _types
+
+# Typed as Any: this module is also type-checked against 2.x, where these names differ.
+JSONRPCMessage: Any = _types.JSONRPCMessage
+JSONRPCRequest: Any = _types.JSONRPCRequest
+JSONRPCNotification: Any = _types.JSONRPCNotification
+JSONRPCResponse: Any = _types.JSONRPCResponse
+JSONRPCError: Any = _types.JSONRPCError
 
 _TAGS: dict[type[Any], str] = {
     JSONRPCRequest: "q",
@@ -33,14 +34,14 @@ def _tag(message: Any) -> str:
     return tag
 
 
-def encode(message: JSONRPCMessage) -> tuple[str, bytes]:
+def encode(message: Any) -> tuple[str, bytes]:
     """The message's tag and its JSON, byte for byte as the SDK would send it."""
     root = message.root
     data = root.__pydantic_serializer__.to_json(root, by_alias=True, exclude_none=True)
     return _tag(root), data
 
 
-def decode(tag: str, data: bytes) -> JSONRPCMessage:
+def decode(tag: str, data: bytes) -> Any:
     root = _CLASSES[tag].model_validate_json(data)
     # The root is already validated; wrapping it must not validate the union again.
     return JSONRPCMessage.model_construct(root=root)

@@ -40,4 +40,5 @@ def encode(message: JSONRPCMessage) -> tuple[str, bytes]:
 
 
 def decode(tag: str, data: bytes) -> JSONRPCMessage:
-    return _CLASSES[tag].model_validate_json(data)
+    message: JSONRPCMessage = _CLASSES[tag].model_validate_json(data)
+    return message

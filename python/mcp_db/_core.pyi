@@ -1,0 +1,70 @@
+"""mcp-db's Rust core. Private: import from ``mcp_db`` instead.
+
+Rows returned by replays are ``(event_id, tag, json)``: ``tag`` is ``q`` (request), ``n``
+(notification), ``r`` (response) or ``e`` (error); priming events never appear.
+"""
+
+import asyncio
+
+__version__: str
+#: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
+MAX_EVENT_ID_LEN: int
+
+Row = tuple[str, str, bytes]
+
+def parse_event_id(event_id: str) -> tuple[str, str] | None:
+    """``(session, stream)`` of an event ID, or ``None`` if it is not one of ours."""
+
+class RedisEvents:
+    """Redis backend: batched durable appends, paged replay, a bounded fault buffer."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        ttl_seconds: float,
+        max_events_per_stream: int,
+        buffer_max_events: int,
+        timeout_seconds: float,
+        page_size: int,
+    ) -> None:
+        """Parses the URL and options (``mcp_db.ConfigError`` if bad); does not connect."""
+    @property
+    def server(self) -> str:
+        """``scheme://host:port/db`` without credentials."""
+    async def connect(self) -> None:
+        """Opens the connection; ``mcp_db.RedisUnavailableError`` if Redis is unreachable."""
+    def append(
+        self,
+        event_loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[str],
+        session: str,
+        stream: str,
+        tag: str,
+        data: bytes | None,
+    ) -> None:
+        """Queues one event (``data`` None: priming). ``future`` gets its event ID once
+        Redis has it, or at once while Redis is unreachable (the event is buffered)."""
+    async def replay(
+        self, last_event_id: str, session: str | None
+    ) -> tuple[str, list[Row], str | None] | None:
+        """First page after ``last_event_id``: ``(stream, rows, cursor)``, or ``None`` for
+        an unknown, garbled, expired or (when ``session`` is given) foreign ID."""
+    async def replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
+        """The page after a cursor returned by ``replay`` or an earlier ``replay_after``."""
+    async def close(self) -> None:
+        """Writes what is queued, tries once more to write the buffer, then stops."""
+    def stats(self) -> dict[str, int]:
+        """stored, buffered, flushed, dropped, redis_errors, replayed."""
+
+class MemoryEvents:
+    """In-process backend with the Redis backend's semantics, bounded in memory."""
+
+    def __init__(self, *, max_events_per_stream: int, max_streams: int) -> None: ...
+    def append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
+        """Stores one event and returns its ID."""
+    def replay(self, last_event_id: str, session: str | None) -> tuple[str, list[Row]] | None:
+        """``(stream, rows)`` after ``last_event_id``, or ``None`` (see ``RedisEvents.replay``)."""
+    def stats(self) -> dict[str, int]:
+        """stored, replayed, streams, evicted_streams."""
