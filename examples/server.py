@@ -1,5 +1,7 @@
 """An MCP server on the official SDK whose streams resume from mcp-db's event store.
 
+Needs mcp >= 1.23 (server-side stream close and retry intervals came with SEP-1699).
+
     MCP_DB_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn examples.server:app --port 8000
 
 Without ``MCP_DB_REDIS_URL`` it uses the in-process ``MemoryEventStore``.
