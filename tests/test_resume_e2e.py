@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 import redis
 from mcp_db._redis_server import RedisServer
@@ -118,3 +120,84 @@ async def test_restarted_server_resumes_new_sessions_and_never_replays_old_ones(
         r = redis.Redis.from_url(redis_server.url)
         sessions = {k.decode().split("{", 1)[1].split("}", 1)[0] for k in r.keys(f"{prefix}:e:*")}
         assert len(sessions) == 2
+
+
+async def test_two_sessions_with_equal_request_ids_each_resume_only_their_own(node: Node) -> None:
+    # Both clients number their requests the same way, so their streams share ids.
+    results = await asyncio.gather(
+        call_with_cut(node.url, n=25, cut_at=6), call_with_cut(node.url, n=25, cut_at=9)
+    )
+    assert results == [("done 25", list(range(25)))] * 2
+
+
+class RawSession:
+    """A session driven with plain HTTP, to send exactly the headers a test needs."""
+
+    def __init__(self, http: httpx.AsyncClient, url: str) -> None:
+        self.http, self.url, self.id = http, url, ""
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {
+            "accept": "application/json, text/event-stream",
+            "mcp-protocol-version": "2025-06-18",
+            **({"mcp-session-id": self.id} if self.id else {}),
+            **extra,
+        }
+
+    async def post(self, body: dict[str, Any]) -> httpx.Response:
+        return await self.http.post(self.url, json=body, headers=self.headers())
+
+    async def open(self) -> RawSession:
+        init = await self.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 1,
+                "method": "initialize",
+                "params": {
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {},
+                    "clientInfo": {"name": "raw", "version": "0"},
+                },
+            }
+        )
+        self.id = init.headers["mcp-session-id"]
+        await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        return self
+
+    async def event_ids_of_call(self) -> list[str]:
+        response = await self.post(
+            {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": "hi"}},
+            }
+        )
+        return [line[3:].strip() for line in response.text.splitlines() if line.startswith("id:")]
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    [
+        "garbage",
+        "x" * 1025,
+        "{own}:2:99999999999999-0",
+        "{own}:77:0-1",
+        "{foreign}",
+        "{own}:2:0-1 ; x-injected: 1",
+    ],
+)
+async def test_bad_last_event_id_over_http_replays_nothing(node: Node, last_event_id: str) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        other, mine = (
+            await RawSession(http, node.url).open(),
+            await RawSession(http, node.url).open(),
+        )
+        foreign = (await other.event_ids_of_call())[-1]
+        assert (await mine.event_ids_of_call())[-1].startswith(mine.id)
+        value = last_event_id.format(own=mine.id, foreign=foreign)
+        response = await http.get(node.url, headers=mine.headers(**{"last-event-id": value}))
+        assert response.status_code == 200
+        assert "data:" not in response.text, response.text
+        # The session is untouched: it still answers.
+        assert (await mine.event_ids_of_call())[-1].startswith(mine.id)
