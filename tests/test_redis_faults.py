@@ -112,7 +112,9 @@ async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
         node.stop()
 
 
-async def test_buffer_bound_counts_drops_and_keeps_the_rest(persistent_redis: RedisServer) -> None:
+async def test_buffer_bound_counts_drops_and_keeps_the_rest(
+    persistent_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
     from mcp_db import RedisEventStore
 
     async with RedisEventStore(
@@ -138,3 +140,13 @@ async def test_buffer_bound_counts_drops_and_keeps_the_rest(persistent_redis: Re
 
         assert await view.replay_events_after(first, collect) == "1"
         assert got == [0, 1, 2, 3, 4], "the first five, kept in order; the rest were dropped"
+
+    # The Rust core's log lines reach Python logging under "mcp_db", at the right levels.
+    records = [(r.name, r.levelname, r.getMessage()) for r in caplog.records]
+    assert any(
+        lvl == "ERROR" and "cannot store events" in m and persistent_redis.url[:-2] in m
+        for _, lvl, m in records
+    ), records
+    assert any(lvl == "ERROR" and "buffer full" in m for _, lvl, m in records), records
+    assert any(lvl == "WARNING" and "is back: wrote 5 events" in m for _, lvl, m in records)
+    assert {name for name, _, _ in records} == {"mcp_db"}
