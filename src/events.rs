@@ -1,16 +1,18 @@
 //! `RedisEvents`: the Redis backend of the event store, as seen from Python.
 //!
-//! Events of one (session, stream) pair live in one Redis stream. Each entry has a tag
-//! `t` (`q` request, `n` notification, `r` response, `e` error, `p` priming) and, except
-//! for priming entries, the message JSON exactly as the SDK serialized it in `d`. The tag
-//! lets Python rebuild the concrete message class without trying every union member.
+//! Events of one (session, stream) pair live in one Redis stream. Each entry has a single
+//! field: its name is the message kind (`q` request, `n` notification, `r` response, `e`
+//! error, `p` priming) and its value the message JSON exactly as the SDK serialized it
+//! (empty for priming). The kind lets Python rebuild the concrete message class without
+//! trying every union member; one field rather than two keeps replies small, and parsing
+//! them is most of the replay's cost on the Rust side.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::PyDict;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::completion::Waiter;
@@ -18,9 +20,8 @@ use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::event_id::{EventId, Position};
 use crate::keys::{events_key, validate_prefix};
+use crate::page::{Page, PageBuilder};
 use crate::writer::{Append, Command, Limits, Stats, Writer};
-
-pub const PRIMING: u8 = b'p';
 
 /// Checks a one-byte message tag coming from Python.
 pub fn parse_tag(tag: &str) -> PyResult<u8> {
@@ -28,28 +29,6 @@ pub fn parse_tag(tag: &str) -> PyResult<u8> {
         [t @ (b'q' | b'n' | b'r' | b'e' | b'p')] => Ok(*t),
         _ => Err(Error::Config(format!("unknown message tag {tag:?}")).into()),
     }
-}
-
-/// One replayable row: `(event_id, tag, json)`. Priming rows never leave Rust.
-pub struct Row {
-    pub event_id: String,
-    pub tag: u8,
-    pub data: Vec<u8>,
-}
-
-/// Builds the Python list of `(event_id, tag, bytes)` tuples.
-pub fn rows_to_py<'py>(py: Python<'py>, rows: &[Row]) -> PyResult<Bound<'py, PyList>> {
-    let list = PyList::empty(py);
-    for row in rows {
-        let tag = [row.tag];
-        let tag = std::str::from_utf8(&tag).unwrap_or("?");
-        list.append(PyTuple::new(py, [
-            row.event_id.as_str().into_pyobject(py)?.into_any(),
-            tag.into_pyobject(py)?.into_any(),
-            PyBytes::new(py, &row.data).into_any(),
-        ])?)?;
-    }
-    Ok(list)
 }
 
 struct Inner {
@@ -66,41 +45,33 @@ pub struct RedisEvents {
     inner: Arc<Inner>,
 }
 
-/// Parses one XRANGE reply into positions and rows (priming rows kept, for cursors).
-fn parse_entries(value: &redis::Value, session: &str, stream: &str) -> Vec<(Position, Option<Row>)> {
-    let redis::Value::Array(entries) = value else { return Vec::new() };
-    let mut out = Vec::with_capacity(entries.len());
+/// Turns one XRANGE reply into a page, consuming it so no message is copied twice.
+fn build_page(reply: redis::Value, session: &str, stream: &str, page_size: usize) -> Page {
+    let mut builder = PageBuilder::new(session, stream);
+    let redis::Value::Array(entries) = reply else { return builder.finish(false) };
+    let full = entries.len() >= page_size;
     for entry in entries {
         let redis::Value::Array(parts) = entry else { continue };
-        let (Some(redis::Value::BulkString(id)), Some(redis::Value::Array(fields))) = (parts.first(), parts.get(1)) else {
+        let mut parts = parts.into_iter();
+        let (Some(redis::Value::BulkString(id)), Some(redis::Value::Array(fields))) = (parts.next(), parts.next())
+        else {
             continue;
         };
-        let Some(position) = std::str::from_utf8(id).ok().and_then(Position::parse) else { continue };
-        let (mut tag, mut data) = (None, None);
-        for pair in fields.chunks(2) {
-            if let [redis::Value::BulkString(name), redis::Value::BulkString(value)] = pair {
-                match name.as_slice() {
-                    b"t" => tag = value.first().copied(),
-                    b"d" => data = Some(value.clone()),
-                    _ => {}
-                }
+        let Some(position) = std::str::from_utf8(&id).ok().and_then(Position::parse) else { continue };
+        // One field per entry: its name is the message kind, its value the JSON.
+        if let [redis::Value::BulkString(tag), redis::Value::BulkString(data), ..] = fields.as_slice() {
+            if let [tag] = tag.as_slice() {
+                builder.push(position, *tag, Some(data.as_slice()));
             }
         }
-        let row = match (tag, data) {
-            (Some(tag), Some(data)) if tag != PRIMING => {
-                Some(Row { event_id: EventId::encode(session, stream, position), tag, data })
-            }
-            _ => None,
-        };
-        out.push((position, row));
     }
-    out
+    builder.finish(full)
 }
 
 impl Inner {
     /// Reads the page after `after`; when `must_exist`, first checks that `after` itself is
     /// still stored (an unknown, trimmed or expired ID replays nothing).
-    async fn page(&self, id: &EventId, must_exist: bool) -> Result<Option<(Vec<Row>, Option<String>)>> {
+    async fn page(&self, id: &EventId, must_exist: bool) -> Result<Option<Page>> {
         let key = events_key(&self.prefix, &id.session, &id.stream);
         let at = id.position.to_string();
         let mut pipe = redis::pipe();
@@ -108,23 +79,16 @@ impl Inner {
             pipe.cmd("XRANGE").arg(&key).arg(&at).arg(&at);
         }
         pipe.cmd("XRANGE").arg(&key).arg(format!("({at}")).arg("+").arg("COUNT").arg(self.page_size);
-        let values = self.connector.query(&pipe).await?;
+        let mut values = self.connector.query(&pipe).await?;
         if let Some(redis::Value::ServerError(e)) = values.iter().find(|v| matches!(v, redis::Value::ServerError(_))) {
             return Err(Error::Redis(format!("replay of {key} failed: {e}")));
         }
         if must_exist && !matches!(values.first(), Some(redis::Value::Array(found)) if !found.is_empty()) {
             return Ok(None);
         }
-        let entries = parse_entries(values.last().unwrap_or(&redis::Value::Nil), &id.session, &id.stream);
-        let cursor = match entries.last() {
-            Some((last, _)) if entries.len() >= self.page_size => {
-                Some(EventId::encode(&id.session, &id.stream, *last))
-            }
-            _ => None,
-        };
-        let rows: Vec<Row> = entries.into_iter().filter_map(|(_, row)| row).collect();
-        self.stats.replayed.fetch_add(rows.len() as u64, Ordering::Relaxed);
-        Ok(Some((rows, cursor)))
+        let page = build_page(values.pop().unwrap_or_default(), &id.session, &id.stream, self.page_size);
+        self.stats.replayed.fetch_add(page.len() as u64, Ordering::Relaxed);
+        Ok(Some(page))
     }
 }
 
@@ -199,30 +163,25 @@ impl RedisEvents {
     }
 
     /// First page of a replay: `None` for an unknown, garbled, expired or (when `session`
-    /// is given) foreign ID; else `(stream, rows, cursor)`, `cursor` for `replay_after`.
+    /// is given) foreign ID; else `(stream, ids, runs, cursor)`, `cursor` for `replay_after`.
     #[pyo3(signature = (last_event_id, session))]
     fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<String>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         let decoded = EventId::decode(last_event_id).filter(|id| session.as_ref().is_none_or(|s| *s == id.session));
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let Some(id) = decoded else { return Ok(None) };
-            let Some((rows, cursor)) = inner.page(&id, true).await? else { return Ok(None) };
-            Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
-                let out = (id.stream.as_str(), rows_to_py(py, &rows)?, cursor);
-                Ok(Some(out.into_pyobject(py)?.into_any().unbind()))
-            })
+            let Some(page) = inner.page(&id, true).await? else { return Ok(None) };
+            Python::attach(|py| Ok(Some(page.to_py(py, Some(&id.stream))?.into_any().unbind())))
         })
     }
 
-    /// The page after a cursor from `replay`: `(rows, cursor)`.
+    /// The page after a cursor from `replay`: `(ids, runs, cursor)`.
     fn replay_after<'py>(&self, py: Python<'py>, cursor: &str) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         let id = EventId::decode(cursor).ok_or_else(|| Error::Config(format!("bad replay cursor {cursor:?}")))?;
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let (rows, cursor) = inner.page(&id, false).await?.unwrap_or_default();
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                Ok((rows_to_py(py, &rows)?, cursor).into_pyobject(py)?.into_any().unbind())
-            })
+            let page = inner.page(&id, false).await?.unwrap_or_default();
+            Python::attach(|py| Ok(page.to_py(py, None)?.into_any().unbind()))
         })
     }
 

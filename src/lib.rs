@@ -11,6 +11,7 @@ pub mod events;
 pub mod keys;
 pub mod logging;
 pub mod memory;
+pub mod page;
 pub mod writer;
 
 /// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.

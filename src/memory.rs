@@ -11,7 +11,8 @@ use pyo3::types::PyDict;
 
 use crate::error::Error;
 use crate::event_id::{EventId, Position};
-use crate::events::{parse_tag, rows_to_py, Row, PRIMING};
+use crate::events::parse_tag;
+use crate::page::{Page, PageBuilder};
 
 struct Entry {
     seq: u64,
@@ -62,28 +63,21 @@ impl State {
         seq
     }
 
-    /// Rows after `id`, or `None` when `id` is not (or no longer) stored.
-    fn after(&mut self, id: &EventId) -> Option<Vec<Row>> {
+    /// The events after `id`, or `None` when `id` is not (or no longer) stored.
+    fn after(&mut self, id: &EventId) -> Option<Page> {
         let log = self.streams.get(&(id.session.clone(), id.stream.clone()))?;
         let first = log.entries.front()?.seq;
         if id.position.ms != 0 || id.position.seq < first || id.position.seq >= log.next_seq {
             return None;
         }
         let start = (id.position.seq - first + 1) as usize;
-        let rows: Vec<Row> = log
-            .entries
-            .range(start..)
-            .filter(|e| e.tag != PRIMING)
-            .filter_map(|e| {
-                Some(Row {
-                    event_id: EventId::encode(&id.session, &id.stream, Position { ms: 0, seq: e.seq }),
-                    tag: e.tag,
-                    data: e.data.clone()?,
-                })
-            })
-            .collect();
-        self.replayed += rows.len() as u64;
-        Some(rows)
+        let mut builder = PageBuilder::new(&id.session, &id.stream);
+        for e in log.entries.range(start..) {
+            builder.push(Position { ms: 0, seq: e.seq }, e.tag, e.data.as_deref());
+        }
+        let page = builder.finish(false);
+        self.replayed += page.len() as u64;
+        Some(page)
     }
 }
 
@@ -124,20 +118,16 @@ impl MemoryEvents {
         Ok(EventId::encode(&session, &stream, Position { ms: 0, seq }))
     }
 
-    /// `None` for an unknown, garbled, trimmed or foreign ID; else `(stream, rows)`.
+    /// `None` for an unknown, garbled, trimmed or foreign ID; else
+    /// `(stream, ids, runs, None)`, like the first page of `RedisEvents.replay`.
     #[pyo3(signature = (last_event_id, session))]
-    fn replay<'py>(
-        &self,
-        py: Python<'py>,
-        last_event_id: &str,
-        session: Option<&str>,
-    ) -> PyResult<Option<(String, Bound<'py, pyo3::types::PyList>)>> {
+    fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<&str>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(id) = EventId::decode(last_event_id) else { return Ok(None) };
         if session.is_some_and(|s| s != id.session) {
             return Ok(None);
         }
-        let Some(rows) = self.state().after(&id) else { return Ok(None) };
-        Ok(Some((id.stream, rows_to_py(py, &rows)?)))
+        let Some(page) = self.state().after(&id) else { return Ok(None) };
+        Ok(Some(page.to_py(py, Some(&id.stream))?.into_any()))
     }
 
     /// Counters: stored, replayed, streams, evicted_streams.
@@ -167,11 +157,11 @@ mod tests {
     #[test]
     fn replays_after_position_skipping_priming() {
         let mut st = State::default();
-        let p = st.append(key("a", "1"), PRIMING, None, 100, 10);
+        let p = st.append(key("a", "1"), crate::page::PRIMING, None, 100, 10);
         st.append(key("a", "1"), b'n', Some(b"{}".to_vec()), 100, 10);
         st.append(key("a", "1"), b'r', Some(b"{}".to_vec()), 100, 10);
-        let rows = st.after(&id("a", "1", p)).unwrap();
-        assert_eq!(rows.iter().map(|r| r.tag).collect::<Vec<_>>(), vec![b'n', b'r']);
+        let page = st.after(&id("a", "1", p)).unwrap();
+        assert_eq!(page.runs.iter().map(|r| r.tag).collect::<Vec<_>>(), vec![b'n', b'r']);
         assert!(st.after(&id("a", "1", 3)).unwrap().is_empty());
         assert!(st.after(&id("a", "1", 4)).is_none(), "future position is unknown");
         assert!(st.after(&id("b", "1", 1)).is_none(), "other session");

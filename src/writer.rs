@@ -250,10 +250,7 @@ impl Writer {
             Some(p) => pipe.arg(p.to_string()),
             None => pipe.arg("*"),
         };
-        pipe.arg("t").arg(&[event.tag][..]);
-        if let Some(data) = &event.data {
-            pipe.arg("d").arg(data.as_slice());
-        }
+        pipe.arg(&[event.tag][..]).arg(event.data.as_deref().unwrap_or_default());
     }
 
     /// XADD for every event, then one PEXPIRE per distinct stream (the sliding TTL).

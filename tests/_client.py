@@ -33,3 +33,9 @@ def result_text(result: Any) -> str:
 
 #: Whether this SDK line's client resumes a cut stream by itself (1.2x and 2.x).
 AUTO_RESUME = SDK_MAJOR >= 2 or not _open.__name__.startswith("streamablehttp")
+
+
+def kind(fields: dict[bytes, bytes]) -> bytes:
+    """The message kind of a raw stream entry (its one field's name)."""
+    (name,) = fields
+    return name

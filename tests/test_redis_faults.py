@@ -12,7 +12,12 @@ import redis
 from mcp_db._redis_server import RedisServer
 
 from tests import _messages as msgs
-from tests._client import AUTO_RESUME, client_session, result_text
+from tests._client import (
+    AUTO_RESUME,
+    client_session,
+    kind,
+    result_text,
+)
 from tests._nodes import Node
 
 
@@ -87,7 +92,7 @@ async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
                 await asyncio.sleep(0.05)
             assert len(keys) == 1, "the buffered events were written when Redis came back"
             entries = r.xrange(keys[0])
-            kinds = [f[b"t"] for _, f in entries if f[b"t"] != b"p"]
+            kinds = [kind(f) for _, f in entries if kind(f) != b"p"]
             assert kinds == [b"n"] * n + [b"r"]
 
             # ...and the SDK replays all of them from the first event ID.
@@ -101,12 +106,12 @@ async def test_live_delivery_survives_a_redis_restart_and_nothing_is_lost(
                 "mcp-protocol-version": "2025-11-25" if AUTO_RESUME else "2025-06-18",
                 "last-event-id": first,
             }
-            expected = len(kinds) if entries[0][1][b"t"] == b"p" else len(kinds) - 1
+            expected = len(kinds) if kind(entries[0][1]) == b"p" else len(kinds) - 1
             replayed = await read_sse_events(node.url, headers, expected)
             assert len(replayed) == expected
             assert '"result"' in replayed[-1]["data"]
             assert [e["id"] for e in replayed] == [
-                f"{session_id}:{stream}:{eid.decode()}" for eid, f in entries[1:] if f[b"t"] != b"p"
+                f"{session_id}:{stream}:{eid.decode()}" for eid, f in entries[1:] if kind(f) != b"p"
             ]
     finally:
         node.stop()

@@ -13,7 +13,12 @@ import redis
 from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_VERSION
 
-from tests._client import AUTO_RESUME, client_session, result_text
+from tests._client import (
+    AUTO_RESUME,
+    client_session,
+    kind,
+    result_text,
+)
 from tests._nodes import Node
 
 
@@ -98,7 +103,7 @@ async def test_resume_reads_from_redis(node: Node, redis_server: RedisServer, pr
     sessions = {k.split("{", 1)[1].split("}", 1)[0] for k in keys}
     assert len(sessions) == 1 and "" not in sessions, f"events are scoped to the session: {keys}"
     # The tool call's stream holds its 10 notifications and the response, all tagged.
-    tags = [[f[b"t"] for _, f in r.xrange(k)] for k in keys]
+    tags = [[kind(f) for _, f in r.xrange(k)] for k in keys]
     assert any(t.count(b"n") == 10 and t.count(b"r") == 1 for t in tags), tags
     assert all(r.ttl(k) > 0 for k in keys), "every stream has a sliding TTL"
 

@@ -1,7 +1,9 @@
 """mcp-db's Rust core. Private: import from ``mcp_db`` instead.
 
-Rows returned by replays are ``(event_id, tag, json)``: ``tag`` is ``q`` (request), ``n``
-(notification), ``r`` (response) or ``e`` (error); priming events never appear.
+A replay page is ``(event_ids, runs, cursor)``. Each run is ``(tag, count, json)``:
+``count`` consecutive messages of one kind, ``json`` a JSON array of them exactly as the
+SDK serialized each; ``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response)
+or ``e`` (error). Priming events never appear. ``cursor`` is set when more may follow.
 """
 
 import asyncio
@@ -10,7 +12,8 @@ __version__: str
 #: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
 MAX_EVENT_ID_LEN: int
 
-Row = tuple[str, str, bytes]
+Run = tuple[str, int, bytes]
+Page = tuple[list[str], list[Run], str | None]
 
 def parse_event_id(event_id: str) -> tuple[str, str] | None:
     """``(session, stream)`` of an event ID, or ``None`` if it is not one of ours."""
@@ -64,7 +67,9 @@ class MemoryEvents:
     def __init__(self, *, max_events_per_stream: int, max_streams: int) -> None: ...
     def append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         """Stores one event and returns its ID."""
-    def replay(self, last_event_id: str, session: str | None) -> tuple[str, list[Row]] | None:
-        """``(stream, rows)`` after ``last_event_id``, or ``None`` (see ``RedisEvents.replay``)."""
+    def replay(
+        self, last_event_id: str, session: str | None
+    ) -> tuple[str, list[str], list[Run], None] | None:
+        """Everything after ``last_event_id`` as one page, or ``None`` (see ``RedisEvents``)."""
     def stats(self) -> dict[str, int]:
         """stored, replayed, streams, evicted_streams."""

@@ -10,14 +10,13 @@ so a ``Last-Event-ID`` from another session replays nothing.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import time
 import warnings
 import weakref
 from typing import TYPE_CHECKING, Any
-
-from pydantic import ValidationError
 
 from mcp_db import _core
 from mcp_db._sdk import (
@@ -26,6 +25,7 @@ from mcp_db._sdk import (
     EventMessage,
     StreamId,
     decode,
+    decode_run,
     encode,
 )
 from mcp_db._sdk import EventStore as _SdkEventStore
@@ -46,10 +46,33 @@ _RESUME_WAIT_SECONDS = 2.0
 #: Session component of events stored through an unattached store.
 UNATTACHED = ""
 
-#: A stored event as the core returns it: ``(event_id, tag, message_json)``.
-Row = tuple[str, str, bytes]
-#: First page of a replay: ``(stream_id, rows, cursor_for_the_next_page_or_None)``.
-Replay = tuple[str, list[Row], "str | None"]
+#: Consecutive stored messages of one kind: ``(tag, count, json_array_of_them)``.
+Run = tuple[str, int, bytes]
+#: A page of a replay: ``(event_ids, runs, cursor_for_the_next_page_or_None)``.
+Page = tuple[list[str], list[Run], "str | None"]
+#: The first page of a replay, with the stream it belongs to.
+Replay = tuple[str, list[str], list[Run], "str | None"]
+
+
+def _decode_run(tag: str, count: int, data: bytes, first_id: str) -> list[Any]:
+    """The messages of a run; ``None`` in place of any this store cannot read."""
+    try:
+        return decode_run(tag, data)
+    except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+        # Not written by this store. Keep the rest of the replay going.
+        logger.error("unreadable stored events from %s on replay: %s", first_id[:80], exc)
+        try:
+            items = json.loads(data)
+        except ValueError:
+            return [None] * count
+        return [_decode_one(tag, item) for item in items]
+
+
+def _decode_one(tag: str, item: Any) -> Any:
+    try:
+        return decode(tag, json.dumps(item).encode())
+    except (KeyError, ValueError):
+        return None
 
 
 class UnattachedStoreWarning(UserWarning):
@@ -80,7 +103,7 @@ class _Base(_SdkEventStore):
         ``session``."""
         raise NotImplementedError
 
-    async def _replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
+    async def _replay_after(self, cursor: str) -> Page:
         """The page after ``cursor`` (from an earlier page) and the next cursor."""
         raise NotImplementedError
 
@@ -122,19 +145,24 @@ class _Base(_SdkEventStore):
         found = await self._replay(session, last_event_id)
         if found is None:
             return None
-        stream, rows, cursor = found
+        stream, ids, runs, cursor = found
         while True:
-            for event_id, tag, data in rows:
-                try:
-                    message = decode(tag, data)
-                except (KeyError, ValidationError) as exc:
-                    # Not written by this store: skip it rather than end the replay.
-                    logger.error("skipping unreadable event %s on replay: %s", event_id[:80], exc)
-                    continue
-                await send_callback(EventMessage(message, event_id))
-            if cursor is None:
+            # Fetch the next page (on the core's thread) while this one is sent.
+            following = asyncio.ensure_future(self._replay_after(cursor)) if cursor else None
+            try:
+                i = 0
+                for tag, count, data in runs:
+                    for message in _decode_run(tag, count, data, ids[i]):
+                        if message is not None:
+                            await send_callback(EventMessage(message, ids[i]))
+                        i += 1
+            except BaseException:
+                if following is not None:
+                    following.cancel()
+                raise
+            if following is None:
                 return stream
-            rows, cursor = await self._replay_after(cursor)
+            ids, runs, cursor = await following
 
     def _warn_unattached(self) -> None:
         if not self._warned_unattached:
@@ -329,7 +357,7 @@ class RedisEventStore(_Base):
     async def _replay(self, session: str, last_event_id: str) -> Replay | None:
         return await self._core.replay(last_event_id, session)
 
-    async def _replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
+    async def _replay_after(self, cursor: str) -> Page:
         return await self._core.replay_after(cursor)
 
     async def connect(self) -> None:
@@ -380,11 +408,7 @@ class MemoryEventStore(_Base):
         return self._core.append(session, stream, tag, data)
 
     async def _replay(self, session: str, last_event_id: str) -> Replay | None:
-        found = self._core.replay(last_event_id, session)
-        if found is None:
-            return None
-        stream, rows = found
-        return stream, rows, None
+        return self._core.replay(last_event_id, session)
 
     async def close(self) -> None:
         """Nothing to release; here so both stores can be used the same way."""

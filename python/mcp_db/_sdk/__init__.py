@@ -15,9 +15,9 @@ SDK_VERSION: str = _dist_version("mcp")
 SDK_MAJOR: int = int(SDK_VERSION.split(".")[0])
 
 if SDK_MAJOR >= 2:
-    from mcp_db._sdk.v2 import decode, encode
+    from mcp_db._sdk.v2 import decode, decode_run, encode
 else:
-    from mcp_db._sdk.v1 import decode, encode
+    from mcp_db._sdk.v1 import decode, decode_run, encode
 
 
 __all__ = [
@@ -29,5 +29,6 @@ __all__ = [
     "EventStore",
     "StreamId",
     "decode",
+    "decode_run",
     "encode",
 ]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import TypeAdapter
+
 from mcp_types import (
     JSONRPCError,
     JSONRPCMessage,
@@ -24,6 +26,8 @@ _TAGS: dict[type[Any], str] = {
     JSONRPCError: "e",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
+# One validation call per run of same-kind messages: much cheaper than one per message.
+_RUNS: dict[str, TypeAdapter[list[Any]]] = {tag: TypeAdapter(list[cls]) for tag, cls in _CLASSES.items()}
 
 
 def _tag(message: Any) -> str:
@@ -42,3 +46,8 @@ def encode(message: JSONRPCMessage) -> tuple[str, bytes]:
 def decode(tag: str, data: bytes) -> JSONRPCMessage:
     message: JSONRPCMessage = _CLASSES[tag].model_validate_json(data)
     return message
+
+
+def decode_run(tag: str, data: bytes) -> list[JSONRPCMessage]:
+    """Messages of one kind from a JSON array of them."""
+    return _RUNS[tag].validate_json(data)
