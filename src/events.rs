@@ -163,7 +163,8 @@ impl RedisEvents {
     }
 
     /// First page of a replay: `None` for an unknown, garbled, expired or (when `session`
-    /// is given) foreign ID; else `(stream, ids, runs, cursor)`, `cursor` for `replay_after`.
+    /// is given) foreign ID; else `(stream, ids, runs, pages)`, where `pages` (or `None` if
+    /// this page is all there is) yields the rest, fetched ahead in the background.
     #[pyo3(signature = (last_event_id, session))]
     fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<String>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
@@ -171,17 +172,12 @@ impl RedisEvents {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let Some(id) = decoded else { return Ok(None) };
             let Some(page) = inner.page(&id, true).await? else { return Ok(None) };
-            Python::attach(|py| Ok(Some(page.to_py(py, Some(&id.stream))?.into_any().unbind())))
-        })
-    }
-
-    /// The page after a cursor from `replay`: `(ids, runs, cursor)`.
-    fn replay_after<'py>(&self, py: Python<'py>, cursor: &str) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        let id = EventId::decode(cursor).ok_or_else(|| Error::Config(format!("bad replay cursor {cursor:?}")))?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let page = inner.page(&id, false).await?.unwrap_or_default();
-            Python::attach(|py| Ok(page.to_py(py, None)?.into_any().unbind()))
+            let pages = page.cursor.clone().map(|cursor| ReplayPages::spawn(inner, cursor));
+            Python::attach(|py| {
+                let (ids, runs) = page.to_py(py)?;
+                let pages = pages.map(|p| Py::new(py, p)).transpose()?;
+                Ok(Some((id.stream.as_str(), ids, runs, pages).into_pyobject(py)?.into_any().unbind()))
+            })
         })
     }
 
@@ -212,6 +208,72 @@ impl RedisEvents {
             dict.set_item(name, counter.load(Ordering::Relaxed))?;
         }
         Ok(dict)
+    }
+}
+
+/// How many pages a replay reads ahead of the one being sent.
+const READ_AHEAD: usize = 4;
+
+/// The rest of a replay, read ahead by a background task while Python sends each page.
+///
+/// Pages are taken with `try_next()` on the event loop's thread, so a page that is already
+/// there costs no thread hop and no extra wake-up; `next()` waits for one that is not.
+/// Dropping this object stops the reading.
+#[pyclass(frozen, module = "mcp_db._core")]
+pub struct ReplayPages {
+    rx: tokio::sync::Mutex<mpsc::Receiver<Result<Page>>>,
+}
+
+impl ReplayPages {
+    fn spawn(inner: Arc<Inner>, cursor: String) -> ReplayPages {
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            let mut cursor = cursor;
+            loop {
+                let page = match EventId::decode(&cursor) {
+                    Some(id) => inner.page(&id, false).await.map(Option::unwrap_or_default),
+                    None => Err(Error::Redis(format!("bad replay cursor {cursor:?}"))),
+                };
+                let next = page.as_ref().ok().and_then(|p| p.cursor.clone());
+                if tx.send(page).await.is_err() {
+                    return; // the replay was abandoned
+                }
+                match next {
+                    Some(c) => cursor = c,
+                    None => return,
+                }
+            }
+        });
+        ReplayPages { rx: tokio::sync::Mutex::new(rx) }
+    }
+}
+
+fn page_to_py(py: Python<'_>, page: Option<Result<Page>>) -> PyResult<Option<Py<PyAny>>> {
+    match page {
+        None => Ok(None),
+        Some(Err(e)) => Err(e.into()),
+        Some(Ok(page)) => Ok(Some(page.to_py(py)?.into_pyobject(py)?.into_any().unbind())),
+    }
+}
+
+#[pymethods]
+impl ReplayPages {
+    /// The next page `(ids, runs)` if it is ready, `None` at the end, `False` if not yet.
+    fn try_next(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let Ok(mut rx) = self.rx.try_lock() else { return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind()) };
+        match rx.try_recv() {
+            Ok(page) => Ok(page_to_py(py, Some(page))?.unwrap_or_else(|| py.None())),
+            Err(mpsc::error::TryRecvError::Disconnected) => Ok(py.None()),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(false.into_pyobject(py)?.to_owned().into_any().unbind()),
+        }
+    }
+
+    /// Waits for the next page `(ids, runs)`; `None` at the end.
+    fn next<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let page = slf.get().rx.lock().await.recv().await;
+            Python::attach(|py| page_to_py(py, page))
+        })
     }
 }
 

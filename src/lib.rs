@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 pub mod completion;
 pub mod connection;
+pub mod construct;
 pub mod error;
 pub mod event_id;
 pub mod events;
@@ -28,5 +29,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::RedisEvents>()?;
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
+    m.add_function(wrap_pyfunction!(construct::construct_models, m)?)?;
+    m.add_class::<events::ReplayPages>()?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 //! one call. Everything here is built on a tokio thread, without the GIL.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList};
 
 use crate::event_id::{escape_into, Position};
 
@@ -95,9 +95,8 @@ impl Page {
         self.ids.is_empty()
     }
 
-    /// `(ids, [(tag, count, json_array), …], cursor)`, or `(stream, ids, runs, cursor)` for the
-    /// first page of a replay.
-    pub fn to_py<'py>(&self, py: Python<'py>, stream: Option<&str>) -> PyResult<Bound<'py, PyTuple>> {
+    /// `(ids, [(tag, count, json_array), …])`.
+    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let ids = PyList::new(py, &self.ids)?;
         let runs = PyList::empty(py);
         for run in &self.runs {
@@ -105,11 +104,7 @@ impl Page {
             let tag = std::str::from_utf8(&tag).unwrap_or("?");
             runs.append((tag, run.count, PyBytes::new(py, &run.json)))?;
         }
-        let cursor = self.cursor.as_deref();
-        match stream {
-            Some(stream) => (stream, ids, runs, cursor).into_pyobject(py),
-            None => (ids, runs, cursor).into_pyobject(py),
-        }
+        Ok((ids, runs))
     }
 }
 

@@ -1,22 +1,42 @@
 """mcp-db's Rust core. Private: import from ``mcp_db`` instead.
 
-A replay page is ``(event_ids, runs, cursor)``. Each run is ``(tag, count, json)``:
-``count`` consecutive messages of one kind, ``json`` a JSON array of them exactly as the
-SDK serialized each; ``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response)
-or ``e`` (error). Priming events never appear. ``cursor`` is set when more may follow.
+A replay page is ``(event_ids, runs)``. Each run is ``(tag, count, json)``: ``count``
+consecutive messages of one kind, ``json`` a JSON array of them exactly as the SDK
+serialized each; ``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response) or
+``e`` (error). Priming events never appear in a page.
 """
 
 import asyncio
+from typing import Any, Literal
 
 __version__: str
 #: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
 MAX_EVENT_ID_LEN: int
 
 Run = tuple[str, int, bytes]
-Page = tuple[list[str], list[Run], str | None]
+Page = tuple[list[str], list[Run]]
 
 def parse_event_id(event_id: str) -> tuple[str, str] | None:
     """``(session, stream)`` of an event ID, or ``None`` if it is not one of ours."""
+
+def construct_models(
+    cls: type[Any],
+    items: list[Any],
+    fields: frozenset[str],
+    extra_allowed: bool,
+    root: type[Any] | None = None,
+) -> list[Any]:
+    """Instances of the pydantic model ``cls`` from parsed JSON objects, without
+    validation (for messages the store wrote itself); ``root`` wraps each in that
+    ``RootModel``. ``ValueError`` for a key outside ``fields`` unless ``extra_allowed``."""
+
+class ReplayPages:
+    """The rest of a replay, read ahead in the background."""
+
+    def try_next(self) -> Page | Literal[False] | None:
+        """The next page if ready, ``None`` at the end, ``False`` if not yet read."""
+    async def next(self) -> Page | None:
+        """Waits for the next page; ``None`` at the end."""
 
 class RedisEvents:
     """Redis backend: batched durable appends, paged replay, a bounded fault buffer."""
@@ -51,11 +71,10 @@ class RedisEvents:
         Redis has it, or at once while Redis is unreachable (the event is buffered)."""
     async def replay(
         self, last_event_id: str, session: str | None
-    ) -> tuple[str, list[Row], str | None] | None:
-        """First page after ``last_event_id``: ``(stream, rows, cursor)``, or ``None`` for
-        an unknown, garbled, expired or (when ``session`` is given) foreign ID."""
-    async def replay_after(self, cursor: str) -> tuple[list[Row], str | None]:
-        """The page after a cursor returned by ``replay`` or an earlier ``replay_after``."""
+    ) -> tuple[str, list[str], list[Run], ReplayPages | None] | None:
+        """``(stream, ids, runs, pages)`` after ``last_event_id``: the first page, and the
+        rest (``None`` if there is none). ``None`` for an unknown, garbled, expired or (when
+        ``session`` is given) foreign ID."""
     async def close(self) -> None:
         """Writes what is queued, tries once more to write the buffer, then stops."""
     def stats(self) -> dict[str, int]:
@@ -70,6 +89,6 @@ class MemoryEvents:
     def replay(
         self, last_event_id: str, session: str | None
     ) -> tuple[str, list[str], list[Run], None] | None:
-        """Everything after ``last_event_id`` as one page, or ``None`` (see ``RedisEvents``)."""
+        """Everything after ``last_event_id`` in one page, or ``None`` (see ``RedisEvents``)."""
     def stats(self) -> dict[str, int]:
         """stored, replayed, streams, evicted_streams."""

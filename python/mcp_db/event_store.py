@@ -48,10 +48,8 @@ UNATTACHED = ""
 
 #: Consecutive stored messages of one kind: ``(tag, count, json_array_of_them)``.
 Run = tuple[str, int, bytes]
-#: A page of a replay: ``(event_ids, runs, cursor_for_the_next_page_or_None)``.
-Page = tuple[list[str], list[Run], "str | None"]
-#: The first page of a replay, with the stream it belongs to.
-Replay = tuple[str, list[str], list[Run], "str | None"]
+#: The first page of a replay: ``(stream_id, event_ids, runs, the_rest_or_None)``.
+Replay = tuple[str, list[str], list[Run], "_core.ReplayPages | None"]
 
 
 def _decode_run(tag: str, count: int, data: bytes, first_id: str) -> list[Any]:
@@ -103,10 +101,6 @@ class _Base(_SdkEventStore):
         ``session``."""
         raise NotImplementedError
 
-    async def _replay_after(self, cursor: str) -> Page:
-        """The page after ``cursor`` (from an earlier page) and the next cursor."""
-        raise NotImplementedError
-
     # -- the SDK's interface, used directly only by an unattached store ------------------
 
     async def store_event(self, stream_id: StreamId, message: Any) -> EventId:
@@ -145,24 +139,23 @@ class _Base(_SdkEventStore):
         found = await self._replay(session, last_event_id)
         if found is None:
             return None
-        stream, ids, runs, cursor = found
+        stream, ids, runs, pages = found
         while True:
-            # Fetch the next page (on the core's thread) while this one is sent.
-            following = asyncio.ensure_future(self._replay_after(cursor)) if cursor else None
-            try:
-                i = 0
-                for tag, count, data in runs:
-                    for message in _decode_run(tag, count, data, ids[i]):
-                        if message is not None:
-                            await send_callback(EventMessage(message, ids[i]))
-                        i += 1
-            except BaseException:
-                if following is not None:
-                    following.cancel()
-                raise
-            if following is None:
+            i = 0
+            for tag, count, data in runs:
+                for message in _decode_run(tag, count, data, ids[i]):
+                    if message is not None:
+                        await send_callback(EventMessage(message, ids[i]))
+                    i += 1
+            if pages is None:
                 return stream
-            ids, runs, cursor = await following
+            # The next page was read ahead while this one was sent: usually it is there.
+            page = pages.try_next()
+            if page is False:
+                page = await pages.next()
+            if page is None:
+                return stream
+            ids, runs = page
 
     def _warn_unattached(self) -> None:
         if not self._warned_unattached:
@@ -356,9 +349,6 @@ class RedisEventStore(_Base):
 
     async def _replay(self, session: str, last_event_id: str) -> Replay | None:
         return await self._core.replay(last_event_id, session)
-
-    async def _replay_after(self, cursor: str) -> Page:
-        return await self._core.replay_after(cursor)
 
     async def connect(self) -> None:
         """Opens the connection now. Raises ``ConnectionError`` naming the server if it cannot."""

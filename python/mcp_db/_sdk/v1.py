@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from mcp import types as _types
+
+from mcp_db._sdk._construct import RunDecoder
 
 # Typed as Any: this module is also type-checked against 2.x, where these names differ.
 JSONRPCMessage: Any = _types.JSONRPCMessage
@@ -27,8 +27,7 @@ _TAGS: dict[type[Any], str] = {
     JSONRPCError: "e",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
-# One validation call per run of same-kind messages: much cheaper than one per message.
-_RUNS: dict[str, TypeAdapter[list[Any]]] = {tag: TypeAdapter(list[cls]) for tag, cls in _CLASSES.items()}
+_RUNS = {tag: RunDecoder(cls, root=JSONRPCMessage) for tag, cls in _CLASSES.items()}
 
 
 def _tag(message: Any) -> str:
@@ -52,6 +51,5 @@ def decode(tag: str, data: bytes) -> Any:
 
 
 def decode_run(tag: str, data: bytes) -> list[Any]:
-    """Messages of one kind from a JSON array of them."""
-    construct = JSONRPCMessage.model_construct
-    return [construct(root=root) for root in _RUNS[tag].validate_json(data)]
+    """Messages of one kind from a JSON array of them, as the SDK would have them."""
+    return _RUNS[tag](data)

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import TypeAdapter
-
 from mcp_types import (
     JSONRPCError,
     JSONRPCMessage,
@@ -19,6 +17,8 @@ from mcp_types import (
     JSONRPCResponse,
 )
 
+from mcp_db._sdk._construct import RunDecoder
+
 _TAGS: dict[type[Any], str] = {
     JSONRPCRequest: "q",
     JSONRPCNotification: "n",
@@ -26,8 +26,7 @@ _TAGS: dict[type[Any], str] = {
     JSONRPCError: "e",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
-# One validation call per run of same-kind messages: much cheaper than one per message.
-_RUNS: dict[str, TypeAdapter[list[Any]]] = {tag: TypeAdapter(list[cls]) for tag, cls in _CLASSES.items()}
+_RUNS = {tag: RunDecoder(cls) for tag, cls in _CLASSES.items()}
 
 
 def _tag(message: Any) -> str:
@@ -48,6 +47,6 @@ def decode(tag: str, data: bytes) -> JSONRPCMessage:
     return message
 
 
-def decode_run(tag: str, data: bytes) -> list[JSONRPCMessage]:
-    """Messages of one kind from a JSON array of them."""
-    return _RUNS[tag].validate_json(data)
+def decode_run(tag: str, data: bytes) -> list[Any]:
+    """Messages of one kind from a JSON array of them, as the SDK would have them."""
+    return _RUNS[tag](data)
