@@ -29,11 +29,11 @@ from typing import Any, Protocol
 
 import redis.asyncio as aioredis
 from mcp.server.streamable_http import EventMessage
-from mcp_db import RedisEventStore
-from mcp_db._redis_server import RedisServer
 from mcp_types import JSONRPCNotification
 
 from benches.baseline import RedisPyEventStore
+from mcp_db import RedisEventStore
+from mcp_db._redis_server import RedisServer
 
 OURS = "mcp-db"
 BASE = "redis-py"

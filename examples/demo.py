@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+
 from mcp_db._redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,6 +10,7 @@ Without ``MCP_DB_REDIS_URL`` it uses the in-process ``MemoryEventStore``.
 import os
 
 import anyio
+
 from mcp_db import MemoryEventStore, RedisEventStore
 
 redis_url = os.environ.get("MCP_DB_REDIS_URL")

@@ -16,16 +16,17 @@ fn set_slot(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, value: &Bound<'_
     if rc == 0 { Ok(()) } else { Err(PyErr::fetch(obj.py())) }
 }
 
-/// Instances of `cls` from parsed JSON objects. Keys outside `fields` go to
-/// `__pydantic_extra__` when `extra_allowed`; otherwise they raise `ValueError` (the caller
-/// then validates the normal way). With `root`, each instance is wrapped in that
+/// Instances of `cls` from parsed JSON objects. A missing `required` field raises
+/// `ValueError`, as does a key outside `fields` unless `extra_allowed` (then it goes to
+/// `__pydantic_extra__`); the caller then validates the normal way. With `root`, each instance is wrapped in that
 /// `RootModel` class (the SDK 1.x `JSONRPCMessage`).
 #[pyfunction]
-#[pyo3(signature = (cls, items, fields, extra_allowed, root=None))]
+#[pyo3(signature = (cls, items, fields, required, extra_allowed, root=None))]
 pub fn construct_models<'py>(
     cls: &Bound<'py, PyType>,
     items: &Bound<'py, PyList>,
     fields: &Bound<'py, PyFrozenSet>,
+    required: &Bound<'py, PyFrozenSet>,
     extra_allowed: bool,
     root: Option<&Bound<'py, PyType>>,
 ) -> PyResult<Bound<'py, PyList>> {
@@ -40,6 +41,11 @@ pub fn construct_models<'py>(
     let out = PyList::empty(py);
     for item in items.iter() {
         let data = item.cast_into::<PyDict>().map_err(|_| PyValueError::new_err("not a JSON object"))?;
+        for key in required.iter() {
+            if !data.contains(&key)? {
+                return Err(PyValueError::new_err(format!("missing field {key}")));
+            }
+        }
         let mut extra: Option<Bound<'py, PyDict>> = None;
         for key in data.keys() {
             if !fields.contains(&key)? {

@@ -17,6 +17,8 @@ pub struct Run {
     pub tag: u8,
     pub count: usize,
     pub json: Vec<u8>,
+    /// Where each message ends in `json`, so one bad message can be skipped alone.
+    pub ends: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -64,12 +66,14 @@ impl PageBuilder {
                 run.count += 1;
                 run.json.push(b',');
                 run.json.extend_from_slice(data);
+                run.ends.push(run.json.len() as u32);
             }
             _ => {
                 let mut json = Vec::with_capacity(data.len() * 16 + 2);
                 json.push(b'[');
                 json.extend_from_slice(data);
-                self.page.runs.push(Run { tag, count: 1, json });
+                let ends = vec![json.len() as u32];
+                self.page.runs.push(Run { tag, count: 1, json, ends });
             }
         }
     }
@@ -95,14 +99,15 @@ impl Page {
         self.ids.is_empty()
     }
 
-    /// `(ids, [(tag, count, json_array), …])`.
+    /// `(ids, [(tag, count, json_array, ends), …])`, `ends` as native `u32`s.
     pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
         let ids = PyList::new(py, &self.ids)?;
         let runs = PyList::empty(py);
         for run in &self.runs {
             let tag = [run.tag];
             let tag = std::str::from_utf8(&tag).unwrap_or("?");
-            runs.append((tag, run.count, PyBytes::new(py, &run.json)))?;
+            let ends: Vec<u8> = run.ends.iter().flat_map(|e| e.to_ne_bytes()).collect();
+            runs.append((tag, run.count, PyBytes::new(py, &run.json), PyBytes::new(py, &ends)))?;
         }
         Ok((ids, runs))
     }
@@ -130,6 +135,8 @@ mod tests {
         assert_eq!(page.runs[0].json, b"[{\"a\":1},{\"a\":2}]");
         assert_eq!(page.runs[1].json, b"[{}]");
         assert_eq!((page.runs[0].count, page.runs[1].count), (2, 1));
+        assert_eq!(page.runs[0].ends, vec![8, 16]);
+        assert_eq!(&page.runs[0].json[9..16], b"{\"a\":2}");
         assert_eq!(page.cursor.as_deref(), Some("s:r%3A1:1-5"));
     }
 

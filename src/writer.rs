@@ -76,10 +76,28 @@ struct Clock {
 }
 
 impl Clock {
+    /// Never hand out a position at or below one Redis assigned.
+    fn observe(&mut self, position: Position) {
+        self.last = self.last.max(position);
+    }
+
     fn next(&mut self) -> Position {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next() };
         self.last
+    }
+}
+
+/// Whether an XRANGE reply holds exactly `event` (same kind, same message).
+fn is_this_entry(reply: Option<&redis::Value>, event: &Pending) -> bool {
+    let Some(redis::Value::Array(rows)) = reply else { return false };
+    let Some(redis::Value::Array(parts)) = rows.first() else { return false };
+    let Some(redis::Value::Array(fields)) = parts.get(1) else { return false };
+    match fields.as_slice() {
+        [redis::Value::BulkString(tag), redis::Value::BulkString(data)] => {
+            tag.as_slice() == [event.tag] && data.as_slice() == event.data.as_deref().unwrap_or_default()
+        }
+        _ => false,
     }
 }
 
@@ -158,80 +176,91 @@ impl Writer {
     }
 
     async fn write(&mut self, batch: Vec<Append>) {
-        let mut done = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         for append in batch {
             let position = self.clock.next();
-            done.push((append.waiter, EventId::encode(&append.session, &append.stream, position)));
+            waiters.push((append.waiter, append.session, append.stream));
             pending.push(Pending { key: append.key, tag: append.tag, data: append.data, position });
         }
-        if self.buffer.is_empty() {
-            match self.send(&pending).await {
-                Ok(()) => {}
-                Err(err) => {
-                    tracing::error!(
-                        "cannot store events: {err}; live delivery continues and up to {} events are kept in memory until Redis is back",
-                        self.limits.buffer_max
-                    );
-                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                    self.backoff = MIN_BACKOFF;
-                    self.next_flush = Instant::now() + self.backoff;
-                    self.recovered = 0;
-                    self.dropped_this_outage = 0;
-                    self.spill(pending);
-                }
-            }
-        } else {
-            self.spill(pending);
-        }
+        let sent = if self.buffer.is_empty() { Some(self.send(&mut pending).await) } else { None };
         // The SDK gets its IDs whether or not Redis has the events yet: delivery goes on.
+        let done = waiters
+            .into_iter()
+            .zip(pending.iter())
+            .map(|((waiter, session, stream), event)| (waiter, EventId::encode(&session, &stream, event.position)))
+            .collect();
+        match sent {
+            Some(Ok(())) => {}
+            Some(Err(err)) => {
+                tracing::error!(
+                    "cannot store events: {err}; live delivery continues and up to {} events are kept in memory until Redis is back",
+                    self.limits.buffer_max
+                );
+                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.backoff = MIN_BACKOFF;
+                self.next_flush = Instant::now() + self.backoff;
+                self.recovered = 0;
+                self.dropped_this_outage = 0;
+                self.spill(pending);
+            }
+            None => self.spill(pending),
+        }
         resolve_all(done);
     }
 
     /// Writes `pending` in one pipeline. `Err` only for a fault that may heal (nothing
-    /// known to be written); refused commands are logged and counted here.
-    async fn send(&mut self, pending: &[Pending]) -> Result<(), Error> {
+    /// known to be written); refused commands are logged and counted here. An event that
+    /// Redis had to place itself gets its new position.
+    async fn send(&mut self, pending: &mut [Pending]) -> Result<(), Error> {
         let pipe = self.pipeline(pending);
         let values = self.connector.query(&pipe).await?;
-        let mut retry_unassigned = Vec::new();
-        for (event, value) in pending.iter().zip(values.iter()) {
+        let mut behind_top = Vec::new();
+        for (index, value) in values.iter().take(pending.len()).enumerate() {
             match value {
-                redis::Value::ServerError(_) if is_behind_top(value) => retry_unassigned.push(event),
-                redis::Value::ServerError(e) => self.refused(event, &e.to_string()),
+                redis::Value::ServerError(_) if is_behind_top(value) => behind_top.push(index),
+                redis::Value::ServerError(e) => self.refused(&pending[index], &e.to_string()),
                 _ => {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        // Refused as behind the stream's top: either an earlier attempt of this very entry
-        // landed before a timeout (then it is stored), or another node wrote the stream
-        // with a clock ahead of ours (then let Redis pick the position).
-        for event in retry_unassigned {
-            let position = event.position.to_string();
-            let mut pipe = redis::pipe();
-            pipe.cmd("XRANGE").arg(&event.key).arg(&position).arg(&position);
-            match self.connector.query(&pipe).await {
-                Ok(v) if matches!(v.first(), Some(redis::Value::Array(rows)) if !rows.is_empty()) => {
-                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    self.refused(event, &e.to_string());
-                    continue;
-                }
-            }
-            let mut pipe = redis::pipe();
-            self.xadd(&mut pipe, event, None);
-            match self.connector.query(&pipe).await {
-                Ok(v) if !matches!(v.first(), Some(redis::Value::ServerError(_))) => {
-                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
-                }
-                Ok(v) => self.refused(event, &format!("{:?}", v.first())),
-                Err(e) => self.refused(event, &e.to_string()),
-            }
+        for index in behind_top {
+            self.place(&mut pending[index]).await;
         }
         Ok(())
+    }
+
+    /// An event refused as behind its stream's top: either an earlier attempt of this very
+    /// entry landed before a timeout (then it is stored), or another writer got there with
+    /// a clock ahead of ours (then let Redis pick the position).
+    async fn place(&mut self, event: &mut Pending) {
+        let at = event.position.to_string();
+        let mut pipe = redis::pipe();
+        pipe.cmd("XRANGE").arg(&event.key).arg(&at).arg(&at);
+        match self.connector.query(&pipe).await {
+            Ok(v) if is_this_entry(v.first(), event) => {
+                self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => return self.refused(event, &e.to_string()),
+        }
+        let mut pipe = redis::pipe();
+        self.xadd(&mut pipe, event, None);
+        match self.connector.query(&pipe).await {
+            Ok(v) => match v.first() {
+                Some(redis::Value::BulkString(id)) => {
+                    if let Some(position) = std::str::from_utf8(id).ok().and_then(Position::parse) {
+                        event.position = position;
+                        self.clock.observe(position);
+                    }
+                    self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                }
+                other => self.refused(event, &format!("{other:?}")),
+            },
+            Err(e) => self.refused(event, &e.to_string()),
+        }
     }
 
     fn refused(&self, event: &Pending, why: &str) {
@@ -292,8 +321,8 @@ impl Writer {
     async fn flush(&mut self) {
         while !self.buffer.is_empty() {
             let n = self.buffer.len().min(self.limits.batch_max);
-            let chunk: Vec<Pending> = self.buffer.drain(..n).collect();
-            match self.send(&chunk).await {
+            let mut chunk: Vec<Pending> = self.buffer.drain(..n).collect();
+            match self.send(&mut chunk).await {
                 Ok(()) => {
                     self.recovered += n as u64;
                     self.stats.flushed.fetch_add(n as u64, Ordering::Relaxed);

@@ -7,6 +7,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from mcp import ClientSession
+
 from mcp_db._sdk import SDK_MAJOR
 
 try:  # 1.2x and 2.x

@@ -8,6 +8,7 @@ import pytest
 from mcp.server.lowlevel import Server
 from mcp.server.streamable_http import StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+
 from mcp_db import ConfigError, MemoryEventStore, SessionEventStore
 
 

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+
 from mcp_db import (
     ConfigError,
     MemoryEventStore,
@@ -17,7 +18,6 @@ from mcp_db import (
 )
 from mcp_db._redis_server import RedisServer, free_port
 from mcp_db._sdk import EventMessage
-
 from tests import _messages as msgs
 
 
@@ -286,3 +286,29 @@ async def test_a_failing_store_event_logs_and_returns_no_id(
     await store.close()
     assert await store.for_session("s").store_event("1", msgs.notification(1)) is None
     assert "closed" in caplog.text and "could not store an event" in caplog.text
+
+
+async def test_replay_skips_entries_it_did_not_write_and_serves_the_rest(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    import redis as redis_py
+
+    async with RedisEventStore(redis_server.url, prefix=prefix) as store:
+        view = store.for_session("sess")
+        first = await view.store_event("1", None)
+        await view.store_event("1", msgs.notification(0))
+        key = f"{prefix}:e:{{sess}}:1"
+        raw = redis_py.Redis.from_url(redis_server.url)
+        raw.xadd(key, {"n": b"{not json"})
+        raw.xadd(key, {"n": b'{"jsonrpc": "2.0"}'})  # JSON, but no method
+        raw.xadd(key, {"zz": b"{}"})  # unknown kind
+        raw.xadd(key, {"t": b"n", "d": b"{}"})  # not our layout
+        # Another writer whose clock runs far ahead: Redis places our next events after it.
+        raw.xadd(key, {"n": b"{}"}, id="9999999999999-0")
+        ids = [await view.store_event("1", msgs.notification(n)) for n in (1, 2)]
+        assert ids == ["sess:1:9999999999999-1", "sess:1:9999999999999-2"]
+        got = Collector()
+        assert await view.replay_events_after(first, got) == "1"
+        assert [msgs.unwrap(e.message).params["progress"] for e in got.events] == [0, 1, 2]
+        assert [e.event_id for e in got.events][1:] == ids
+        assert "skipping an unreadable stored event" in caplog.text

@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from mcp_db._redis_server import RedisServer
 
+from mcp_db._redis_server import RedisServer
 from tests import _messages as msgs
 from tests._client import (
     AUTO_RESUME,

@@ -10,9 +10,9 @@ import anyio
 import httpx
 import pytest
 import redis
+
 from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_VERSION
-
 from tests._client import (
     AUTO_RESUME,
     client_session,

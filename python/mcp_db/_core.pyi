@@ -1,9 +1,10 @@
 """mcp-db's Rust core. Private: import from ``mcp_db`` instead.
 
-A replay page is ``(event_ids, runs)``. Each run is ``(tag, count, json)``: ``count``
-consecutive messages of one kind, ``json`` a JSON array of them exactly as the SDK
-serialized each; ``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response) or
-``e`` (error). Priming events never appear in a page.
+A replay page is ``(event_ids, runs)``. Each run is ``(tag, count, json, ends)``:
+``count`` consecutive messages of one kind, ``json`` a JSON array of them exactly as the
+SDK serialized each, ``ends`` the offset in ``json`` where each one ends (native ``u32``s);
+``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response) or ``e`` (error).
+Priming events never appear in a page.
 """
 
 import asyncio
@@ -13,7 +14,7 @@ __version__: str
 #: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
 MAX_EVENT_ID_LEN: int
 
-Run = tuple[str, int, bytes]
+Run = tuple[str, int, bytes, bytes]
 Page = tuple[list[str], list[Run]]
 
 def parse_event_id(event_id: str) -> tuple[str, str] | None:
@@ -23,12 +24,14 @@ def construct_models(
     cls: type[Any],
     items: list[Any],
     fields: frozenset[str],
+    required: frozenset[str],
     extra_allowed: bool,
     root: type[Any] | None = None,
 ) -> list[Any]:
     """Instances of the pydantic model ``cls`` from parsed JSON objects, without
     validation (for messages the store wrote itself); ``root`` wraps each in that
-    ``RootModel``. ``ValueError`` for a key outside ``fields`` unless ``extra_allowed``."""
+    ``RootModel``. ``ValueError`` for a missing ``required`` field, or a key outside
+    ``fields`` unless ``extra_allowed``."""
 
 class ReplayPages:
     """The rest of a replay, read ahead in the background."""

@@ -10,7 +10,6 @@ so a ``Last-Event-ID`` from another session replays nothing.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import time
@@ -46,31 +45,28 @@ _RESUME_WAIT_SECONDS = 2.0
 #: Session component of events stored through an unattached store.
 UNATTACHED = ""
 
-#: Consecutive stored messages of one kind: ``(tag, count, json_array_of_them)``.
-Run = tuple[str, int, bytes]
+#: Consecutive stored messages of one kind: ``(tag, count, json_array, ends)``.
+Run = tuple[str, int, bytes, bytes]
 #: The first page of a replay: ``(stream_id, event_ids, runs, the_rest_or_None)``.
 Replay = tuple[str, list[str], list[Run], "_core.ReplayPages | None"]
 
 
-def _decode_run(tag: str, count: int, data: bytes, first_id: str) -> list[Any]:
+def _decode_run(tag: str, data: bytes, ends: bytes, first_id: str) -> list[Any]:
     """The messages of a run; ``None`` in place of any this store cannot read."""
     try:
         return decode_run(tag, data)
-    except (KeyError, ValueError) as exc:  # pydantic's ValidationError is a ValueError
-        # Not written by this store. Keep the rest of the replay going.
-        logger.error("unreadable stored events from %s on replay: %s", first_id[:80], exc)
-        try:
-            items = json.loads(data)
-        except ValueError:
-            return [None] * count
-        return [_decode_one(tag, item) for item in items]
-
-
-def _decode_one(tag: str, item: Any) -> Any:
-    try:
-        return decode(tag, json.dumps(item).encode())
-    except (KeyError, ValueError):
-        return None
+    except (KeyError, ValueError):  # pydantic's ValidationError is a ValueError
+        # Not written by this store. Skip what cannot be read, keep the rest of the replay.
+        messages: list[Any] = []
+        start = 1
+        for end in memoryview(ends).cast("I"):
+            try:
+                messages.append(decode(tag, data[start:end]))
+            except (KeyError, ValueError) as exc:
+                logger.error("skipping an unreadable stored event near %s: %s", first_id[:80], exc)
+                messages.append(None)
+            start = end + 1
+        return messages
 
 
 class UnattachedStoreWarning(UserWarning):
@@ -142,8 +138,8 @@ class _Base(_SdkEventStore):
         stream, ids, runs, pages = found
         while True:
             i = 0
-            for tag, count, data in runs:
-                for message in _decode_run(tag, count, data, ids[i]):
+            for tag, _count, data, ends in runs:
+                for message in _decode_run(tag, data, ends, ids[i]):
                     if message is not None:
                         await send_callback(EventMessage(message, ids[i]))
                     i += 1

@@ -12,6 +12,7 @@ import os
 from typing import Any
 
 import anyio
+
 from mcp_db import MemoryEventStore, RedisEventStore
 from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
 

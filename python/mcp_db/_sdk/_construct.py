@@ -58,6 +58,7 @@ class RunDecoder:
         self.root = root
         self.fast = constructible(cls)
         self.fields = frozenset(cls.model_fields)
+        self.required = frozenset(n for n, f in cls.model_fields.items() if f.is_required())
         self.extra_allowed = cls.model_config.get("extra") == "allow"
         self.adapter: TypeAdapter[list[Any]] = TypeAdapter(list[cls])  # type: ignore[valid-type]
 
@@ -65,7 +66,9 @@ class RunDecoder:
         if self.fast:
             try:
                 items = from_json(data)
-                return construct_models(self.cls, items, self.fields, self.extra_allowed, self.root)
+                return construct_models(
+                    self.cls, items, self.fields, self.required, self.extra_allowed, self.root
+                )
             except ValueError:
                 pass  # not what this store writes: validate it properly below
         messages = self.adapter.validate_json(data)
