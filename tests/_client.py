@@ -24,7 +24,9 @@ async def client_session(
     async with _open(url) as streams:
         read, write = streams[0], streams[1]
         async with ClientSession(read, write, logging_callback=logging_callback) as session:
-            await session.initialize()
+            init = await session.initialize()
+            negotiated = getattr(init, "protocol_version", None) or init.protocolVersion
+            assert negotiated == PROTOCOL, f"negotiated {negotiated}, expected {PROTOCOL}"
             yield session
 
 
@@ -34,6 +36,8 @@ def result_text(result: Any) -> str:
 
 #: Whether this SDK line's client resumes a cut stream by itself (1.2x and 2.x).
 AUTO_RESUME = SDK_MAJOR >= 2 or not _open.__name__.startswith("streamablehttp")
+#: The protocol the client negotiates: 2025-11-25, except on 1.12, which predates it.
+PROTOCOL = "2025-11-25" if AUTO_RESUME else "2025-06-18"
 
 
 def kind(fields: dict[bytes, bytes]) -> bytes:

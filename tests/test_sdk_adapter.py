@@ -8,7 +8,7 @@ import pytest
 from pydantic import BaseModel, field_validator
 
 from mcp_db._sdk import decode, decode_run, encode
-from mcp_db._sdk._construct import RunDecoder, constructible
+from mcp_db._sdk._codec import RunDecoder, constructible
 from tests import _messages as msgs
 
 ALL = [*msgs.mixed(3), msgs.request(9, "tools/call"), msgs.response("x", {"a": 1.5e300})]

@@ -1,4 +1,5 @@
-"""Rebuilding stored messages without validating them twice (see ``src/construct.rs``).
+"""Stored messages in and out: tags per message class, and rebuilding messages without
+validating them twice (see ``src/construct.rs``).
 
 The fast path is used for a message class only if nothing validation would do can be
 missed: every field holds plain JSON (no nested models), no field has an alias, and the
@@ -76,3 +77,34 @@ class RunDecoder:
             return messages
         construct = self.root.model_construct
         return [construct(root=m) for m in messages]
+
+
+class Codec:
+    """The four JSON-RPC message classes of one SDK line, each with a one-letter tag."""
+
+    def __init__(
+        self, request: Any, notification: Any, response: Any, error: Any, root: Any = None
+    ):
+        self.tags: dict[type[Any], str] = {
+            request: "q",
+            notification: "n",
+            response: "r",
+            error: "e",
+        }
+        self.classes = {tag: cls for cls, tag in self.tags.items()}
+        self.root = root
+        self.runs = {tag: RunDecoder(cls, root=root) for tag, cls in self.classes.items()}
+
+    def tag(self, message: Any) -> str:
+        tag = self.tags.get(type(message))
+        if tag is None:  # a subclass: rare, so the slow path is fine
+            tag = next(t for cls, t in self.tags.items() if isinstance(message, cls))
+        return tag
+
+    def decode(self, tag: str, data: bytes) -> Any:
+        message = self.classes[tag].model_validate_json(data)
+        return message if self.root is None else self.root.model_construct(root=message)
+
+    def decode_run(self, tag: str, data: bytes) -> list[Any]:
+        """Messages of one kind from a JSON array of them, as the SDK would have them."""
+        return self.runs[tag](data)
