@@ -78,6 +78,18 @@ impl Connector {
     }
 }
 
+impl Connector {
+    /// Runs a Lua script (EVALSHA, loading it on first use) with the store's timeout.
+    pub async fn invoke<T: redis::FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
+        let mut conn = self.get().await?;
+        match tokio::time::timeout(self.timeout, call.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
+            Err(_) => Err(Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))),
+        }
+    }
+}
+
 /// Hides the password in a URL before it is shown to anyone.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };

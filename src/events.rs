@@ -127,6 +127,12 @@ impl RedisEvents {
         self.inner.connector.server()
     }
 
+    /// Session records under this store's prefix, on this store's connection.
+    fn sessions(&self) -> crate::sessions::SessionRecords {
+        let records = crate::sessions::Records::new(&self.inner.prefix, self.inner.connector.clone());
+        crate::sessions::SessionRecords { records: Arc::new(records) }
+    }
+
     /// Opens the connection now; raises `ConnectionError` naming the server if it cannot.
     fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();

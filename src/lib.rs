@@ -13,6 +13,7 @@ pub mod keys;
 pub mod logging;
 pub mod memory;
 pub mod page;
+pub mod sessions;
 pub mod writer;
 
 /// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.
@@ -31,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(construct::construct_models, m)?)?;
     m.add_class::<events::ReplayPages>()?;
+    m.add_class::<sessions::SessionRecords>()?;
     Ok(())
 }

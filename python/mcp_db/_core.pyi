@@ -78,6 +78,8 @@ class RedisEvents:
         """``(stream, ids, runs, pages)`` after ``last_event_id``: the first page, and the
         rest (``None`` if there is none). ``None`` for an unknown, garbled, expired or (when
         ``session`` is given) foreign ID."""
+    def sessions(self) -> SessionRecords:
+        """Session records under this store's prefix, on this store's connection."""
     async def close(self) -> None:
         """Writes what is queued, tries once more to write the buffer, then stops."""
     def stats(self) -> dict[str, int]:
@@ -95,3 +97,24 @@ class MemoryEvents:
         """Everything after ``last_event_id`` in one page, or ``None`` (see ``RedisEvents``)."""
     def stats(self) -> dict[str, int]:
         """stored, replayed, streams, evicted_streams."""
+
+class SessionRecords:
+    """Session records (``{prefix}:s:{<session>}``), changed only by atomic scripts.
+
+    States: INITIALIZING → INITIALIZED → ACTIVE (→ ACTIVE) → CLOSED; nothing leaves CLOSED.
+    """
+
+    async def create(self, session: str, node: str, principal: str, init: str, ttl_ms: int) -> bool:
+        """Creates an INITIALIZING record; ``False`` if one exists."""
+    async def transition(
+        self,
+        session: str,
+        state: str,
+        ttl_ms: int,
+        expected_version: int | None = None,
+        fields: list[tuple[str, str]] = ...,
+    ) -> tuple[Literal[True], int] | tuple[Literal[False], str, int, str]:
+        """``(True, version)``, or ``(False, reason, version, state)`` with reason
+        ``missing``, ``conflict`` (version mismatch) or ``refused`` (not allowed)."""
+    async def lookup(self, session: str, ttl_ms: int) -> dict[str, str] | None:
+        """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
