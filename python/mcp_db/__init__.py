@@ -13,6 +13,7 @@ from mcp_db.event_store import (
     SessionEventStore,
     UnattachedStoreWarning,
 )
+from mcp_db.middleware import SessionMiddleware
 
 __all__ = [
     "ConfigError",
@@ -21,6 +22,7 @@ __all__ = [
     "RedisEventStore",
     "RedisUnavailableError",
     "SessionEventStore",
+    "SessionMiddleware",
     "StoreTimeoutError",
     "UnattachedStoreWarning",
     "__version__",

@@ -77,8 +77,42 @@ def echo(text: str) -> str:
     return text
 
 
+@server.tool()
+async def whoami(ctx: Context = None) -> str:  # type: ignore[assignment]
+    """The client name this node believes the session has (from its initialize)."""
+    params = ctx.session.client_params
+    info = getattr(params, "client_info", None) or params.clientInfo
+    return f"{info.name} on {os.getpid()}"
+
+
+@server.resource("note://greeting")
+def greeting() -> str:
+    """A fixed resource."""
+    return "hello from a resource"
+
+
+@server.prompt()
+def review(code: str) -> str:
+    """A prompt with one argument."""
+    return f"Please review: {code}"
+
+
 if SDK_MAJOR >= 2:
     app = server.streamable_http_app(event_store=store, retry_interval=RETRY_MS)
 else:
     app = server.streamable_http_app()
-store.attach(server.session_manager)
+if os.environ.get("MCP_DB_MIDDLEWARE"):
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from mcp_db import SessionMiddleware
+
+    async def sessions(request: Request) -> JSONResponse:
+        """Test-only: how many transports this node holds."""
+        return JSONResponse({"sessions": len(server.session_manager._server_instances)})
+
+    app.router.routes.append(Route("/debug/sessions", sessions))
+    app = SessionMiddleware(app, store=store, node_id=f"node-{os.getpid()}")
+else:
+    store.attach(server.session_manager)

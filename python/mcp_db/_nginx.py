@@ -1,0 +1,106 @@
+"""A throwaway nginx round-robin load balancer, for the demo, tests and benchmarks.
+
+Private, like ``_redis_server``: it starts a real nginx process with the SSE-safe settings
+of ``examples/nginx.conf`` in a temporary prefix; it is not a deployment tool.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from mcp_db._redis_server import free_port
+
+CONFIG = """\
+worker_processes 1;
+error_log {prefix}/error.log warn;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    log_format upstream '$request_method $status $upstream_addr';
+    access_log {prefix}/access.log upstream;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    upstream mcp {{
+{servers}
+        keepalive 64;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mcp;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $http_host;
+            # SSE: pass every event on at once, and let streams stay open.
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 1h;
+            client_max_body_size 4m;
+        }}
+    }}
+}}
+"""
+
+
+class Nginx:
+    """Round-robins every request over ``backends`` (``host:port`` strings)."""
+
+    def __init__(self, backends: list[str]) -> None:
+        binary = shutil.which("nginx") or (
+            "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+        )
+        if binary is None:
+            raise RuntimeError("nginx is not installed (Debian: apt-get install nginx-light)")
+        self.binary = binary
+        self.port = free_port()
+        self.prefix = Path(tempfile.mkdtemp(prefix="mcp-db-nginx-"))
+        servers = "\n".join(f"        server {b} max_fails=0;" for b in backends)
+        (self.prefix / "nginx.conf").write_text(
+            CONFIG.format(prefix=self.prefix, servers=servers, port=self.port)
+        )
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> Nginx:
+        conf = str(self.prefix / "nginx.conf")
+        with (self.prefix / "stderr.log").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [self.binary, "-p", str(self.prefix), "-c", conf, "-g", "daemon off;"],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = (self.prefix / "stderr.log").read_text(errors="replace")
+                    self.stop()
+                    raise RuntimeError(f"nginx did not start:\n{log}") from None
+                time.sleep(0.05)
+
+    def upstreams(self) -> list[str]:
+        """The backend that served each request so far, in order."""
+        log = self.prefix / "access.log"
+        return [line.split()[-1] for line in log.read_text().splitlines()] if log.exists() else []
+
+    def stop(self) -> None:
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+        shutil.rmtree(self.prefix, ignore_errors=True)

@@ -1,0 +1,50 @@
+"""A multi-node deployment on loopback: a redis-server, N uvicorn nodes of the test server
+with SessionMiddleware, and nginx round-robining every request over them."""
+
+from __future__ import annotations
+
+import httpx
+
+from mcp_db._nginx import Nginx
+from mcp_db._redis_server import RedisServer
+from tests._nodes import Node
+
+
+class Cluster:
+    def __init__(self, redis: RedisServer, prefix: str, size: int = 3) -> None:
+        env = {
+            "MCP_DB_REDIS_URL": redis.url,
+            "MCP_DB_PREFIX": prefix,
+            "MCP_DB_MIDDLEWARE": "1",
+        }
+        self.nodes = [Node(env=env) for _ in range(size)]
+        self.lb = Nginx([f"127.0.0.1:{n.port}" for n in self.nodes])
+
+    @property
+    def url(self) -> str:
+        return self.lb.url
+
+    def start(self) -> Cluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.lb.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.lb.stop()
+        for node in self.nodes:
+            node.stop()
+
+    def session_counts(self) -> list[int]:
+        """How many transports each node holds right now."""
+        return [
+            httpx.get(f"http://127.0.0.1:{n.port}/debug/sessions").json()["sessions"]
+            for n in self.nodes
+        ]
+
+    def served_by(self) -> set[str]:
+        return set(self.lb.upstreams())
