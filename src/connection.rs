@@ -79,6 +79,15 @@ impl Connector {
 }
 
 impl Connector {
+    /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one).
+    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
+        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => Ok(pubsub),
+            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
+            Err(_) => Err(Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))),
+        }
+    }
+
     /// Runs a Lua script (EVALSHA, loading it on first use) with the store's timeout.
     pub async fn invoke<T: redis::FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
         let mut conn = self.get().await?;

@@ -133,6 +133,11 @@ impl RedisEvents {
         crate::sessions::SessionRecords { records: Arc::new(records) }
     }
 
+    /// Subscribes to the bus of this store's prefix (a dedicated connection).
+    fn bus(&self) -> crate::bus::Bus {
+        crate::bus::Bus::start(self.inner.connector.clone(), &self.inner.prefix)
+    }
+
     /// Opens the connection now; raises `ConnectionError` naming the server if it cannot.
     fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();

@@ -3,6 +3,7 @@
 
 use pyo3::prelude::*;
 
+pub mod bus;
 pub mod completion;
 pub mod connection;
 pub mod construct;
@@ -33,5 +34,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(construct::construct_models, m)?)?;
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
+    m.add_class::<bus::Bus>()?;
     Ok(())
 }

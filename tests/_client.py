@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 from mcp import ClientSession
@@ -18,16 +18,39 @@ except ImportError:  # 1.12
 
 @asynccontextmanager
 async def client_session(
-    url: str, *, logging_callback: Callable[..., Any] | None = None
+    url: str,
+    *,
+    logging_callback: Callable[..., Any] | None = None,
+    protocol: str | None = None,
 ) -> AsyncIterator[ClientSession]:
-    """An initialized ``ClientSession`` (handshake era, the client's newest version)."""
-    async with _open(url) as streams:
-        read, write = streams[0], streams[1]
-        async with ClientSession(read, write, logging_callback=logging_callback) as session:
-            init = await session.initialize()
-            negotiated = getattr(init, "protocol_version", None) or init.protocolVersion
-            assert negotiated == PROTOCOL, f"negotiated {negotiated}, expected {PROTOCOL}"
-            yield session
+    """An initialized ``ClientSession`` (handshake era), offering ``protocol`` (default:
+    the client's newest)."""
+    wanted = protocol or PROTOCOL
+    with _offering(wanted):
+        async with _open(url) as streams:
+            read, write = streams[0], streams[1]
+            async with ClientSession(read, write, logging_callback=logging_callback) as session:
+                init = await session.initialize()
+                negotiated = getattr(init, "protocol_version", None) or init.protocolVersion
+                assert negotiated == wanted, f"negotiated {negotiated}, expected {wanted}"
+                yield session
+
+
+@contextmanager
+def _offering(version: str) -> Iterator[None]:
+    """Makes the SDK's client offer ``version`` in ``initialize`` (it reads the constant
+    at call time: ``mcp.types`` on 1.x, ``mcp.client.session`` on 2.x)."""
+    import mcp.client.session as client_module
+    import mcp.types as types_module
+
+    module: Any = client_module if SDK_MAJOR >= 2 else types_module
+    name = "LATEST_HANDSHAKE_VERSION" if SDK_MAJOR >= 2 else "LATEST_PROTOCOL_VERSION"
+    saved = getattr(module, name)
+    setattr(module, name, version)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 def result_text(result: Any) -> str:

@@ -11,11 +11,12 @@ from tests._nodes import Node
 
 
 class Cluster:
-    def __init__(self, redis: RedisServer, prefix: str, size: int = 3) -> None:
+    def __init__(self, redis: RedisServer, prefix: str, size: int = 3, **env_extra: str) -> None:
         env = {
             "MCP_DB_REDIS_URL": redis.url,
             "MCP_DB_PREFIX": prefix,
             "MCP_DB_MIDDLEWARE": "1",
+            **env_extra,
         }
         self.nodes = [Node(env=env) for _ in range(size)]
         self.lb = Nginx([f"127.0.0.1:{n.port}" for n in self.nodes])

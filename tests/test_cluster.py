@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Iterator
 
@@ -21,13 +22,17 @@ def cluster(redis_server: RedisServer, prefix: str) -> Iterator[Cluster]:
     c.stop()
 
 
-async def test_one_session_is_served_by_every_node(cluster: Cluster) -> None:
+PROTOCOLS = sorted({PROTOCOL, "2025-06-18"})
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_one_session_is_served_by_every_node(cluster: Cluster, protocol: str) -> None:
     seen: list[float] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         seen.append(progress)
 
-    async with client_session(cluster.url) as session:
+    async with client_session(cluster.url, protocol=protocol) as session:
         names = set()
         for _ in range(6):
             tools = await session.list_tools()
@@ -58,6 +63,7 @@ async def test_delete_through_one_node_gives_404_on_every_node(cluster: Cluster)
                 headers=session.headers(),
             )
             assert response.status_code == 200, response.text
+        assert all(c == 1 for c in cluster.session_counts())
         deleted = await http.delete(cluster.nodes[0].url, headers=session.headers())
         assert deleted.status_code == 200
         for node in cluster.nodes:
@@ -68,7 +74,10 @@ async def test_delete_through_one_node_gives_404_on_every_node(cluster: Cluster)
             )
             assert response.status_code == 404
             assert response.json()["error"]["message"] == "Session not found"
-    assert cluster.session_counts() == [0, 0, 0]
+    # Nodes 1 and 2 had rebuilt the session; the bus makes them let go almost at once.
+    released = await _settles(cluster, [0, 0, 0])
+    print(f"transports released on every node {released * 1000:.0f} ms after DELETE")
+    assert released < 1.0
 
 
 @pytest.mark.parametrize("forged", ["random", "uuid", "long", "foreign-prefix"])
@@ -100,3 +109,101 @@ async def test_forged_session_ids_get_404_everywhere_and_create_nothing(
                 )
                 assert response.status_code == 404, (method, response.text)
     assert cluster.session_counts() == [0, 0, 0]
+
+
+async def test_expired_sessions_get_404_everywhere(redis_server: RedisServer, prefix: str) -> None:
+    cluster = Cluster(redis_server, prefix, size=2, MCP_DB_SESSION_TTL="1").start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            session = await RawSession(http, cluster.url).open()
+            assert await session.event_ids_of_call()
+            await asyncio.sleep(1.6)  # idle past the TTL
+            for node in cluster.nodes:
+                response = await http.post(
+                    node.url,
+                    json={"jsonrpc": "2.0", "id": 9, "method": "tools/list"},
+                    headers=session.headers(),
+                )
+                assert response.status_code == 404
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.skipif(not AUTO_RESUME, reason="mcp 1.12 has no idle timeout")
+async def test_a_session_reaped_for_idleness_comes_back_while_its_record_lives(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    # Records outlive the SDK's idle timer (by default they would expire with it).
+    cluster = Cluster(
+        redis_server, prefix, size=2, MCP_IDLE_TIMEOUT="0.5", MCP_DB_SESSION_TTL="60"
+    ).start()
+    try:
+        # Plain HTTP: the SDK's client would hold a GET stream open, which is activity.
+        async with httpx.AsyncClient(timeout=10) as http:
+            session = await RawSession(http, cluster.url).open()
+            for _ in range(2):
+                assert await session.event_ids_of_call()
+            assert sum(cluster.session_counts()) >= 1
+            await asyncio.sleep(1.2)  # every node reaps its transport
+            assert cluster.session_counts() == [0, 0]
+            for _ in range(2):  # rebuilt from Redis on whichever node gets the request
+                assert await session.event_ids_of_call()
+    finally:
+        cluster.stop()
+
+
+async def test_the_creating_node_killed_mid_session_survivors_carry_on(cluster: Cluster) -> None:
+    async with client_session(cluster.url) as session:
+        first = result_text(await session.call_tool("whoami", {}))
+        creator_pid = int(first.split(" on ")[1])
+        victim = next(n for n in cluster.nodes if n.process and n.process.pid == creator_pid)
+        victim.stop(kill=True)  # kill -9
+        for i in range(6):
+            assert (
+                result_text(await session.call_tool("echo", {"text": f"after {i}"})) == f"after {i}"
+            )
+        answers = {result_text(await session.call_tool("whoami", {})) for _ in range(4)}
+        assert all(int(a.split(" on ")[1]) != creator_pid for a in answers)
+
+
+async def test_many_sessions_round_robin_without_failures(cluster: Cluster) -> None:
+    sessions, requests = 200, 20
+    failures: list[str] = []
+    limit = asyncio.Semaphore(20)
+
+    async def one(http: httpx.AsyncClient, n: int) -> None:
+        async with limit:
+            session = await RawSession(http, cluster.url).open()
+            for i in range(requests - 3):  # initialize, initialized and DELETE make 20
+                response = await http.post(
+                    cluster.url,
+                    json={
+                        "jsonrpc": "2.0",
+                        "id": 10 + i,
+                        "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": f"{n}/{i}"}},
+                    },
+                    headers=session.headers(),
+                )
+                if response.status_code != 200 or f"{n}/{i}" not in response.text:
+                    failures.append(f"{n}/{i}: {response.status_code} {response.text[:200]}")
+            deleted = await http.delete(cluster.url, headers=session.headers())
+            if deleted.status_code != 200:
+                failures.append(f"{n}: DELETE {deleted.status_code}")
+
+    limits = httpx.Limits(max_connections=40)
+    async with httpx.AsyncClient(timeout=30, limits=limits) as http:
+        await asyncio.gather(*(one(http, n) for n in range(sessions)))
+    assert failures == []
+    # Every node let go of every closed session (the bus tells them), so memory is bounded.
+    assert await _settles(cluster, [0, 0, 0]) < 2.0
+
+
+async def _settles(cluster: Cluster, expected: list[int], timeout: float = 5.0) -> float:
+    """Seconds until every node holds ``expected`` transports (fails after ``timeout``)."""
+    start = asyncio.get_running_loop().time()
+    while (counts := cluster.session_counts()) != expected:
+        elapsed = asyncio.get_running_loop().time() - start
+        assert elapsed < timeout, f"session counts stuck at {counts}"
+        await asyncio.sleep(0.01)
+    return asyncio.get_running_loop().time() - start

@@ -43,6 +43,9 @@ http {{
             proxy_buffering off;
             proxy_cache off;
             proxy_read_timeout 1h;
+            # A node that refuses the connection (dead) is skipped for the next one.
+            proxy_next_upstream error timeout non_idempotent;
+            proxy_connect_timeout 2s;
             client_max_body_size 4m;
         }}
     }}

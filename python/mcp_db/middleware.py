@@ -20,6 +20,7 @@ Lifespan, other routes, 2026-era requests and stateless managers pass through un
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -162,6 +163,8 @@ class SessionMiddleware:
         if not self.stateless:
             store.attach(self.manager)
         self._locks: dict[str, anyio.Lock] = {}
+        self._bus = store._core.bus()
+        self._listener: asyncio.Task[None] | None = None
         #: Sessions this node rebuilt from Redis (for tests and operators).
         self.rehydrations = 0
 
@@ -169,6 +172,8 @@ class SessionMiddleware:
         if scope["type"] != "http" or self.stateless:
             await self.app(scope, receive, send)
             return
+        if self._listener is None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
         version = _header(scope, b"mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_VERSIONS:
             await self.app(scope, receive, send)
@@ -240,11 +245,13 @@ class SessionMiddleware:
             await _respond(send, 404, _NOT_FOUND)
             return
         if scope["method"] == "DELETE":
+            # CLOSED first: from this moment every node answers 404.
             await self.records.transition(session_id, "CLOSED", self.ttl_ms)
             if local is not None:
                 await self.app(scope, receive, send)  # the SDK terminates its transport
             else:
                 await _respond(send, 200)
+            await self._bus.publish(f"closed {session_id}")  # others let theirs go
             return
         if local is None:
             try:
@@ -279,6 +286,21 @@ class SessionMiddleware:
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(session_id, None)
+
+
+    async def _listen(self) -> None:
+        """Lets go of local transports of sessions closed on any node."""
+        while True:
+            message = await self._bus.next()
+            if message is None:
+                return
+            kind, _, session_id = message.partition(" ")
+            transport = self.manager._server_instances.get(session_id)
+            if kind == "closed" and transport is not None:
+                try:
+                    await forget(self.manager, session_id, transport)
+                except Exception:
+                    logger.exception("could not close session %s", session_id[:8])
 
 
 class _TooMany(Exception):

@@ -26,6 +26,8 @@ else:
 
 # Clients reconnect after this many milliseconds once the server cuts a stream.
 RETRY_MS = 100
+# The SDK's idle timeout (1.2x and 2.x), to see reaped sessions come back.
+IDLE_TIMEOUT = float(os.environ["MCP_IDLE_TIMEOUT"]) if "MCP_IDLE_TIMEOUT" in os.environ else None
 
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
@@ -37,6 +39,8 @@ else:
     server_options: dict[str, Any] = {"event_store": store}
     if "retry_interval" in inspect.signature(FastMCP).parameters:  # since SEP-1699 (1.2x)
         server_options["retry_interval"] = RETRY_MS
+    if IDLE_TIMEOUT is not None:
+        server_options["session_idle_timeout"] = IDLE_TIMEOUT
     server = FastMCP("mcp-db-test", **server_options)
 
 
@@ -98,7 +102,10 @@ def review(code: str) -> str:
 
 
 if SDK_MAJOR >= 2:
-    app = server.streamable_http_app(event_store=store, retry_interval=RETRY_MS)
+    app_options: dict[str, Any] = {"event_store": store, "retry_interval": RETRY_MS}
+    if IDLE_TIMEOUT is not None:
+        app_options["session_idle_timeout"] = IDLE_TIMEOUT
+    app = server.streamable_http_app(**app_options)
 else:
     app = server.streamable_http_app()
 if os.environ.get("MCP_DB_MIDDLEWARE"):
@@ -113,6 +120,12 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         return JSONResponse({"sessions": len(server.session_manager._server_instances)})
 
     app.router.routes.append(Route("/debug/sessions", sessions))
-    app = SessionMiddleware(app, store=store, node_id=f"node-{os.getpid()}")
+    ttl = os.environ.get("MCP_DB_SESSION_TTL")
+    app = SessionMiddleware(
+        app,
+        store=store,
+        node_id=f"node-{os.getpid()}",
+        session_ttl_seconds=float(ttl) if ttl else None,
+    )
 else:
     store.attach(server.session_manager)

@@ -1,0 +1,94 @@
+//! The bus: one Redis pub/sub channel per prefix, for news every node must hear at once
+//! (a session was closed, so whoever holds its transport lets it go).
+//!
+//! A background task keeps one subscription open and reconnects after a fault; Python
+//! pulls messages with `next()` on its own event loop, so no Python code runs on tokio's
+//! threads. Messages sent while a node was cut off are missed; the per-request record
+//! lookup still answers correctly, the bus only makes nodes let go of memory sooner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pyo3::prelude::*;
+use tokio::sync::mpsc;
+
+use crate::connection::Connector;
+use crate::error::Error;
+
+const BACKLOG: usize = 4096;
+
+/// Key of the bus channel of a prefix.
+pub fn channel(prefix: &str) -> String {
+    format!("{prefix}:bus")
+}
+
+async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<String>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match connector.pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(message) = messages.next().await {
+                        let Ok(payload) = message.get_payload::<String>() else { continue };
+                        // A full backlog means Python is not reading: drop rather than grow.
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(payload) {
+                            return;
+                        }
+                    }
+                    tracing::warn!("bus subscription to {} ended; resubscribing", connector.server());
+                }
+                Err(e) => tracing::warn!("cannot subscribe to the bus: {}", Error::from_redis(&e, connector.server())),
+            },
+            Err(e) => tracing::debug!("bus: {e}"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A subscription to the bus of one prefix, and the means to publish on it.
+#[pyclass(frozen, module = "mcp_db._core")]
+pub struct Bus {
+    connector: Arc<Connector>,
+    channel: String,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+}
+
+impl Bus {
+    pub fn start(connector: Arc<Connector>, prefix: &str) -> Bus {
+        let channel = channel(prefix);
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        pyo3_async_runtimes::tokio::get_runtime().spawn(listen(connector.clone(), channel.clone(), tx));
+        Bus { connector, channel, rx: Arc::new(tokio::sync::Mutex::new(rx)) }
+    }
+}
+
+#[pymethods]
+impl Bus {
+    /// The next message (waits for one).
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rx = self.rx.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(rx.lock().await.recv().await) })
+    }
+
+    /// Publishes `message` to every subscribed node; returns how many received it.
+    fn publish<'py>(&self, py: Python<'py>, message: String) -> PyResult<Bound<'py, PyAny>> {
+        let connector = self.connector.clone();
+        let channel = self.channel.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let mut pipe = redis::pipe();
+            pipe.cmd("PUBLISH").arg(&channel).arg(&message);
+            let reply = connector.query(&pipe).await?;
+            Ok(match reply.first() {
+                Some(redis::Value::Int(n)) => *n,
+                _ => 0,
+            })
+        })
+    }
+}
