@@ -287,7 +287,6 @@ class SessionMiddleware:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(session_id, None)
 
-
     async def _listen(self) -> None:
         """Lets go of local transports of sessions closed on any node."""
         while True:
