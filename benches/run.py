@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 from mcp.server.streamable_http import EventMessage
 from mcp_types import JSONRPCNotification
 
+from benches import middleware
 from benches.baseline import RedisPyEventStore
 from mcp_db import RedisEventStore
 from mcp_db._redis_server import RedisServer
@@ -339,6 +340,8 @@ async def bench(args: argparse.Namespace) -> None:
         trouble = {k: v for k, v in stats.items() if k in ("redis_errors", "dropped") and v}
         if trouble:
             print(f"\nwarning: mcp-db reported {trouble} (all stats: {stats})")
+        print()
+        print("\n".join(await middleware.measure(server.url, args.quick)))
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
     finally:
         server.cleanup()

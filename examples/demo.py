@@ -1,58 +1,98 @@
-"""`make demo`: an SDK server with mcp-db's store, and the SDK's client whose stream is
-cut mid-call and resumes with Last-Event-ID, missing nothing."""
+"""`make demo`: two nodes of examples/server.py behind an nginx round-robin load balancer,
+sharing one redis-server. The SDK's client opens one session through the load balancer,
+so consecutive requests of that session land on different nodes; then its stream is cut
+mid-call and it resumes with Last-Event-ID, missing nothing.
+
+Without redis-server or nginx it runs one node instead, and says why.
+"""
 
 import asyncio
+import itertools
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
+from mcp_db._nginx import Nginx
 from mcp_db._redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 N, CUT_AT = 12, 4
+WHERE_CALLS = 6
+TIMEOUT_SECONDS = 30
 
 
-def start_server(port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "uvicorn",
-            "examples.server:app",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        cwd=ROOT,
-        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit("the example server did not start") from None
-            time.sleep(0.05)
+class Node:
+    """``uvicorn examples.server:app`` on a free loopback port, its output in a log file."""
+
+    def __init__(self, name: str, env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = {**os.environ, **env, "NODE_NAME": name, "PYTHONPATH": str(ROOT)}
+        self.log = logs / f"{name}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/mcp"
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "uvicorn", "examples.server:app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"]
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"{self.name} did not start") from None
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def tail(self, lines: int = 15) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
 
 
-async def drive(url: str) -> tuple[list[int], dict[str, int]]:
-    seen: list[int] = []
-    start = time.monotonic()
+def text_of(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+def steps_line(label: str, arrivals: list[tuple[float, int]]) -> str:
+    first, last = arrivals[0], arrivals[-1]
+    return f"  {label} steps {first[1]}-{last[1]} at {first[0]:.2f}-{last[0]:.2f} s"
+
+
+async def drive(url: str, arrivals: list[tuple[float, int]]) -> dict[str, Any]:
+    """One session through ``url``: every kind of request, then a cut stream that resumes.
+    ``arrivals`` collects (seconds since the call, step) for each progress notification."""
+    start = 0.0
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        seen.append(int(progress))
-        print(f"  {time.monotonic() - start:6.3f}s  progress {int(progress):2}/{N}")
+        arrivals.append((time.monotonic() - start, int(progress)))
 
     async with (
         streamable_http_client(url) as streams,
@@ -61,41 +101,174 @@ async def drive(url: str) -> tuple[list[int], dict[str, int]]:
         init = await session.initialize()
         version = getattr(init, "protocol_version", None) or init.protocolVersion  # 2.x / 1.x
         print(f"session open, protocol {version}")
-        print(f"calling count(n={N}); the server drops the stream after step {CUT_AT}")
+
+        where = [text_of(await session.call_tool("where", {})) for _ in range(WHERE_CALLS)]
+        print(f"where x{WHERE_CALLS}: {', '.join(w.split(' pid ')[0] for w in where)}")
+        tools = sorted(t.name for t in (await session.list_tools()).tools)
+        print(f"tools: {', '.join(tools)}")
+        note = (await session.read_resource("note://hello")).contents[0]
+        note_text = getattr(note, "text", "")
+        print(f"resource note://hello: {note_text!r}")
+        prompt = await session.get_prompt("review", {"code": "x = 1"})
+        prompt_text = getattr(prompt.messages[0].content, "text", "")
+        print(f"prompt review: {prompt_text.splitlines()[0]!r} ...")
+
+        print(f"count(n={N}): the server drops the stream after step {CUT_AT}")
+        start = time.monotonic()
         result = await session.call_tool(
             "count", {"n": N, "cut_at": CUT_AT}, progress_callback=on_progress
         )
-        print(f"result: {result.content[0].text}")
-        stats = await session.call_tool("store_stats", {})
-    return seen, json.loads(stats.content[0].text)
+    # The resume shows as the longest pause between two notifications.
+    if len(arrivals) > 1:
+        gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
+        cut = gaps.index(max(gaps)) + 1
+        print(steps_line("live:   ", arrivals[:cut]))
+        print(steps_line("resumed:", arrivals[cut:]) + ", after the client came back")
+    print(f"result: {text_of(result)}")
+    return {
+        "where": where,
+        "tools": tools,
+        "note": note_text,
+        "prompt": prompt_text,
+        "seen": [i for _, i in arrivals],
+        "result": text_of(result),
+    }
+
+
+async def node_stats(url: str) -> dict[str, int]:
+    """A node's store counters, asked directly (not through the load balancer)."""
+    async with (
+        streamable_http_client(url) as streams,
+        ClientSession(streams[0], streams[1]) as session,
+    ):
+        await session.initialize()
+        stats: dict[str, int] = json.loads(text_of(await session.call_tool("store_stats", {})))
+        return stats
+
+
+def settled_upstreams(lb: Nginx) -> list[str]:
+    """nginx logs a request when it ends; wait for the last ones (the closed streams)."""
+    before, deadline = lb.upstreams(), time.monotonic() + 2
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = lb.upstreams()
+        if now == before:
+            break
+        before = now
+    return before
+
+
+def checks(report: dict[str, Any], nodes: list[Node]) -> list[str]:
+    failures = []
+    served = {w.split(" pid ")[0] for w in report["where"]}
+    if served != {n.name for n in nodes}:
+        failures.append(f"where was answered by {sorted(served)}, not by every node")
+    if not {"count", "store_stats", "where"} <= set(report["tools"]):
+        failures.append(f"tools/list gave {report['tools']}")
+    if report["note"] != "hello from mcp-db":
+        failures.append(f"note://hello read {report['note']!r}")
+    if "x = 1" not in report["prompt"]:
+        failures.append(f"the prompt came back as {report['prompt']!r}")
+    if report["result"] != f"counted to {N}":
+        failures.append(f"count returned {report['result']!r}")
+    return failures
+
+
+def error_text(error: BaseException) -> str:
+    while len(getattr(error, "exceptions", ())) == 1:  # anyio's task groups nest errors
+        error = error.exceptions[0]  # type: ignore[attr-defined]
+    return f"{type(error).__name__}: {error}"
 
 
 def main() -> int:
-    redis = None
-    env: dict[str, str] = {}
-    if shutil.which("redis-server"):
-        redis = RedisServer().start()
-        env["MCP_DB_REDIS_URL"] = redis.url
-        print(f"store: RedisEventStore on a redis-server started for the demo ({redis.url})")
-    else:
-        print("store: MemoryEventStore (redis-server is not installed; events stay in the server)")
-    port = free_port()
-    server = start_server(port, env)
+    logs = Path(tempfile.mkdtemp(prefix="mcp-db-demo-"))
+    redis: RedisServer | None = None
+    lb: Nginx | None = None
+    nodes: list[Node] = []
+    arrivals: list[tuple[float, int]] = []
+    ok = False
     try:
-        seen, stats = asyncio.run(drive(f"http://127.0.0.1:{port}/mcp"))
+        env: dict[str, str] = {}
+        if shutil.which("redis-server"):
+            redis = RedisServer().start()
+            env["MCP_DB_REDIS_URL"] = redis.url
+            print(f"store: RedisEventStore on a redis-server started for the demo ({redis.url})")
+            nodes = [Node("node-a", env, logs), Node("node-b", env, logs)]
+            try:
+                lb = Nginx([f"127.0.0.1:{n.port}" for n in nodes])
+            except RuntimeError as error:
+                nodes = nodes[:1]
+                print(f"single node, because {error}")
+        else:
+            print(
+                "store: MemoryEventStore (redis-server is not installed; events stay in the server)"
+            )
+            print("single node, because nodes share sessions through Redis, which is missing")
+            nodes = [Node("node-a", env, logs)]
+        for node in nodes:
+            node.start()
+        if lb is not None:
+            lb.start()
+            print(
+                f"cluster: {' and '.join(f'{n.name} (:{n.port})' for n in nodes)} with "
+                f"SessionMiddleware, behind nginx round-robin ({lb.url})"
+            )
+        url = lb.url if lb is not None else nodes[0].url
+
+        report = asyncio.run(asyncio.wait_for(drive(url, arrivals), TIMEOUT_SECONDS))
+        stats = {n.name: asyncio.run(node_stats(n.url)) for n in nodes}
+        print(
+            "store counters: "
+            + "; ".join(
+                f"{name} stored {s['stored']}, replayed {s['replayed']}"
+                for name, s in stats.items()
+            )
+        )
+        resumers = [name for name, s in stats.items() if s["replayed"]]
+        if lb is not None and resumers:
+            print(f"resumed on {', '.join(resumers)}, which replayed the missed events from Redis")
+        failures = checks(report, nodes)
+        where = Counter(w.split(" pid ")[0] for w in report["where"])
+        print(f"where answers: {', '.join(f'{n.name} {where[n.name]}' for n in nodes)}")
+        if lb is not None:
+            by_port = {f"127.0.0.1:{n.port}": n.name for n in nodes}
+            upstreams = Counter(by_port.get(u, u) for u in settled_upstreams(lb))
+            print(
+                f"load balancer: {sum(upstreams.values())} requests, "
+                + ", ".join(f"{n.name} {upstreams[n.name]}" for n in nodes)
+            )
+            if any(upstreams[n.name] == 0 for n in nodes):
+                failures.append("nginx did not send requests to every node")
+
+        seen = report["seen"]
+        replayed = sum(s["replayed"] for s in stats.values())
+        if seen == list(range(1, N + 1)):
+            print(
+                f"summary: {len(seen)} of {N} progress notifications, each exactly once and in "
+                f"order; the client resumed with Last-Event-ID and the store replayed the "
+                f"{replayed} it had missed while away"
+            )
+        else:
+            failures.append(f"the client saw progress {seen}")
+        for failure in failures:
+            print(f"FAILED: {failure}")
+        ok = not failures
+    except Exception as error:
+        if isinstance(error, (TimeoutError, asyncio.TimeoutError)):  # one class from 3.11
+            steps = [i for _, i in arrivals]
+            print(f"FAILED: no answer within {TIMEOUT_SECONDS} s; progress seen: {steps}")
+        else:
+            print(f"FAILED: {error_text(error)}")
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        if lb is not None:
+            lb.stop()
+        for node in nodes:
+            node.stop()
+            if not ok:
+                print(f"--- {node.name} log ---\n{node.tail()}")
         if redis is not None:
             redis.cleanup()
-    ok = seen == list(range(1, N + 1))
-    print(
-        f"summary: {len(seen)} of {N} progress notifications, each exactly once and in order; "
-        f"the client resumed with Last-Event-ID and the store replayed the {stats['replayed']} "
-        "it had missed while away"
-        if ok
-        else f"summary: FAILED, the client saw {seen}"
-    )
+        shutil.rmtree(logs, ignore_errors=True)
     return 0 if ok else 1
 
 

@@ -1,29 +1,66 @@
-"""An MCP server on the official SDK whose streams resume from mcp-db's event store.
+"""An MCP server on the official SDK, ready to run on one node or on many behind a load balancer.
 
 Needs mcp >= 1.23 (server-side stream close and retry intervals came with SEP-1699).
 
-    MCP_DB_REDIS_URL=redis://127.0.0.1:6379/0 uvicorn examples.server:app --port 8000
+One process, events in memory::
 
-Without ``MCP_DB_REDIS_URL`` it uses the in-process ``MemoryEventStore``.
+    uvicorn examples.server:app --port 8000
+
+Any number of nodes sharing one Redis (run this on every node, behind any load balancer)::
+
+    MCP_DB_REDIS_URL=redis://127.0.0.1:6379/0 NODE_NAME=node-a uvicorn examples.server:app
+
+Environment:
+
+- ``MCP_DB_REDIS_URL``: with it, events and sessions live in Redis and the app is wrapped
+  in ``SessionMiddleware``, so every node serves every session; without it, the in-process
+  ``MemoryEventStore`` serves one process.
+- ``MCP_ALLOWED_HOSTS``: comma-separated ``host[:port]`` patterns (``mcp.example.com``,
+  ``mcp:*``) that the SDK's DNS-rebinding protection lets through. By default only local
+  hosts (``127.0.0.1:*``, ``localhost:*``, ``[::1]:*``) are accepted; a load balancer that
+  passes on a public ``Host`` header needs this.
+- ``NODE_NAME``: this node's name in the answers of the ``where`` tool.
 """
 
 import os
 
 import anyio
+from mcp.server.transport_security import TransportSecuritySettings
 
-from mcp_db import MemoryEventStore, RedisEventStore
+from mcp_db import MemoryEventStore, RedisEventStore, SessionMiddleware
+
+# Clients wait this long (ms) before resuming a cut stream; it is also the SDK client's
+# default. Nodes do not relay live events to each other yet, so a stream resumed on another
+# node gets what the store holds: the whole call once it has finished, as in the demo.
+RETRY_MS = 1000
 
 redis_url = os.environ.get("MCP_DB_REDIS_URL")
 store = RedisEventStore(redis_url) if redis_url else MemoryEventStore()
+
+# Without MCP_ALLOWED_HOSTS, None keeps the SDK's default: protection on, local hosts only.
+allowed_hosts = [h.strip() for h in os.environ.get("MCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
+security = (
+    TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=allowed_hosts,
+        allowed_origins=[],  # a request with an Origin header (a browser's) is refused
+    )
+    if allowed_hosts
+    else None
+)
 
 try:  # mcp 2.x
     from mcp.server.mcpserver import Context, MCPServer
 
     server = MCPServer("mcp-db-example")
+    SDK_2 = True
 except ImportError:  # mcp 1.x
     from mcp.server.fastmcp import Context, FastMCP
 
-    server = FastMCP("mcp-db-example", event_store=store, retry_interval=200)
+    server = FastMCP(
+        "mcp-db-example", event_store=store, retry_interval=RETRY_MS, transport_security=security
+    )
+    SDK_2 = False
 
 
 @server.tool()
@@ -43,9 +80,35 @@ def store_stats() -> dict[str, int]:
     return store.stats()
 
 
-if hasattr(server, "settings"):  # 1.x: the store was given to FastMCP above
+@server.tool()
+def where() -> str:
+    """Which node and process served this request."""
+    return f"{os.environ.get('NODE_NAME', 'node')} pid {os.getpid()}"
+
+
+@server.resource("note://hello")
+def hello() -> str:
+    """A fixed note."""
+    return "hello from mcp-db"
+
+
+@server.prompt()
+def review(code: str) -> str:
+    """Asks for a review of a piece of code."""
+    return f"Please review this code:\n\n{code}"
+
+
+if SDK_2:
+    app = server.streamable_http_app(
+        event_store=store, retry_interval=RETRY_MS, transport_security=security
+    )
+else:  # 1.x: the store and the security settings were given to FastMCP above
     app = server.streamable_http_app()
+
+if isinstance(store, RedisEventStore):
+    # Any node serves any session: sessions are recorded in Redis and rebuilt on the node a
+    # request lands on. The middleware also binds each session to its own events.
+    app = SessionMiddleware(app, store=store)
 else:
-    app = server.streamable_http_app(event_store=store, retry_interval=200)
-# One line binds each session to its own events: no cross-session replay.
-store.attach(server.session_manager)
+    # One process: one line binds each session to its own events (no cross-session replay).
+    store.attach(server.session_manager)

@@ -207,3 +207,27 @@ async def _settles(cluster: Cluster, expected: list[int], timeout: float = 5.0) 
         assert elapsed < timeout, f"session counts stuck at {counts}"
         await asyncio.sleep(0.01)
     return asyncio.get_running_loop().time() - start
+
+
+@pytest.mark.skipif(not AUTO_RESUME, reason="mcp 1.12 has no session owners")
+async def test_another_principal_gets_404_on_every_node(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    cluster = Cluster(redis_server, prefix, size=2, MCP_TEST_AUTH="1").start()
+    try:
+        bearer = {"authorization": "Bearer user-alice"}
+        async with httpx.AsyncClient(timeout=10, headers=bearer) as alice:
+            session = await RawSession(alice, cluster.url).open()
+            body = {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}
+            for node in cluster.nodes:
+                own = await alice.post(node.url, json=body, headers=session.headers())
+                assert own.status_code == 200, own.text
+                for other in ({"authorization": "Bearer user-mallory"},):
+                    stolen = await alice.post(
+                        node.url, json=body, headers={**session.headers(), **other}
+                    )
+                    assert stolen.status_code == 404, stolen.text
+            counts = cluster.session_counts()
+            assert counts == [1, 1], "the other principal's requests built nothing"
+    finally:
+        cluster.stop()

@@ -78,6 +78,8 @@ class RedisEvents:
         """``(stream, ids, runs, pages)`` after ``last_event_id``: the first page, and the
         rest (``None`` if there is none). ``None`` for an unknown, garbled, expired or (when
         ``session`` is given) foreign ID."""
+    def bus(self) -> Bus:
+        """Subscribes (on a dedicated connection) to the bus of this store's prefix."""
     def sessions(self) -> SessionRecords:
         """Session records under this store's prefix, on this store's connection."""
     async def close(self) -> None:
@@ -118,3 +120,11 @@ class SessionRecords:
         ``missing``, ``conflict`` (version mismatch) or ``refused`` (not allowed)."""
     async def lookup(self, session: str, ttl_ms: int) -> dict[str, str] | None:
         """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
+
+class Bus:
+    """Pub/sub on ``{prefix}:bus``: news every node must hear (a session was closed)."""
+
+    async def next(self) -> str | None:
+        """The next message; waits for one."""
+    async def publish(self, message: str) -> int:
+        """Sends ``message`` to every subscribed node; how many received it."""

@@ -162,28 +162,42 @@ class SessionMiddleware:
         self.stateless = bool(getattr(self.manager, "stateless", False))
         if not self.stateless:
             store.attach(self.manager)
+            self._hook()
         self._locks: dict[str, anyio.Lock] = {}
         self._bus = store._core.bus()
         self._listener: asyncio.Task[None] | None = None
         #: Sessions this node rebuilt from Redis (for tests and operators).
         self.rehydrations = 0
 
+    def _hook(self) -> None:
+        """Runs this middleware's session logic where the SDK's route hands a request to the
+        session manager: after the app's own middleware (authentication sets the principal
+        there), for the MCP endpoint only. 1.2x and 2.x route through ``asgi_app`` (the
+        manager's body-size limit); 1.12 through ``handle_request``."""
+        name = "asgi_app" if hasattr(self.manager, "asgi_app") else "handle_request"
+        self._inner = getattr(self.manager, name)
+        setattr(self.manager, name, self._handle)
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.stateless:
-            await self.app(scope, receive, send)
-            return
-        if self._listener is None:
+        if self._listener is None and scope["type"] == "http" and not self.stateless:
             self._listener = asyncio.get_running_loop().create_task(self._listen())
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """One request to the MCP endpoint."""
+        if scope["type"] != "http":
+            await self._inner(scope, receive, send)
+            return
         version = _header(scope, b"mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_VERSIONS:
-            await self.app(scope, receive, send)
+            await self._inner(scope, receive, send)
             return
         session_id = _header(scope, b"mcp-session-id")
         if session_id is None:
             if scope["method"] == "POST":
                 await self._opening(scope, receive, send)
             else:
-                await self.app(scope, receive, send)
+                await self._inner(scope, receive, send)
             return
         await self._in_session(scope, receive, send, session_id, version)
 
@@ -194,7 +208,7 @@ class SessionMiddleware:
         replay = _Replay(body, receive, more=not complete)
         init = _initialize_params(body) if complete else None
         if init is None:
-            await self.app(scope, replay, send)
+            await self._inner(scope, replay, send)
             return
         principal = _principal(scope)
 
@@ -209,7 +223,7 @@ class SessionMiddleware:
                     await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
             await send(message)
 
-        await self.app(scope, replay, record_then_send)
+        await self._inner(scope, replay, record_then_send)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         """The request body, up to the SDK's size limit; ``complete`` is False past it (the
@@ -248,7 +262,7 @@ class SessionMiddleware:
             # CLOSED first: from this moment every node answers 404.
             await self.records.transition(session_id, "CLOSED", self.ttl_ms)
             if local is not None:
-                await self.app(scope, receive, send)  # the SDK terminates its transport
+                await self._inner(scope, receive, send)  # the SDK terminates its transport
             else:
                 await _respond(send, 200)
             await self._bus.publish(f"closed {session_id}")  # others let theirs go
@@ -261,7 +275,7 @@ class SessionMiddleware:
                 return
         if record.get("state") == "INITIALIZED":
             await self.records.transition(session_id, "ACTIVE", self.ttl_ms)
-        await self.app(scope, receive, send)
+        await self._inner(scope, receive, send)
 
     async def _rehydrate(
         self, session_id: str, record: dict[str, str], version: str | None

@@ -29,10 +29,32 @@ RETRY_MS = 100
 # The SDK's idle timeout (1.2x and 2.x), to see reaped sessions come back.
 IDLE_TIMEOUT = float(os.environ["MCP_IDLE_TIMEOUT"]) if "MCP_IDLE_TIMEOUT" in os.environ else None
 
+auth_options: dict[str, Any] = {}
+if os.environ.get("MCP_TEST_AUTH"):
+    # The SDK's own bearer-token authentication, with a verifier that accepts
+    # "user-<name>" as the principal <name>: what sessions are bound to.
+    from mcp.server.auth.provider import AccessToken
+    from mcp.server.auth.settings import AuthSettings
+
+    class NamedTokens:
+        async def verify_token(self, token: str) -> AccessToken | None:
+            if not token.startswith("user-"):
+                return None
+            return AccessToken(token=token, client_id=token[5:], scopes=[])
+
+    auth_options = {
+        "token_verifier": NamedTokens(),
+        "auth": AuthSettings(
+            issuer_url="https://auth.example.com",  # type: ignore[arg-type]
+            resource_server_url="http://127.0.0.1",  # type: ignore[arg-type]
+            required_scopes=[],
+        ),
+    }
+
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
 
-    server: Any = MCPServer("mcp-db-test")
+    server: Any = MCPServer("mcp-db-test", **auth_options)
 else:
     from mcp.server.fastmcp import Context, FastMCP
 
@@ -41,7 +63,7 @@ else:
         server_options["retry_interval"] = RETRY_MS
     if IDLE_TIMEOUT is not None:
         server_options["session_idle_timeout"] = IDLE_TIMEOUT
-    server = FastMCP("mcp-db-test", **server_options)
+    server = FastMCP("mcp-db-test", **server_options, **auth_options)
 
 
 async def _cut_stream(ctx: Any) -> None:
@@ -124,6 +146,7 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
     app = SessionMiddleware(
         app,
         store=store,
+        session_manager=server.session_manager,
         node_id=f"node-{os.getpid()}",
         session_ttl_seconds=float(ttl) if ttl else None,
     )
