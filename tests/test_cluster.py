@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -231,3 +234,58 @@ async def test_another_principal_gets_404_on_every_node(
             assert counts == [1, 1], "the other principal's requests built nothing"
     finally:
         cluster.stop()
+
+
+async def test_a_stream_cut_by_kill_9_resumes_from_redis_on_a_survivor(cluster: Cluster) -> None:
+    victim = cluster.nodes[0]
+    async with httpx.AsyncClient(timeout=10) as http:
+        session = await RawSession(http, victim.url).open()
+        call = {
+            "jsonrpc": "2.0",
+            "id": 7,
+            "method": "tools/call",
+            "params": {
+                "name": "steps",
+                "arguments": {"n": 200, "delay": 0.02},
+                "_meta": {"progressToken": "p"},
+            },
+        }
+        seen: list[dict[str, str]] = []
+        async with http.stream("POST", victim.url, json=call, headers=session.headers()) as stream:
+            event: dict[str, str] = {}
+            async for line in stream.aiter_lines():
+                if line == "":
+                    if event.get("data"):
+                        seen.append(event)
+                    event = {}
+                    if len(seen) == 5:
+                        break
+                elif ":" in line:
+                    field, _, value = line.partition(":")
+                    event[field] = value.removeprefix(" ")
+        await asyncio.sleep(0.3)  # the tool goes on storing events nobody reads
+        victim.stop(kill=True)  # kill -9 mid-call
+        last = seen[-1]["id"]
+        headers = {**session.headers(), "accept": "text/event-stream", "last-event-id": last}
+        replayed: list[dict[str, str]] = []
+        with anyio.move_on_after(3):
+            async with http.stream("GET", cluster.url, headers=headers) as stream:
+                assert stream.status_code == 200
+                event = {}
+                async for line in stream.aiter_lines():
+                    if line == "":
+                        if event.get("data"):
+                            replayed.append(event)
+                        event = {}
+                    elif ":" in line:
+                        field, _, value = line.partition(":")
+                        event[field] = value.removeprefix(" ")
+    progress = [_step(json.loads(e["data"])) for e in seen + replayed]
+    assert len(replayed) >= 5, "what the dead node stored before dying came back from Redis"
+    assert progress == list(range(len(progress))), "exactly once, in order"
+
+
+def _step(message: dict[str, Any]) -> int:
+    """The step number of a ``steps`` notification (progress, or a log on mcp 1.12)."""
+    params = message["params"]
+    return int(params["progress"]) if "progress" in params else int(str(params["data"]).split()[-1])
