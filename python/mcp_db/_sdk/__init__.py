@@ -14,6 +14,21 @@ from mcp.server.streamable_http import EventCallback, EventId, EventMessage, Eve
 SDK_VERSION: str = _dist_version("mcp")
 SDK_MAJOR: int = int(SDK_VERSION.split(".")[0])
 
+
+def _release(version: str) -> tuple[int, ...]:
+    parts = []
+    for part in version.split(".")[:3]:
+        digits = "".join(c for c in part if c.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+if _release(SDK_VERSION) < (1, 12, 4) or SDK_MAJOR >= 3:
+    raise ImportError(
+        f"mcp-db supports mcp >= 1.12.4, < 3 (the first with a resumable event store, and "
+        f"the 2.x line); mcp {SDK_VERSION} is installed: pip install 'mcp>=1.12.4,<3'"
+    )
+
 if SDK_MAJOR >= 2:
     from mcp_db._sdk.v2 import decode, decode_run, encode
 else:
