@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from mcp_db._redis_server import free_port
+from mcp_db._redis_server import free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,17 +49,9 @@ class Node:
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
             )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"node on port {self.port} did not start:\n{self.output()}"
-                    ) from None
-                time.sleep(0.05)
+        if not wait_listening(self.port, self.process, 20):
+            raise RuntimeError(f"node on port {self.port} did not start:\n{self.output()}")
+        return self
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

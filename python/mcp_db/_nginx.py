@@ -7,13 +7,11 @@ of ``examples/nginx.conf`` in a temporary prefix; it is not a deployment tool.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from mcp_db._redis_server import free_port
+from mcp_db._redis_server import free_port, wait_listening
 
 CONFIG = """\
 worker_processes 1;
@@ -83,17 +81,11 @@ class Nginx:
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
             )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return self
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (self.prefix / "stderr.log").read_text(errors="replace")
-                    self.stop()
-                    raise RuntimeError(f"nginx did not start:\n{log}") from None
-                time.sleep(0.05)
+        if not wait_listening(self.port, self.process, 10):
+            log = (self.prefix / "stderr.log").read_text(errors="replace")
+            self.stop()
+            raise RuntimeError(f"nginx did not start:\n{log}")
+        return self
 
     def upstreams(self) -> list[str]:
         """The backend that served each request so far, in order."""

@@ -20,6 +20,20 @@ def free_port() -> int:
         return port
 
 
+def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Waits until something accepts connections on ``port``; ``False`` if ``process``
+    exits or ``seconds`` pass first."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+
 def _ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
