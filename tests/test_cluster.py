@@ -15,6 +15,7 @@ import pytest
 from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
 from tests._cluster import Cluster
+from tests._nodes import Node
 from tests.test_resume_e2e import RawSession
 
 
@@ -289,3 +290,29 @@ def _step(message: dict[str, Any]) -> int:
     """The step number of a ``steps`` notification (progress, or a log on mcp 1.12)."""
     params = message["params"]
     return int(params["progress"]) if "progress" in params else int(str(params["data"]).split()[-1])
+
+
+async def test_requests_of_the_2026_era_pass_through_untouched(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    # That era has no sessions, so mcp-db leaves its requests to the SDK: a node with the
+    # middleware answers exactly as the same server without it.
+    bare = Node(env={"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix}).start()
+    try:
+        answers = []
+        async with httpx.AsyncClient(timeout=10) as http:
+            for url in (cluster.nodes[0].url, bare.url):
+                response = await http.post(
+                    url,
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={
+                        "accept": "application/json, text/event-stream",
+                        "mcp-protocol-version": "2026-07-28",
+                        "mcp-session-id": "forged",
+                    },
+                )
+                answers.append((response.status_code, response.text))
+        assert answers[0] == answers[1]
+        assert cluster.session_counts() == [0, 0, 0]
+    finally:
+        bare.stop()
