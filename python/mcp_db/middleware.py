@@ -95,19 +95,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+try:  # mcp 1.2x and 2.x: sessions belong to the principal that created them
+    from mcp.server.auth.middleware.bearer_auth import (
+        AuthenticatedUser as _AuthenticatedUser,
+    )
+    from mcp.server.auth.middleware.bearer_auth import (
+        authorization_context as _authorization_context,
+    )
+except ImportError:  # mcp 1.12 has no session owners
+    _AuthenticatedUser = None  # type: ignore[assignment,misc]
+
+
 def _principal(scope: Scope) -> str:
     """The authenticated principal as the SDK identifies it, as JSON ("" if none)."""
-    try:
-        from mcp.server.auth.middleware.bearer_auth import (
-            AuthenticatedUser,
-            authorization_context,
-        )
-    except ImportError:  # mcp 1.12 has no session owners
-        return ""
     user = scope.get("user")
-    if not isinstance(user, AuthenticatedUser):
+    if _AuthenticatedUser is None or not isinstance(user, _AuthenticatedUser):
         return ""
-    return json.dumps(authorization_context(user), sort_keys=True)
+    return json.dumps(_authorization_context(user), sort_keys=True)
 
 
 async def _respond(send: Send, status: int, body: bytes = b"") -> None:
