@@ -316,3 +316,27 @@ async def test_requests_of_the_2026_era_pass_through_untouched(
         assert cluster.session_counts() == [0, 0, 0]
     finally:
         bare.stop()
+
+
+async def test_without_redis_a_node_serves_what_it_holds_and_refuses_the_rest(
+    prefix: str,
+) -> None:
+    redis = RedisServer().start()
+    cluster = Cluster(redis, prefix, size=2).start()
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            session = await RawSession(http, cluster.nodes[0].url).open()
+            redis.stop()
+            body = {"jsonrpc": "2.0", "id": 4, "method": "tools/list"}
+            held = await http.post(cluster.nodes[0].url, json=body, headers=session.headers())
+            assert held.status_code == 200, held.text
+            elsewhere = await http.post(cluster.nodes[1].url, json=body, headers=session.headers())
+            assert elsewhere.status_code == 503
+            assert elsewhere.headers["retry-after"] == "1"
+            redis.start()  # an empty Redis: the record is gone, so 404 once it answers again
+            await asyncio.sleep(0.5)
+            gone = await http.post(cluster.nodes[1].url, json=body, headers=session.headers())
+            assert gone.status_code == 404
+    finally:
+        cluster.stop()
+        redis.cleanup()

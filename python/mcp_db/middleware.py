@@ -33,7 +33,7 @@ import anyio
 # Imported up front: on mcp 1.x this also installs the session class every session of this
 # process is built from (see ``_sdk/session_v1.py``), rehydrated or not.
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
-from mcp_db.errors import ConfigError
+from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
 
 logger = logging.getLogger("mcp_db")
@@ -49,6 +49,9 @@ Send = Callable[[Message], Awaitable[None]]
 HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"})
 
 _NOT_FOUND = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
+_UNAVAILABLE = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session store unavailable"}}'
+)
 _TOO_MANY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Too many open sessions"}}'
 )
@@ -114,8 +117,10 @@ def _principal(scope: Scope) -> str:
     return json.dumps(_authorization_context(user), sort_keys=True)
 
 
-async def _respond(send: Send, status: int, body: bytes = b"") -> None:
+async def _respond(send: Send, status: int, body: bytes = b"", retry_after: bool = False) -> None:
     headers = [(b"content-type", b"application/json")] if body else []
+    if retry_after:
+        headers.append((b"retry-after", b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -221,10 +226,14 @@ class SessionMiddleware:
                 session_id = _response_header(message, b"mcp-session-id")
                 if session_id:
                     # Recorded before the client can learn the ID (it travels in this message).
-                    await self.records.create(
-                        session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
-                    )
-                    await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
+                    try:
+                        await self.records.create(
+                            session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
+                        )
+                        await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
+                    except McpDbError as exc:
+                        # The session lives on this node alone until Redis is back.
+                        logger.error("cannot record session %s: %s", session_id[:8], exc)
             await send(message)
 
         await self._inner(scope, replay, record_then_send)
@@ -251,8 +260,18 @@ class SessionMiddleware:
     async def _in_session(
         self, scope: Scope, receive: Receive, send: Send, session_id: str, version: str | None
     ) -> None:
-        record = await self.records.lookup(session_id, self.ttl_ms)
         local = self.manager._server_instances.get(session_id)
+        try:
+            record = await self.records.lookup(session_id, self.ttl_ms)
+        except McpDbError as exc:
+            # Redis is unreachable: keep serving what this node can serve on its own.
+            if local is None:
+                logger.error("cannot admit session %s: %s", session_id[:8], exc)
+                await _respond(send, 503, _UNAVAILABLE, retry_after=True)
+                return
+            logger.warning("serving session %s without its record: %s", session_id[:8], exc)
+            await self._inner(scope, receive, send)
+            return
         if (
             record is None
             or record.get("state") == "CLOSED"
