@@ -169,12 +169,12 @@ class SessionMiddleware:
         self.max_body = int(getattr(self.manager, "max_request_body_size", 4 * 1024 * 1024))
         self.records = store._core.sessions()
         self.stateless = bool(getattr(self.manager, "stateless", False))
-        if not self.stateless:
-            store.attach(self.manager)
-            self._hook()
         self._locks: dict[str, anyio.Lock] = {}
-        self._bus = store._core.bus()
         self._listener: asyncio.Task[None] | None = None
+        if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
+            store.attach(self.manager)
+            self._bus = store._core.bus()
+            self._hook()
         #: Sessions this node rebuilt from Redis (for tests and operators).
         self.rehydrations = 0
 

@@ -1,0 +1,70 @@
+"""SessionMiddleware's set-up: what it refuses, and what it leaves alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from mcp.server.lowlevel import Server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from starlette.applications import Starlette
+
+from mcp_db import ConfigError, MemoryEventStore, RedisEventStore, SessionMiddleware
+from mcp_db.middleware import find_session_manager
+
+URL = "redis://127.0.0.1:1/0"  # never contacted: nothing here needs Redis
+
+
+def manager(**kwargs: Any) -> StreamableHTTPSessionManager:
+    return StreamableHTTPSessionManager(app=Server("t"), **kwargs)
+
+
+def test_a_stateless_manager_is_left_untouched() -> None:
+    m = manager(stateless=True)
+    entry = getattr(m, "asgi_app", None) or m.handle_request
+    SessionMiddleware(Starlette(), store=RedisEventStore(URL), session_manager=m)
+    assert (getattr(m, "asgi_app", None) or m.handle_request) == entry
+    assert m.event_store is None
+
+
+def test_a_stateful_manager_is_attached_and_hooked() -> None:
+    store = RedisEventStore(URL)
+    m = manager()
+    middleware = SessionMiddleware(Starlette(), store=store, session_manager=m)
+    assert m.event_store is store
+    hooked = getattr(m, "asgi_app", None) if hasattr(m, "asgi_app") else m.handle_request
+    assert hooked == middleware._handle
+
+
+# mcp 1.12's FastMCP settings trip a pydantic-settings warning on newer pydantic.
+@pytest.mark.filterwarnings("ignore:Field 'lifespan' has an incomplete definition")
+def test_the_manager_is_found_inside_an_sdk_app() -> None:
+    try:
+        from mcp.server.mcpserver import MCPServer
+
+        server: Any = MCPServer("t")
+    except ImportError:
+        from mcp.server.fastmcp import FastMCP
+
+        server = FastMCP("t")
+    app = server.streamable_http_app()
+    assert find_session_manager(app) is server.session_manager
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"store": MemoryEventStore()}, "needs a RedisEventStore"),
+        ({"session_ttl_seconds": 0}, "session_ttl_seconds"),
+        ({"session_ttl_seconds": "60"}, "session_ttl_seconds"),
+    ],
+)
+def test_bad_options_raise_value_error(kwargs: dict[str, Any], match: str) -> None:
+    options: dict[str, Any] = {"store": RedisEventStore(URL), "session_manager": manager()}
+    with pytest.raises(ValueError, match=match):
+        SessionMiddleware(Starlette(), **{**options, **kwargs})
+
+
+def test_an_app_without_a_session_manager_is_refused() -> None:
+    with pytest.raises(ConfigError, match="no StreamableHTTPSessionManager"):
+        SessionMiddleware(Starlette(), store=RedisEventStore(URL))
