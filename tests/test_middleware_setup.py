@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -68,3 +70,20 @@ def test_bad_options_raise_value_error(kwargs: dict[str, Any], match: str) -> No
 def test_an_app_without_a_session_manager_is_refused() -> None:
     with pytest.raises(ConfigError, match="no StreamableHTTPSessionManager"):
         SessionMiddleware(Starlette(), store=RedisEventStore(URL))
+
+
+def test_importing_the_store_alone_leaves_the_sdk_untouched() -> None:
+    # On mcp 1.x the middleware swaps the SDK's ServerSession class; only its users get that.
+    code = (
+        "import sys, mcp_db\n"
+        "from mcp.server.lowlevel import server\n"
+        "assert 'mcp_db.middleware' not in sys.modules\n"
+        "session_class = getattr(server, 'ServerSession', None)  # 1.x only\n"
+        "assert session_class is None or session_class.__module__ == 'mcp.server.session'\n"
+        "mcp_db.SessionMiddleware\n"
+        "assert 'mcp_db.middleware' in sys.modules\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
