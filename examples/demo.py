@@ -11,7 +11,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_db._nginx import Nginx
-from mcp_db._redis_server import RedisServer, free_port
+from mcp_db._redis_server import RedisServer, free_port, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 N, CUT_AT = 12, 4
@@ -53,15 +52,8 @@ class Node:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
             )
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name} did not start") from None
-                time.sleep(0.05)
+        if not wait_listening(self.port, self.process, 20):
+            raise RuntimeError(f"{self.name} did not start")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

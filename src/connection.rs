@@ -41,10 +41,6 @@ impl Connector {
         &self.server
     }
 
-    pub fn timeout(&self) -> Duration {
-        self.timeout
-    }
-
     /// The shared connection, opening it on first use.
     pub async fn get(&self) -> Result<ConnectionManager> {
         let manager = self
