@@ -32,6 +32,8 @@ pub fn parse_tag(tag: &str) -> PyResult<u8> {
 }
 
 struct Inner {
+    /// Epoch at which this node owns each session it owns (see `ownership.rs`).
+    fences: std::sync::Mutex<std::collections::HashMap<String, i64>>,
     prefix: String,
     page_size: usize,
     connector: Arc<Connector>,
@@ -117,7 +119,7 @@ impl RedisEvents {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(connector.clone(), stats.clone(), limits);
         pyo3_async_runtimes::tokio::get_runtime().spawn(writer.run(rx));
-        let inner = Inner { prefix: prefix.to_owned(), page_size, connector, stats, tx };
+        let inner = Inner { fences: Default::default(), prefix: prefix.to_owned(), page_size, connector, stats, tx };
         Ok(RedisEvents { inner: Arc::new(inner) })
     }
 
@@ -131,6 +133,31 @@ impl RedisEvents {
     fn sessions(&self) -> crate::sessions::SessionRecords {
         let records = crate::sessions::Records::new(&self.inner.prefix, self.inner.connector.clone());
         crate::sessions::SessionRecords { records: Arc::new(records) }
+    }
+
+    /// From now on, appends to `session` are written only while its record names `epoch`
+    /// (`None`: unconditionally again).
+    #[pyo3(signature = (session, epoch))]
+    fn fence(&self, session: String, epoch: Option<i64>) {
+        if let Ok(mut fences) = self.inner.fences.lock() {
+            match epoch {
+                Some(e) => fences.insert(session, e),
+                None => fences.remove(&session),
+            };
+        }
+    }
+
+    /// This node's lease on the sessions it owns, named `node`.
+    fn ownership(&self, node: &str, lease_ms: u64) -> PyResult<crate::ownership::Ownership> {
+        let lease_ms = crate::ownership::check_lease(lease_ms)?;
+        let owner = crate::ownership::Owner::new(&self.inner.prefix, node, lease_ms, self.inner.connector.clone());
+        Ok(crate::ownership::Ownership::new(owner))
+    }
+
+    /// This node's end of the relay between nodes (its own pub/sub connection).
+    #[pyo3(signature = (node, *, window=64, sweep_ms=1000))]
+    fn relay(&self, node: &str, window: u32, sweep_ms: u64) -> crate::relay::Relay {
+        crate::relay::Relay::spawn(self.inner.connector.clone(), &self.inner.prefix, node, window, sweep_ms)
     }
 
     /// Subscribes to the bus of this store's prefix (a dedicated connection).
@@ -162,12 +189,15 @@ impl RedisEvents {
     ) -> PyResult<()> {
         let tag = parse_tag(tag)?;
         let key = events_key(&self.inner.prefix, &session, &stream);
+        let epoch = self.inner.fences.lock().ok().and_then(|f| f.get(&session).copied());
+        let fence = epoch.map(|e| (crate::sessions::record_key(&self.inner.prefix, &session), e));
         let append = Append {
             key,
             session,
             stream,
             tag,
             data: data.map(<[u8]>::to_vec),
+            fence,
             waiter: Waiter { event_loop, future },
         };
         self.inner.tx.send(Command::Append(append)).map_err(|_| Error::Closed.into())
@@ -215,6 +245,7 @@ impl RedisEvents {
             ("dropped", &s.dropped),
             ("redis_errors", &s.redis_errors),
             ("replayed", &s.replayed),
+            ("fenced", &s.fenced),
         ] {
             dict.set_item(name, counter.load(Ordering::Relaxed))?;
         }

@@ -13,7 +13,9 @@ pub mod events;
 pub mod keys;
 pub mod logging;
 pub mod memory;
+pub mod ownership;
 pub mod page;
+pub mod relay;
 pub mod sessions;
 pub mod writer;
 
@@ -35,5 +37,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
     m.add_class::<bus::Bus>()?;
+    m.add_class::<ownership::Ownership>()?;
+    m.add_class::<relay::Relay>()?;
+    m.add_class::<relay::Forward>()?;
     Ok(())
 }

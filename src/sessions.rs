@@ -1,8 +1,11 @@
 //! Session records: one Redis hash per MCP session, changed only by server-side scripts.
 //!
 //! ```text
-//! {prefix}:s:{<session>}   HASH  state version init protocol principal node created updated
+//! {prefix}:s:{<session>}   HASH  state version init principal node owner epoch created updated
 //! ```
+//!
+//! `node` is the node that created the session; `owner` and `epoch` say which node holds
+//! its live state now (see `ownership.rs`).
 //!
 //! A record walks INITIALIZING → INITIALIZED → ACTIVE → CLOSED. Every change runs as one
 //! Lua script that checks the current state (and, when asked, the version) before writing,
@@ -87,23 +90,25 @@ fn lua_rules() -> String {
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'INITIALIZING', 'version', 1, 'node', ARGV[3],
-  'principal', ARGV[4], 'init', ARGV[5], 'created', ARGV[2], 'updated', ARGV[2])
+  'owner', ARGV[3], 'epoch', 1, 'principal', ARGV[4], 'init', ARGV[5], 'created', ARGV[2], 'updated', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 "#;
 
-/// KEYS[1] record; ARGV to ttl_ms now_ms expected_version ('' for any), then field/value
-/// pairs to set. Returns {1, new_version} or {0, reason, version, state}.
+/// KEYS[1] record; ARGV to ttl_ms now_ms expected_version ('' for any) epoch ('' for any:
+/// the fencing token of the owner writing), then field/value pairs to set. Returns
+/// {1, new_version} or {0, reason, version, state}.
 const TRANSITION: &str = r#"
 local rules = RULES
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, 'missing', 0, ''} end
 local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[5] then return {0, 'fenced', version, state} end
 if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= version then return {0, 'conflict', version, state} end
 if not (rules[state] and rules[state][ARGV[1]]) then return {0, 'refused', version, state} end
 version = version + 1
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'version', version, 'updated', ARGV[3])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, version}
 "#;
@@ -127,6 +132,7 @@ pub enum Transition {
     Missing,
     Conflict { version: i64, state: String },
     Refused { version: i64, state: String },
+    Fenced { version: i64, state: String },
 }
 
 pub struct Records {
@@ -162,13 +168,15 @@ impl Records {
         to: State,
         ttl_ms: u64,
         expected_version: Option<i64>,
+        epoch: Option<i64>,
         fields: &[(String, String)],
     ) -> Result<Transition> {
         let key = record_key(&self.prefix, session);
         let mut call = self.transition.key(&key);
         call.arg(to.name()).arg(ttl_ms).arg(now_ms()).arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
+        call.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
         for (name, value) in fields {
-            if matches!(name.as_str(), "state" | "version" | "updated" | "created") {
+            if matches!(name.as_str(), "state" | "version" | "updated" | "created" | "owner" | "epoch") {
                 return Err(Error::Config(format!("field {name:?} is managed by the state machine")));
             }
             call.arg(name).arg(value);
@@ -187,6 +195,7 @@ impl Records {
             (_, "missing") => Transition::Missing,
             (_, "conflict") => Transition::Conflict { version: int(reply.get(2)), state: text(reply.get(3)) },
             (_, "refused") => Transition::Refused { version: int(reply.get(2)), state: text(reply.get(3)) },
+            (_, "fenced") => Transition::Fenced { version: int(reply.get(2)), state: text(reply.get(3)) },
             _ => return Err(Error::Redis(format!("unexpected reply from the transition script: {reply:?}"))),
         })
     }
@@ -232,8 +241,9 @@ impl SessionRecords {
     }
 
     /// Moves the record to `state`: `(True, version)` or `(False, reason, version, state)`,
-    /// reason being `missing`, `conflict` (version mismatch) or `refused` (not allowed).
-    #[pyo3(signature = (session, state, ttl_ms, expected_version=None, fields=Vec::new()))]
+    /// reason being `missing`, `conflict` (version mismatch), `refused` (not allowed) or
+    /// `fenced` (`epoch` given and another node owns the session now).
+    #[pyo3(signature = (session, state, ttl_ms, expected_version=None, fields=Vec::new(), epoch=None))]
     fn transition<'py>(
         &self,
         py: Python<'py>,
@@ -242,17 +252,19 @@ impl SessionRecords {
         ttl_ms: u64,
         expected_version: Option<i64>,
         fields: Vec<(String, String)>,
+        epoch: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let to = parse_state(state)?;
         let records = self.records.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let outcome = records.transition(&session, to, ttl_ms, expected_version, &fields).await?;
+            let outcome = records.transition(&session, to, ttl_ms, expected_version, epoch, &fields).await?;
             Python::attach(|py| -> PyResult<Py<PyAny>> {
                 let tuple = match outcome {
                     Transition::Done { version } => (true, version).into_pyobject(py)?.into_any(),
                     Transition::Missing => (false, "missing", 0, "").into_pyobject(py)?.into_any(),
                     Transition::Conflict { version, state } => (false, "conflict", version, state).into_pyobject(py)?.into_any(),
                     Transition::Refused { version, state } => (false, "refused", version, state).into_pyobject(py)?.into_any(),
+                    Transition::Fenced { version, state } => (false, "fenced", version, state).into_pyobject(py)?.into_any(),
                 };
                 Ok(tuple.unbind())
             })

@@ -35,6 +35,9 @@ pub struct Append {
     pub tag: u8,
     /// `None` for a priming event (stored, never replayed).
     pub data: Option<Vec<u8>>,
+    /// The session record's key and the epoch this node owns it at, when the session has
+    /// an owner: the append is refused once another node took the session over.
+    pub fence: Option<(String, i64)>,
     pub waiter: Waiter,
 }
 
@@ -60,6 +63,7 @@ pub struct Stats {
     pub dropped: AtomicU64,
     pub redis_errors: AtomicU64,
     pub replayed: AtomicU64,
+    pub fenced: AtomicU64,
 }
 
 /// An event that has its position but is not in Redis yet.
@@ -67,7 +71,21 @@ struct Pending {
     key: String,
     tag: u8,
     data: Option<Vec<u8>>,
+    fence: Option<(String, i64)>,
     position: Position,
+}
+
+/// KEYS[1] session record, KEYS[2] stream; ARGV epoch maxlen position tag data. An XADD
+/// that only happens while the record names the writer's epoch.
+const FENCED_XADD: &str = r#"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  return redis.error_reply('FENCED another node owns this session now')
+end
+return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
+"#;
+
+fn is_fenced(err: &redis::Value) -> bool {
+    matches!(err, redis::Value::ServerError(e) if e.code() == "FENCED")
 }
 
 /// Monotonic `ms-seq` positions: never behind the wall clock, never repeating.
@@ -181,7 +199,7 @@ impl Writer {
         for append in batch {
             let position = self.clock.next();
             waiters.push((append.waiter, append.session, append.stream));
-            pending.push(Pending { key: append.key, tag: append.tag, data: append.data, position });
+            pending.push(Pending { key: append.key, tag: append.tag, data: append.data, fence: append.fence, position });
         }
         let sent = if self.buffer.is_empty() { Some(self.send(&mut pending).await) } else { None };
         // The SDK gets its IDs whether or not Redis has the events yet: delivery goes on.
@@ -219,6 +237,7 @@ impl Writer {
         for (index, value) in values.iter().take(pending.len()).enumerate() {
             match value {
                 redis::Value::ServerError(_) if is_behind_top(value) => behind_top.push(index),
+                redis::Value::ServerError(_) if is_fenced(value) => self.fenced(&pending[index]),
                 redis::Value::ServerError(e) => self.refused(&pending[index], &e.to_string()),
                 _ => {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
@@ -269,7 +288,31 @@ impl Writer {
         tracing::error!("Redis refused event {} of {}: {why}; the event is not replayable", event.position, event.key);
     }
 
+    fn fenced(&self, event: &Pending) {
+        self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            "event {} of {} not stored: another node took the session over (this node's epoch is stale)",
+            event.position,
+            event.key
+        );
+    }
+
     fn xadd(&self, pipe: &mut redis::Pipeline, event: &Pending, position: Option<Position>) {
+        if let (Some((record, epoch)), Some(p)) = (&event.fence, position) {
+            // EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot in a restart.
+            pipe.cmd("EVAL")
+                .arg(FENCED_XADD)
+                .arg(2)
+                .arg(record)
+                .arg(&event.key)
+                .arg(epoch)
+                .arg(self.limits.max_events_per_stream)
+                .arg(p.to_string())
+                .arg(&[event.tag][..])
+                .arg(event.data.as_deref().unwrap_or_default());
+            return;
+        }
         pipe.cmd("XADD")
             .arg(&event.key)
             .arg("MAXLEN")

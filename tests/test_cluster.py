@@ -21,7 +21,7 @@ from tests.test_resume_e2e import RawSession
 
 @pytest.fixture
 def cluster(redis_server: RedisServer, prefix: str) -> Iterator[Cluster]:
-    c = Cluster(redis_server, prefix, size=3).start()
+    c = Cluster(redis_server, prefix, size=3, MCP_DB_LEASE_SECONDS="2").start()
     yield c
     c.stop()
 
@@ -52,22 +52,23 @@ async def test_one_session_is_served_by_every_node(cluster: Cluster, protocol: s
             assert seen == list(range(20))
     client_name = {n.split(" on ")[0] for n in names}
     assert len(client_name) == 1, names
-    assert len({n.split(" on ")[1] for n in names}) == 3, f"every node served the session: {names}"
+    # nginx spread the requests over every node; all of them ran on the session's owner.
     assert len(cluster.served_by()) == 3
+    assert len({n.split(" on ")[1] for n in names}) == 1, f"one owner ran them all: {names}"
 
 
 async def test_delete_through_one_node_gives_404_on_every_node(cluster: Cluster) -> None:
     async with httpx.AsyncClient(timeout=10) as http:
         session = await RawSession(http, cluster.url).open()
         assert await session.event_ids_of_call()  # served fine
-        for node in cluster.nodes:  # every node serves it
+        for node in cluster.nodes:  # every node serves it (two by relaying to the owner)
             response = await http.post(
                 node.url,
                 json={"jsonrpc": "2.0", "id": 5, "method": "tools/list"},
                 headers=session.headers(),
             )
             assert response.status_code == 200, response.text
-        assert all(c == 1 for c in cluster.session_counts())
+        assert sorted(cluster.session_counts()) == [0, 0, 1], "live state on the owner only"
         deleted = await http.delete(cluster.nodes[0].url, headers=session.headers())
         assert deleted.status_code == 200
         for node in cluster.nodes:
@@ -78,7 +79,6 @@ async def test_delete_through_one_node_gives_404_on_every_node(cluster: Cluster)
             )
             assert response.status_code == 404
             assert response.json()["error"]["message"] == "Session not found"
-    # Nodes 1 and 2 had rebuilt the session; the bus makes them let go almost at once.
     released = await _settles(cluster, [0, 0, 0])
     print(f"transports released on every node {released * 1000:.0f} ms after DELETE")
     assert released < 1.0
@@ -232,7 +232,7 @@ async def test_another_principal_gets_404_on_every_node(
                     )
                     assert stolen.status_code == 404, stolen.text
             counts = cluster.session_counts()
-            assert counts == [1, 1], "the other principal's requests built nothing"
+            assert sorted(counts) == [0, 1], "the other principal's requests built nothing"
     finally:
         cluster.stop()
 
@@ -269,7 +269,8 @@ async def test_a_stream_cut_by_kill_9_resumes_from_redis_on_a_survivor(cluster: 
         last = seen[-1]["id"]
         headers = {**session.headers(), "accept": "text/event-stream", "last-event-id": last}
         replayed: list[dict[str, str]] = []
-        with anyio.move_on_after(3):
+        # A survivor takes the session over once the dead node's 2 s lease has lapsed.
+        with anyio.move_on_after(6):
             async with http.stream("GET", cluster.url, headers=headers) as stream:
                 assert stream.status_code == 200
                 event = {}

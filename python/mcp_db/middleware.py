@@ -11,8 +11,13 @@ For each handshake-era request it:
   the client can learn the session ID;
 - answers 404 for a session that Redis does not know, has closed, or that belongs to
   another principal, on every node, before any transport exists;
-- rebuilds the SDK transport of a session this node has not seen (or has reaped for
-  idleness), already initialized with the client's stored ``initialize`` params;
+- serves a session this node owns at once (no Redis round trip while its lease holds),
+  and relays a request for a session another node owns to that node through Redis
+  (``_relay.py``, ``src/relay.rs``), so open streams, calls in progress and requests to the
+  client all stay where their state lives;
+- takes over a session whose owner is gone (crashed: after its lease; shut down: at once),
+  fenced by an epoch, and rebuilds the SDK transport already initialized with the
+  client's stored ``initialize`` params;
 - turns DELETE into a CLOSED tombstone, so every node answers 404 from then on.
 
 Lifespan, other routes, 2026-era requests and stateless managers pass through untouched.
@@ -24,14 +29,19 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
+import threading
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 
 # Imported up front: on mcp 1.x this also installs the session class every session of this
 # process is built from (see ``_sdk/session_v1.py``), rehydrated or not.
+from mcp_db._relay import RELAYED, encode_head, pump, serve
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
@@ -51,6 +61,13 @@ HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-
 _NOT_FOUND = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
 _UNAVAILABLE = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session store unavailable"}}'
+)
+_MOVED = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session moved; retry"}}'
+_OWNER_BUSY = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session owner not answering"}}'
+)
+_OWNER_LOST = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session owner went away"}}'
 )
 _TOO_MANY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Too many open sessions"}}'
@@ -74,14 +91,7 @@ def find_session_manager(app: Any, depth: int = 6) -> Any:
             seen.add(id(obj))
             if isinstance(obj, StreamableHTTPSessionManager):
                 return obj
-            for name in (
-                "session_manager",
-                "app",
-                "endpoint",
-                "routes",
-                "router",
-                "middleware_stack",
-            ):
+            for name in _INNER:
                 value = getattr(obj, name, None)
                 if isinstance(value, list):
                     following.extend(value)
@@ -117,6 +127,12 @@ def _principal(scope: Scope) -> str:
     return json.dumps(_authorization_context(user), sort_keys=True)
 
 
+def _positive_ms(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return max(1, int(value * 1000))
+
+
 async def _respond(send: Send, status: int, body: bytes = b"", retry_after: bool = False) -> None:
     headers = [(b"content-type", b"application/json")] if body else []
     if retry_after:
@@ -125,8 +141,29 @@ async def _respond(send: Send, status: int, body: bytes = b"", retry_after: bool
     await send({"type": "http.response.body", "body": body})
 
 
+@dataclass
+class _Owned:
+    """A session this node owns: the fencing epoch it owns it at, and what the fast path
+    needs to serve it without asking Redis."""
+
+    epoch: int
+    principal: str
+    #: The node's lease generation when ownership was last confirmed (see ``_gen``).
+    gen: int
+    active: bool = False
+    used: bool = True
+    in_flight: int = 0
+    last_used: float = 0.0
+
+
 class SessionMiddleware:
     """ASGI middleware that lets every node behind a load balancer serve every session.
+
+    Each session has one owner: the node holding its live SDK state (open streams, calls in
+    progress, requests to the client awaiting answers). The owner serves its sessions'
+    requests straight away; any other node relays them to it through Redis. When the owner
+    is gone (its heartbeat lapsed, or it shut down), the next node that needs the session
+    takes it over, fenced by an epoch, and rebuilds it from Redis.
 
     Args:
         app: the SDK's Starlette app (``streamable_http_app()``).
@@ -134,9 +171,17 @@ class SessionMiddleware:
             live under its prefix. It is attached to the session manager here.
         session_manager: the SDK's ``StreamableHTTPSessionManager``, if it cannot be found
             inside ``app``.
-        node_id: this node's name in session records; default ``<hostname>:<pid>``.
+        node_id: this node's name in session records; default ``<hostname>:<pid>``. Every
+            process needs its own (``uvicorn --workers N`` gets that from the PID).
         session_ttl_seconds: idle time after which a session expires everywhere; default
             the manager's ``session_idle_timeout`` (1800 s if it has none).
+        lease_seconds: how long a node's sessions stay its own after its last heartbeat. A
+            crashed node's sessions move after this; a node shut down with SIGTERM hands
+            them over at once.
+        relay_timeout_seconds: how long a relayed request may wait for the owner to take it
+            on before the client gets 503 with ``Retry-After``.
+        release_on_sigterm: give up this node's sessions as soon as SIGTERM arrives, rather
+            than when the server finally stops.
     """
 
     def __init__(
@@ -147,6 +192,9 @@ class SessionMiddleware:
         session_manager: Any = None,
         node_id: str | None = None,
         session_ttl_seconds: float | None = None,
+        lease_seconds: float = 10.0,
+        relay_timeout_seconds: float = 5.0,
+        release_on_sigterm: bool = True,
     ) -> None:
         if not isinstance(store, RedisEventStore):
             raise ConfigError(
@@ -163,20 +211,36 @@ class SessionMiddleware:
         ttl = session_ttl_seconds
         if ttl is None:
             ttl = getattr(self.manager, "session_idle_timeout", None) or 1800
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0:
-            raise ConfigError(f"session_ttl_seconds must be a positive number, got {ttl!r}")
-        self.ttl_ms = int(ttl * 1000)
+        self.ttl_ms = _positive_ms("session_ttl_seconds", ttl)
+        self.lease_ms = _positive_ms("lease_seconds", lease_seconds)
+        self.relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
+        self.release_on_sigterm = release_on_sigterm
+        # Past this idle time the owner asks Redis again (the record may have expired).
+        self._idle_limit = self.ttl_ms / 1000 * 0.9
         self.max_body = int(getattr(self.manager, "max_request_body_size", 4 * 1024 * 1024))
         self.records = store._core.sessions()
         self.stateless = bool(getattr(self.manager, "stateless", False))
         self._locks: dict[str, anyio.Lock] = {}
-        self._listener: asyncio.Task[None] | None = None
+        self._owned: dict[str, _Owned] = {}
+        #: Bumped whenever this node's lease may have lapsed: ownership confirmed under an
+        #: older generation must be confirmed again in Redis before it is trusted.
+        self._gen = 0
+        self._lease_until = 0.0
+        self._released = False
+        self._started = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._lifespan_state: dict[str, Any] | None = None
+        #: Counters for tests and operators.
+        self.rehydrations = 0
+        self.takeovers = 0
+        self.relayed_out = 0
+        self.relayed_in = 0
         if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
             store.attach(self.manager)
             self._bus = store._core.bus()
+            self._own = store._core.ownership(self.node_id, self.lease_ms)
+            self._relay = store._core.relay(self.node_id)
             self._hook()
-        #: Sessions this node rebuilt from Redis (for tests and operators).
-        self.rehydrations = 0
 
     def _hook(self) -> None:
         """Runs this middleware's session logic where the SDK's route hands a request to the
@@ -188,9 +252,138 @@ class SessionMiddleware:
         setattr(self.manager, name, self._handle)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._listener is None and scope["type"] == "http" and not self.stateless:
-            self._listener = asyncio.get_running_loop().create_task(self._listen())
-        await self.app(scope, receive, send)
+        if self.stateless:
+            await self.app(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await self._lifespan(scope, receive, send)
+        else:
+            if not self._started:
+                await self._start()
+            await self.app(scope, receive, send)
+
+    # -- life of the node -------------------------------------------------------------------
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Joins the cluster once the app has started (so the manager can take sessions),
+        and leaves it before the app stops."""
+        self._lifespan_state = scope.get("state")
+
+        async def on_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                await self._release()
+            return message
+
+        async def on_send(message: Message) -> None:
+            if message["type"] == "lifespan.startup.complete":
+                await self._start()
+            await send(message)
+
+        await self.app(scope, on_receive, on_send)
+
+    async def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._spawn(self._listen())
+        self._spawn(self._take_relayed())
+        if not await self._relay.ready(2000):
+            logger.error("node %s cannot listen for relayed requests yet", self.node_id)
+        await self._beat()
+        self._spawn(self._heartbeat())
+        if self.release_on_sigterm:
+            self._hook_sigterm()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _hook_sigterm(self) -> None:
+        """Releases this node's sessions the moment SIGTERM arrives, then lets the server's
+        own handler (uvicorn's, which finishes requests in flight) do the rest."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.getsignal(signal.SIGTERM)
+        if not callable(previous):
+            return  # nobody handles SIGTERM gracefully: the process just ends
+        loop = asyncio.get_running_loop()
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(lambda: self._spawn(self._release()))
+            previous(signum, frame)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    async def _release(self) -> None:
+        """Hands every session of this node over at once: no new relayed requests, no
+        heartbeat, so the next node that needs a session takes it without waiting."""
+        if self._released or self.stateless:
+            return
+        self._released = True
+        self._lease_until = 0.0
+        self._relay.drain()
+        try:
+            await self._own.release()
+            logger.info("node %s released its %d sessions", self.node_id, len(self._owned))
+        except McpDbError as exc:
+            logger.warning("node %s could not release its lease: %s", self.node_id, exc)
+
+    async def _beat(self) -> None:
+        started = time.monotonic()
+        try:
+            held = await self._own.beat(self._info)
+        except McpDbError as exc:
+            logger.warning("node %s cannot renew its lease: %s", self.node_id, exc)
+            return
+        if self._released:  # released while the beat was in flight
+            await self._own.release()
+            return
+        if not held:
+            self._gen += 1  # the lease lapsed (or is new): trust no ownership until confirmed
+        self._lease_until = started + self.lease_ms / 1000 * 0.9
+
+    @property
+    def _info(self) -> str:
+        return json.dumps(
+            {"pid": os.getpid(), "host": socket.gethostname(), "beat": int(time.time() * 1000)}
+        )
+
+    async def _heartbeat(self) -> None:
+        # Often enough to renew the lease, and to slide a session's TTL before it runs out.
+        interval = min(self.lease_ms, self.ttl_ms) / 3000
+        while not self._released:
+            await anyio.sleep(interval)
+            if self._released:
+                return
+            await self._beat()
+            await self._touch()
+
+    async def _touch(self) -> None:
+        """Slides the idle TTL of sessions used since the last beat, and lets go of those
+        that expired, were closed or moved to another node meanwhile."""
+        used = []
+        for session_id, owned in list(self._owned.items()):
+            if owned.used or owned.in_flight:
+                used.append((session_id, owned.epoch))
+                owned.used = False
+            elif session_id not in self.manager._server_instances:
+                self._disown(session_id)  # reaped for idleness: rebuilt on demand
+        if not used:
+            return
+        try:
+            statuses = await self._own.touch(used, self.ttl_ms)
+        except McpDbError as exc:
+            logger.warning("cannot refresh %d sessions: %s", len(used), exc)
+            return
+        for (session_id, _), status in zip(used, statuses, strict=True):
+            if status != 1:
+                await self._let_go(session_id)
+
+    def _lease_valid(self) -> bool:
+        return time.monotonic() < self._lease_until
+
+    # -- requests ---------------------------------------------------------------------------
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """One request to the MCP endpoint."""
@@ -231,6 +424,7 @@ class SessionMiddleware:
                             session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
                         )
                         await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
+                        self._adopt(session_id, 1, principal)
                     except McpDbError as exc:
                         # The session lives on this node alone until Redis is back.
                         logger.error("cannot record session %s: %s", session_id[:8], exc)
@@ -260,7 +454,23 @@ class SessionMiddleware:
     async def _in_session(
         self, scope: Scope, receive: Receive, send: Send, session_id: str, version: str | None
     ) -> None:
+        owned = self._owned.get(session_id)
         local = self.manager._server_instances.get(session_id)
+        relayed = scope.get(RELAYED) is not None
+        if (
+            owned is not None
+            and local is not None
+            and (relayed or (owned.gen == self._gen and self._lease_valid()))
+            and time.monotonic() - owned.last_used < self._idle_limit
+        ):
+            # This node owns the session, its lease holds and the session was used within
+            # its TTL: nobody else can have taken it over, closed it (that goes through the
+            # owner) or let it expire (the owner slides its TTL on every heartbeat).
+            if owned.principal != _principal(scope):
+                await _respond(send, 404, _NOT_FOUND)
+                return
+            await self._serve_owned(scope, receive, send, session_id, owned)
+            return
         try:
             record = await self.records.lookup(session_id, self.ttl_ms)
         except McpDbError as exc:
@@ -277,28 +487,192 @@ class SessionMiddleware:
             or record.get("state") == "CLOSED"
             or record.get("principal", "") != _principal(scope)
         ):
-            if local is not None and (record is None or record.get("state") == "CLOSED"):
-                await forget(self.manager, session_id, local)
+            if record is None or record.get("state") == "CLOSED":
+                await self._let_go(session_id)
             await _respond(send, 404, _NOT_FOUND)
             return
-        if scope["method"] == "DELETE":
-            # CLOSED first: from this moment every node answers 404.
-            await self.records.transition(session_id, "CLOSED", self.ttl_ms)
-            if local is not None:
-                await self._inner(scope, receive, send)  # the SDK terminates its transport
-            else:
-                await _respond(send, 200)
-            await self._bus.publish(f"closed {session_id}")  # others let theirs go
+        owner = record.get("owner") or record.get("node", "")
+        epoch = int(record.get("epoch") or 0)
+        if owner == self.node_id:
+            await self._serve_as_owner(scope, receive, send, session_id, record, epoch, version)
             return
-        if local is None:
+        if owned is not None or local is not None:
+            await self._let_go(session_id)  # another node took it over meanwhile
+        if relayed:
+            # Relayed here, but ownership moved on the way: the client retries.
+            await _respond(send, 503, _MOVED, retry_after=True)
+            return
+        await self._forward(scope, receive, send, session_id, record, owner, epoch, version)
+
+    async def _serve_as_owner(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        record: dict[str, str],
+        epoch: int,
+        version: str | None,
+    ) -> None:
+        """Serves a session the record says this node owns, rebuilding it if need be."""
+        owned = self._adopt(session_id, epoch, record.get("principal", ""))
+        owned.active = owned.active or record.get("state") == "ACTIVE"
+        if session_id not in self.manager._server_instances:
             try:
                 await self._rehydrate(session_id, record, version)
             except _TooMany:
                 await _respond(send, 503, _TOO_MANY)
                 return
-        if record.get("state") == "INITIALIZED":
-            await self.records.transition(session_id, "ACTIVE", self.ttl_ms)
-        await self._inner(scope, receive, send)
+        await self._serve_owned(scope, receive, send, session_id, owned)
+
+    async def _serve_owned(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, owned: _Owned
+    ) -> None:
+        if scope["method"] == "DELETE":
+            await self._close(scope, receive, send, session_id, owned)
+            return
+        if not owned.active:
+            await self.records.transition(session_id, "ACTIVE", self.ttl_ms, epoch=owned.epoch)
+            owned.active = True
+        owned.used = True
+        owned.last_used = time.monotonic()
+        owned.in_flight += 1
+        try:
+            await self._inner(scope, receive, send)
+        finally:
+            owned.in_flight -= 1
+            owned.last_used = time.monotonic()
+
+    async def _close(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, owned: _Owned
+    ) -> None:
+        # CLOSED first: from this moment every node answers 404.
+        done = await self.records.transition(session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch)
+        if not done[0] and done[1] == "fenced":
+            await self._let_go(session_id)
+            await _respond(send, 503, _MOVED, retry_after=True)
+            return
+        self._disown(session_id)
+        if session_id in self.manager._server_instances:
+            await self._inner(scope, receive, send)  # the SDK terminates its transport
+        else:
+            await _respond(send, 200)
+        await self._bus.publish(f"closed {session_id}")  # in case another node holds one
+
+    def _adopt(self, session_id: str, epoch: int, principal: str) -> _Owned:
+        owned = self._owned.get(session_id)
+        if owned is None or owned.epoch != epoch:
+            owned = _Owned(epoch=epoch, principal=principal, gen=self._gen)
+            self._owned[session_id] = owned
+            self.store._core.fence(session_id, epoch)
+        owned.gen = self._gen
+        return owned
+
+    def _disown(self, session_id: str) -> None:
+        if self._owned.pop(session_id, None) is not None:
+            self.store._core.fence(session_id, None)
+
+    async def _let_go(self, session_id: str) -> None:
+        """Forgets a session this node no longer owns (closed, expired or taken over)."""
+        self._disown(session_id)
+        transport = self.manager._server_instances.get(session_id)
+        if transport is not None:
+            try:
+                await forget(self.manager, session_id, transport)
+            except Exception:
+                logger.exception("could not close session %s", session_id[:8])
+
+    # -- another node owns the session ------------------------------------------------------
+
+    async def _forward(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        session_id: str,
+        record: dict[str, str],
+        owner: str,
+        epoch: int,
+        version: str | None,
+    ) -> None:
+        """Relays the request to the session's owner; takes the session over if the owner
+        is gone."""
+        body, complete = await self._read_body(receive)
+        head = encode_head(scope)
+        for _ in range(3):
+            try:
+                outcome, forward = await self._relay.forward(
+                    owner, session_id, head, body, self.relay_timeout_ms
+                )
+                if outcome == "accepted":
+                    self.relayed_out += 1
+                    if not await pump(forward, receive, send):
+                        await _respond(send, 503, _OWNER_LOST, retry_after=True)
+                    return
+                if outcome == "timeout" and await self._own.alive(owner):
+                    logger.warning(
+                        "owner %s of session %s did not take a request within %d ms",
+                        owner,
+                        session_id[:8],
+                        self.relay_timeout_ms,
+                    )
+                    await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+                    return
+                if not await self._await_owner_gone(owner):
+                    await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+                    return
+                claimed, owner, epoch, why = await self._own.claim(
+                    session_id, owner, epoch, self.ttl_ms
+                )
+            except McpDbError as exc:
+                logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
+                await _respond(send, 503, _UNAVAILABLE, retry_after=True)
+                return
+            if claimed:
+                self.takeovers += 1
+                await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
+                replay = _Replay(body, receive, more=not complete)
+                await self._serve_as_owner(
+                    scope, replay, send, session_id, record, epoch, version
+                )
+                return
+            if why in ("closed", "missing"):
+                await _respond(send, 404, _NOT_FOUND)
+                return
+            if owner == self.node_id:  # "moved" to this very node by a concurrent request
+                replay = _Replay(body, receive, more=not complete)
+                await self._serve_as_owner(
+                    scope, replay, send, session_id, record, epoch, version
+                )
+                return
+        await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+
+    async def _await_owner_gone(self, owner: str) -> bool:
+        """Whether ``owner``'s lease is gone, waiting for it to lapse (at most a lease): an
+        owner that stopped listening has crashed or is shutting down."""
+        deadline = time.monotonic() + self.lease_ms / 1000 + 0.5
+        while await self._own.alive(owner):
+            if time.monotonic() >= deadline:
+                return False
+            await anyio.sleep(0.05)
+        return True
+
+    async def _take_relayed(self) -> None:
+        """Serves requests other nodes relay to this one, each in its own task."""
+        while True:
+            try:
+                item = await self._relay.next_request()
+            except McpDbError as exc:
+                logger.warning("cannot take a relayed request: %s", exc)
+                await anyio.sleep(0.1)
+                continue
+            if item is None:
+                return
+            self.relayed_in += 1
+            request_id, relayed_from, _session, head, body = item
+            self._spawn(
+                serve(self.app, self._relay, request_id, relayed_from, head, body, self._lifespan_state)
+            )
 
     async def _rehydrate(
         self, session_id: str, record: dict[str, str], version: str | None
@@ -325,18 +699,16 @@ class SessionMiddleware:
                 self._locks.pop(session_id, None)
 
     async def _listen(self) -> None:
-        """Lets go of local transports of sessions closed on any node."""
+        """Lets go of sessions closed, or taken over, by another node."""
         while True:
             message = await self._bus.next()
             if message is None:
                 return
-            kind, _, session_id = message.partition(" ")
-            transport = self.manager._server_instances.get(session_id)
-            if kind == "closed" and transport is not None:
-                try:
-                    await forget(self.manager, session_id, transport)
-                except Exception:
-                    logger.exception("could not close session %s", session_id[:8])
+            kind, _, rest = message.partition(" ")
+            session_id, _, new_owner = rest.partition(" ")
+            if kind == "closed" or (kind == "owner" and not new_owner.startswith(self.node_id + " ")):
+                if session_id in self._owned or session_id in self.manager._server_instances:
+                    await self._let_go(session_id)
 
 
 class _TooMany(Exception):

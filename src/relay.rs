@@ -1,0 +1,935 @@
+//! The relay: a request that needs another node's in-memory session state is forwarded to
+//! that node through Redis, and the response streams back frame by frame.
+//!
+//! Every node subscribes to two pub/sub channels of its own:
+//!
+//! ```text
+//! {prefix}:r:<node>:q   requests for sessions this node owns     (Q)
+//! {prefix}:r:<node>     everything else addressed to this node   (A S D E R C X)
+//! ```
+//!
+//! A request travels as one `Q` frame. The owner takes it on only when its event loop asks
+//! for work, and then by one script that sets a claim key with NX and publishes `A`
+//! (accepted). A relaying node that hears nothing within its bound sets the same key
+//! itself: whichever SET wins decides, so a request reaches a handler at most once, and
+//! the loser knows (the owner drops it; the relayer answers 503).
+//!
+//! The response is `S` (status and headers), `D` frames (body chunks, in order as the SDK
+//! sends them) and `E`. Frames from one node travel over one connection, so they arrive in
+//! order; each carries a sequence number, and a gap (the subscriber reconnected and missed
+//! frames) ends the relayed response rather than corrupting it. Flow control is a window:
+//! the owner may have `window` data frames unacknowledged, and the relayer returns credit
+//! (`C`) as its client consumes them. `X` tells the owner the client went away.
+//!
+//! A node whose subscriber or heartbeat is gone is found by a sweep (`PUBSUB NUMSUB` and
+//! `EXISTS` for every peer with a request in flight), which ends those requests on both
+//! sides, so nothing waits forever on a dead peer.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use tokio::sync::{mpsc, Notify};
+
+use crate::connection::Connector;
+use crate::error::{Error, Result};
+use crate::event_id::escape_into;
+use crate::ownership::node_key;
+
+pub type ReqId = [u8; 16];
+
+const HEADER: usize = 1 + 16 + 4;
+const INBOX_BACKLOG: usize = 1024;
+/// How long a claim key outlives the decision it records.
+const CLAIM_TTL_MS: u64 = 60_000;
+
+mod kind {
+    pub const REQUEST: u8 = b'Q';
+    pub const ACCEPTED: u8 = b'A';
+    pub const START: u8 = b'S';
+    pub const DATA: u8 = b'D';
+    pub const END: u8 = b'E';
+    pub const REFUSED: u8 = b'R';
+    pub const CREDIT: u8 = b'C';
+    pub const CANCEL: u8 = b'X';
+}
+
+/// KEYS[1] claim key; ARGV node px channel frame. Claims a relayed request and tells the
+/// relaying node, in one round trip.
+const CLAIM_AND_ACCEPT: &str = r#"
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('PUBLISH', ARGV[3], ARGV[4])
+  return 1
+end
+return 0
+"#;
+
+pub fn inbox_channel(prefix: &str, node: &str) -> String {
+    let mut out = reply_channel(prefix, node);
+    out.push_str(":q");
+    out
+}
+
+pub fn reply_channel(prefix: &str, node: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + node.len() + 5);
+    out.push_str(prefix);
+    out.push_str(":r:");
+    escape_into(&mut out, node);
+    out
+}
+
+fn claim_key(prefix: &str, session: &str, id: &ReqId) -> String {
+    let mut out = String::with_capacity(prefix.len() + session.len() + 40);
+    out.push_str(prefix);
+    out.push_str(":c:{");
+    escape_into(&mut out, session);
+    out.push_str("}:");
+    for b in id {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// A request ID unique across nodes: a random per-process half and a counter.
+fn new_id() -> ReqId {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+        h.finish()
+    });
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&seed.to_be_bytes());
+    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    id
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub kind: u8,
+    pub id: ReqId,
+    pub seq: u32,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + self.payload.len());
+        out.push(self.kind);
+        out.extend_from_slice(&self.id);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Frame> {
+        if bytes.len() < HEADER {
+            return None;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&bytes[1..17]);
+        let seq = u32::from_be_bytes(bytes[17..21].try_into().ok()?);
+        Some(Frame { kind: bytes[0], id, seq, payload: bytes[HEADER..].to_vec() })
+    }
+}
+
+/// Length-prefixed fields, for the few structured payloads (request, response start).
+#[derive(Default)]
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn put(&mut self, bytes: &[u8]) -> &mut Self {
+        self.0.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+        self
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self) -> Option<&'a [u8]> {
+        let len = u32::from_be_bytes(self.0.get(..4)?.try_into().ok()?) as usize;
+        let out = self.0.get(4..4 + len)?;
+        self.0 = &self.0[4 + len..];
+        Some(out)
+    }
+
+    fn text(&mut self) -> Option<String> {
+        String::from_utf8(self.take()?.to_vec()).ok()
+    }
+}
+
+/// A request as the owner receives it.
+pub struct Incoming {
+    pub id: ReqId,
+    pub from: String,
+    pub session: String,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+fn encode_request(from: &str, session: &str, head: &str, body: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.put(from.as_bytes()).put(session.as_bytes()).put(head.as_bytes()).put(body);
+    w.0
+}
+
+fn decode_request(id: ReqId, payload: &[u8]) -> Option<Incoming> {
+    let mut r = Reader(payload);
+    Some(Incoming { id, from: r.text()?, session: r.text()?, head: r.text()?, body: r.take()?.to_vec() })
+}
+
+fn encode_start(status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.put(&status.to_be_bytes());
+    for (name, value) in headers {
+        w.put(name).put(value);
+    }
+    w.0
+}
+
+type Headers = Vec<(Vec<u8>, Vec<u8>)>;
+
+fn decode_start(payload: &[u8]) -> Option<(u16, Headers)> {
+    let mut r = Reader(payload);
+    let status = u16::from_be_bytes(r.take()?.try_into().ok()?);
+    let mut headers = Vec::new();
+    while !r.0.is_empty() {
+        headers.push((r.take()?.to_vec(), r.take()?.to_vec()));
+    }
+    Some((status, headers))
+}
+
+/// What a relaying node waits on for one forwarded request.
+struct Pending {
+    owner: String,
+    tx: mpsc::UnboundedSender<Frame>,
+}
+
+/// What an owner keeps for one request it serves for another node.
+struct Served {
+    from: String,
+    next_seq: AtomicU32,
+    sent: AtomicU32,
+    credit: AtomicU32,
+    cancelled: AtomicBool,
+    wake: Notify,
+}
+
+impl Served {
+    fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.wake.notify_waiters();
+        self.wake.notify_one();
+    }
+}
+
+/// What the publisher should do if nobody heard a frame.
+#[derive(Clone, Copy)]
+enum Unheard {
+    Ignore,
+    /// The relaying node of a served request is gone: stop serving it.
+    Served(ReqId),
+    /// The owner of a forwarded request is gone.
+    Forwarded(ReqId),
+}
+
+struct Shared {
+    prefix: String,
+    node: String,
+    inbox: String,
+    replies: String,
+    window: u32,
+    connector: Arc<Connector>,
+    pending: Mutex<HashMap<ReqId, Pending>>,
+    served: Mutex<HashMap<ReqId, Arc<Served>>>,
+    requests: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    out: mpsc::UnboundedSender<(String, Vec<u8>, Unheard)>,
+    claim: redis::Script,
+    draining: AtomicBool,
+    closed: AtomicBool,
+    subscribed: AtomicBool,
+    ready: Notify,
+    unsubscribe: Notify,
+    stats: RelayStats,
+}
+
+#[derive(Default)]
+struct RelayStats {
+    forwarded: AtomicU64,
+    served: AtomicU64,
+    timeouts: AtomicU64,
+    lost: AtomicU64,
+    dropped_requests: AtomicU64,
+}
+
+impl Shared {
+    fn lost(&self, id: &ReqId, why: &str) {
+        if let Some(p) = self.pending.lock().unwrap().remove(id) {
+            self.stats.lost.fetch_add(1, Ordering::Relaxed);
+            let _ = p.tx.send(Frame { kind: b'L', id: *id, seq: 0, payload: why.as_bytes().to_vec() });
+        }
+    }
+
+    fn cancel_served(&self, id: &ReqId) {
+        if let Some(s) = self.served.lock().unwrap().get(id) {
+            s.cancel();
+        }
+    }
+
+    /// A gap in the subscription: frames may have been missed both ways.
+    fn forget_everything(&self) {
+        let ids: Vec<ReqId> = self.pending.lock().unwrap().keys().copied().collect();
+        for id in ids {
+            self.lost(&id, "the relay subscription was interrupted");
+        }
+        for served in self.served.lock().unwrap().values() {
+            served.cancel();
+        }
+    }
+
+    fn dispatch(&self, bytes: &[u8], inbox: &mpsc::Sender<Incoming>) {
+        let Some(frame) = Frame::decode(bytes) else {
+            tracing::warn!("relay: ignoring a malformed frame of {} bytes", bytes.len());
+            return;
+        };
+        match frame.kind {
+            kind::REQUEST => match decode_request(frame.id, &frame.payload) {
+                Some(incoming) => {
+                    if inbox.try_send(incoming).is_err() {
+                        // The claim was never made: the relaying node times out and answers 503.
+                        self.stats.dropped_requests.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("relay: inbox full ({INBOX_BACKLOG} requests waiting); dropping one");
+                    }
+                }
+                None => tracing::warn!("relay: ignoring a malformed request frame"),
+            },
+            kind::CREDIT => {
+                if let Some(s) = self.served.lock().unwrap().get(&frame.id) {
+                    s.credit.fetch_max(frame.seq, Ordering::SeqCst);
+                    s.wake.notify_one();
+                }
+            }
+            kind::CANCEL => self.cancel_served(&frame.id),
+            _ => {
+                if let Some(p) = self.pending.lock().unwrap().get(&frame.id) {
+                    let _ = p.tx.send(frame);
+                }
+            }
+        }
+    }
+
+    fn publish(&self, channel: String, frame: Frame, unheard: Unheard) {
+        let _ = self.out.send((channel, frame.encode(), unheard));
+    }
+}
+
+async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
+    let mut backoff = Duration::from_millis(50);
+    let mut connected_before = false;
+    loop {
+        match shared.connector.pubsub().await {
+            Ok(pubsub) => {
+                let (mut sink, mut stream) = pubsub.split();
+                let mut channels = vec![shared.replies.clone()];
+                if !shared.draining.load(Ordering::SeqCst) {
+                    channels.push(shared.inbox.clone());
+                }
+                match sink.subscribe(&channels).await {
+                    Ok(()) => {
+                        if connected_before {
+                            shared.forget_everything();
+                        }
+                        connected_before = true;
+                        backoff = Duration::from_millis(50);
+                        shared.subscribed.store(true, Ordering::SeqCst);
+                        shared.ready.notify_waiters();
+                        loop {
+                            tokio::select! {
+                                message = stream.next() => match message {
+                                    Some(m) => shared.dispatch(m.get_payload_bytes(), &inbox),
+                                    None => break,
+                                },
+                                _ = shared.unsubscribe.notified() => {
+                                    if shared.closed.load(Ordering::SeqCst) {
+                                        return;
+                                    }
+                                    if let Err(e) = sink.unsubscribe(&shared.inbox).await {
+                                        tracing::warn!("relay: cannot leave the inbox: {e}");
+                                    }
+                                }
+                            }
+                        }
+                        shared.subscribed.store(false, Ordering::SeqCst);
+                        tracing::warn!("relay subscription to {} ended; resubscribing", shared.connector.server());
+                    }
+                    Err(e) => tracing::warn!("relay: cannot subscribe: {}", Error::from_redis(&e, shared.connector.server())),
+                }
+            }
+            Err(e) => tracing::debug!("relay: {e}"),
+        }
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// Sends every queued frame, in order, one pipeline per batch.
+async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>, Unheard)>) {
+    let mut batch = Vec::with_capacity(256);
+    while rx.recv_many(&mut batch, 256).await > 0 {
+        let mut pipe = redis::pipe();
+        for (channel, payload, _) in &batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice());
+        }
+        match shared.connector.query(&pipe).await {
+            Ok(counts) => {
+                for ((_, _, unheard), count) in batch.iter().zip(counts) {
+                    if matches!(count, redis::Value::Int(0)) {
+                        match unheard {
+                            Unheard::Served(id) => shared.cancel_served(id),
+                            Unheard::Forwarded(id) => shared.lost(id, "the owner stopped listening"),
+                            Unheard::Ignore => {}
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!("relay: cannot publish {} frames: {e}", batch.len());
+                for (_, _, unheard) in &batch {
+                    match unheard {
+                        Unheard::Served(id) => shared.cancel_served(id),
+                        Unheard::Forwarded(id) => shared.lost(id, "Redis is unreachable"),
+                        Unheard::Ignore => {}
+                    }
+                }
+            }
+        }
+        batch.clear();
+    }
+}
+
+/// Ends requests whose peer node is gone: its subscriber left or its heartbeat lapsed.
+async fn sweep(shared: Arc<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if shared.closed.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut peers: HashSet<String> = HashSet::new();
+        peers.extend(shared.pending.lock().unwrap().values().map(|p| p.owner.clone()));
+        peers.extend(shared.served.lock().unwrap().values().map(|s| s.from.clone()));
+        peers.remove(&shared.node);
+        if peers.is_empty() {
+            continue;
+        }
+        let peers: Vec<String> = peers.into_iter().collect();
+        let mut pipe = redis::pipe();
+        pipe.cmd("PUBSUB").arg("NUMSUB");
+        for peer in &peers {
+            pipe.arg(reply_channel(&shared.prefix, peer));
+        }
+        for peer in &peers {
+            pipe.cmd("EXISTS").arg(node_key(&shared.prefix, peer));
+        }
+        let Ok(reply) = shared.connector.query(&pipe).await else { continue };
+        let mut gone: HashSet<&str> = HashSet::new();
+        if let Some(redis::Value::Array(numsub)) = reply.first() {
+            for (peer, pair) in peers.iter().zip(numsub.chunks(2)) {
+                if matches!(pair.get(1), Some(redis::Value::Int(0))) {
+                    gone.insert(peer);
+                }
+            }
+        }
+        for (peer, exists) in peers.iter().zip(reply.iter().skip(1)) {
+            if matches!(exists, redis::Value::Int(0)) {
+                gone.insert(peer);
+            }
+        }
+        if gone.is_empty() {
+            continue;
+        }
+        let lost: Vec<ReqId> =
+            shared.pending.lock().unwrap().iter().filter(|(_, p)| gone.contains(p.owner.as_str())).map(|(id, _)| *id).collect();
+        for id in lost {
+            shared.lost(&id, "the owner is gone");
+        }
+        for served in shared.served.lock().unwrap().values() {
+            if gone.contains(served.from.as_str()) {
+                served.cancel();
+            }
+        }
+    }
+}
+
+/// This node's end of the relay (`RedisEvents.relay(node, ...)`).
+#[pyclass(frozen, module = "mcp_db._core")]
+pub struct Relay {
+    shared: Arc<Shared>,
+}
+
+impl Relay {
+    pub fn spawn(connector: Arc<Connector>, prefix: &str, node: &str, window: u32, sweep_ms: u64) -> Relay {
+        let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_BACKLOG);
+        let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            prefix: prefix.to_owned(),
+            node: node.to_owned(),
+            inbox: inbox_channel(prefix, node),
+            replies: reply_channel(prefix, node),
+            window: window.max(2),
+            connector,
+            pending: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
+            requests: tokio::sync::Mutex::new(inbox_rx),
+            out: out_tx,
+            claim: redis::Script::new(CLAIM_AND_ACCEPT),
+            draining: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            ready: Notify::new(),
+            unsubscribe: Notify::new(),
+            stats: RelayStats::default(),
+        });
+        let runtime = pyo3_async_runtimes::tokio::get_runtime();
+        runtime.spawn(listen(shared.clone(), inbox_tx));
+        runtime.spawn(publish(shared.clone(), out_rx));
+        runtime.spawn(sweep(shared.clone(), Duration::from_millis(sweep_ms.max(10))));
+        Relay { shared }
+    }
+}
+
+fn id_of(id: &[u8]) -> PyResult<ReqId> {
+    id.try_into().map_err(|_| Error::Config("a relay request ID is 16 bytes".into()).into())
+}
+
+/// Outcome of `forward`.
+enum Forwarded {
+    Accepted(Forward),
+    /// Nobody listens on the owner's inbox.
+    Unreachable,
+    /// The owner did not take the request on within the bound; it never will.
+    Timeout,
+    Refused(String),
+}
+
+#[pymethods]
+impl Relay {
+    #[getter]
+    fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Waits until this node listens on its channels (at most `timeout_ms`); whether it does.
+    fn ready<'py>(&self, py: Python<'py>, timeout_ms: u64) -> PyResult<Bound<'py, PyAny>> {
+        let shared = self.shared.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+            while !shared.subscribed.load(Ordering::SeqCst) {
+                let notified = shared.ready.notified();
+                if shared.subscribed.load(Ordering::SeqCst) {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                    break;
+                }
+            }
+            Ok(shared.subscribed.load(Ordering::SeqCst))
+        })
+    }
+
+    /// Stops taking requests (graceful shutdown); requests in flight go on.
+    fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.unsubscribe.notify_one();
+    }
+
+    /// Leaves both channels and stops the background tasks; requests in flight end.
+    fn close(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.closed.store(true, Ordering::SeqCst);
+        self.shared.unsubscribe.notify_one();
+        self.shared.forget_everything();
+    }
+
+    fn stats(&self) -> HashMap<&'static str, u64> {
+        let s = &self.shared.stats;
+        HashMap::from([
+            ("forwarded", s.forwarded.load(Ordering::Relaxed)),
+            ("served", s.served.load(Ordering::Relaxed)),
+            ("timeouts", s.timeouts.load(Ordering::Relaxed)),
+            ("lost", s.lost.load(Ordering::Relaxed)),
+            ("dropped_requests", s.dropped_requests.load(Ordering::Relaxed)),
+            ("in_flight_forwarded", self.shared.pending.lock().unwrap().len() as u64),
+            ("in_flight_served", self.shared.served.lock().unwrap().len() as u64),
+        ])
+    }
+
+    // -- the relaying side ------------------------------------------------------------------
+
+    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)`,
+    /// `("timeout", None)` or `("refused", reason)`.
+    fn forward<'py>(
+        &self,
+        py: Python<'py>,
+        owner: String,
+        session: String,
+        head: String,
+        body: Vec<u8>,
+        accept_timeout_ms: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let shared = self.shared.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let outcome = forward(shared, owner, session, head, body, accept_timeout_ms).await?;
+            Python::attach(|py| -> PyResult<Py<PyAny>> {
+                Ok(match outcome {
+                    Forwarded::Accepted(f) => ("accepted", Py::new(py, f)?).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
+                })
+            })
+        })
+    }
+
+    // -- the owning side --------------------------------------------------------------------
+
+    /// The next request relayed to this node, already claimed:
+    /// `(id, from_node, session, head, body)`, or `None` once the relay is closed.
+    fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let shared = self.shared.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            loop {
+                let incoming = shared.requests.lock().await.recv().await;
+                let Some(incoming) = incoming else { return Ok(None) };
+                if shared.draining.load(Ordering::SeqCst) {
+                    let refusal = Frame { kind: kind::REFUSED, id: incoming.id, seq: 0, payload: b"draining".to_vec() };
+                    shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
+                    continue;
+                }
+                if claim(&shared, &incoming).await? {
+                    shared.stats.served.fetch_add(1, Ordering::Relaxed);
+                    return Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
+                        let id = PyBytes::new(py, &incoming.id);
+                        let body = PyBytes::new(py, &incoming.body);
+                        Ok(Some((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind()))
+                    });
+                }
+            }
+        })
+    }
+
+    /// Sends the response's status and headers.
+    fn start(&self, id: &[u8], status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
+        self.send_frame(id, kind::START, encode_start(status, &headers))
+    }
+
+    /// Sends a body chunk. `None` if the window has room, else an awaitable that resolves
+    /// to whether the relaying side still wants the response (`False`: it went away).
+    fn send<'py>(&self, py: Python<'py>, id: &[u8], chunk: Vec<u8>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let rid = id_of(id)?;
+        let Some(served) = self.shared.served.lock().unwrap().get(&rid).cloned() else { return Ok(None) };
+        self.send_frame(id, kind::DATA, chunk)?;
+        let sent = served.sent.fetch_add(1, Ordering::SeqCst) + 1;
+        if sent.saturating_sub(served.credit.load(Ordering::SeqCst)) < self.shared.window {
+            return Ok(None);
+        }
+        let window = self.shared.window;
+        Ok(Some(pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            loop {
+                let notified = served.wake.notified();
+                if served.cancelled.load(Ordering::SeqCst) {
+                    return Ok(false);
+                }
+                if sent.saturating_sub(served.credit.load(Ordering::SeqCst)) < window {
+                    return Ok(true);
+                }
+                notified.await;
+            }
+        })?))
+    }
+
+    /// Ends the response (`ok=False`: it broke off) and forgets the request.
+    fn end(&self, id: &[u8], ok: bool) -> PyResult<()> {
+        self.send_frame(id, kind::END, vec![u8::from(ok)])?;
+        self.shared.served.lock().unwrap().remove(&id_of(id)?);
+        Ok(())
+    }
+
+    /// Resolves once the relaying side went away (its client disconnected, or the node died).
+    fn disconnected<'py>(&self, py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let served = self.shared.served.lock().unwrap().get(&id_of(id)?).cloned();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let Some(served) = served else { return Ok(()) };
+            loop {
+                let notified = served.wake.notified();
+                if served.cancelled.load(Ordering::SeqCst) {
+                    return Ok(());
+                }
+                notified.await;
+            }
+        })
+    }
+}
+
+impl Relay {
+    fn send_frame(&self, id: &[u8], kind: u8, payload: Vec<u8>) -> PyResult<()> {
+        let rid = id_of(id)?;
+        let served = self.shared.served.lock().unwrap().get(&rid).cloned();
+        let Some(served) = served else { return Ok(()) }; // ended or never ours: nothing to do
+        let seq = served.next_seq.fetch_add(1, Ordering::SeqCst);
+        let channel = reply_channel(&self.shared.prefix, &served.from);
+        self.shared.publish(channel, Frame { kind, id: rid, seq, payload }, Unheard::Served(rid));
+        Ok(())
+    }
+}
+
+/// Claims `incoming` and tells its sender, in one script; `false` if the sender gave up.
+async fn claim(shared: &Arc<Shared>, incoming: &Incoming) -> Result<bool> {
+    let served = Arc::new(Served {
+        from: incoming.from.clone(),
+        next_seq: AtomicU32::new(1),
+        sent: AtomicU32::new(0),
+        credit: AtomicU32::new(0),
+        cancelled: AtomicBool::new(false),
+        wake: Notify::new(),
+    });
+    // Registered first: the sender may answer the acceptance at once (credit, cancel).
+    shared.served.lock().unwrap().insert(incoming.id, served);
+    let accepted = Frame { kind: kind::ACCEPTED, id: incoming.id, seq: 0, payload: Vec::new() }.encode();
+    let key = claim_key(&shared.prefix, &incoming.session, &incoming.id);
+    let mut call = shared.claim.key(&key);
+    call.arg(&shared.node).arg(CLAIM_TTL_MS).arg(reply_channel(&shared.prefix, &incoming.from)).arg(accepted);
+    let claimed = match shared.connector.invoke::<i64>(&call).await {
+        Ok(n) => n == 1,
+        Err(e) => {
+            shared.served.lock().unwrap().remove(&incoming.id);
+            return Err(e);
+        }
+    };
+    if !claimed {
+        shared.served.lock().unwrap().remove(&incoming.id);
+    }
+    Ok(claimed)
+}
+
+async fn forward(
+    shared: Arc<Shared>,
+    owner: String,
+    session: String,
+    head: String,
+    body: Vec<u8>,
+    accept_timeout_ms: u64,
+) -> Result<Forwarded> {
+    let id = new_id();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    shared.pending.lock().unwrap().insert(id, Pending { owner: owner.clone(), tx });
+    let forget = |shared: &Shared| {
+        shared.pending.lock().unwrap().remove(&id);
+    };
+    let request = Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBLISH").arg(inbox_channel(&shared.prefix, &owner)).arg(request.encode());
+    let heard = match shared.connector.query(&pipe).await {
+        Ok(reply) => matches!(reply.first(), Some(redis::Value::Int(n)) if *n > 0),
+        Err(e) => {
+            forget(&shared);
+            return Err(e);
+        }
+    };
+    if !heard {
+        forget(&shared);
+        return Ok(Forwarded::Unreachable);
+    }
+    shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+    let bound = Duration::from_millis(accept_timeout_ms);
+    let first = match tokio::time::timeout(bound, rx.recv()).await {
+        Ok(frame) => frame,
+        Err(_) => {
+            // Take the claim ourselves: if we get it, the owner never will.
+            let mut pipe = redis::pipe();
+            pipe.cmd("SET")
+                .arg(claim_key(&shared.prefix, &session, &id))
+                .arg("gave-up")
+                .arg("NX")
+                .arg("PX")
+                .arg(CLAIM_TTL_MS);
+            let won = matches!(shared.connector.query(&pipe).await, Ok(r) if matches!(r.first(), Some(redis::Value::Okay)));
+            if won {
+                forget(&shared);
+                shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                return Ok(Forwarded::Timeout);
+            }
+            // The owner claimed it just now: its acceptance is on the way.
+            tokio::time::timeout(bound, rx.recv()).await.ok().flatten()
+        }
+    };
+    match first {
+        Some(Frame { kind: kind::ACCEPTED, .. }) => {
+            Ok(Forwarded::Accepted(Forward { shared, id, owner, rx: tokio::sync::Mutex::new(rx).into(), state: Default::default() }))
+        }
+        Some(Frame { kind: kind::REFUSED, payload, .. }) => {
+            forget(&shared);
+            Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))
+        }
+        // The sweep or the publisher found the owner gone before it answered.
+        Some(Frame { kind: b'L', .. }) => Ok(Forwarded::Unreachable),
+        _ => {
+            forget(&shared);
+            shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+            Ok(Forwarded::Timeout)
+        }
+    }
+}
+
+#[derive(Default)]
+struct ForwardState {
+    next_seq: AtomicU32,
+    consumed: AtomicU32,
+    finished: AtomicBool,
+}
+
+/// A forwarded request whose response is coming: `next()` / `try_next()` yield
+/// `("start", status, headers)`, `("data", bytes)`, `("end", ok)` or `("lost", reason)`.
+#[pyclass(frozen, module = "mcp_db._core")]
+pub struct Forward {
+    shared: Arc<Shared>,
+    id: ReqId,
+    owner: String,
+    rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Frame>>>,
+    state: Arc<ForwardState>,
+}
+
+/// Turns a received frame into what Python sees, checking order and returning credit.
+fn accept_frame(
+    py: Python<'_>,
+    shared: &Shared,
+    state: &ForwardState,
+    owner: &str,
+    frame: Frame,
+) -> PyResult<Py<PyAny>> {
+    let expected = state.next_seq.load(Ordering::SeqCst) + 1;
+    if frame.kind != b'L' && frame.seq != expected {
+        finish(shared, state, &frame.id);
+        let why = format!("relay frames missed (got {}, expected {expected})", frame.seq);
+        return Ok(("lost", why).into_pyobject(py)?.into_any().unbind());
+    }
+    state.next_seq.store(frame.seq, Ordering::SeqCst);
+    Ok(match frame.kind {
+        kind::START => match decode_start(&frame.payload) {
+            Some((status, headers)) => {
+                let list = PyList::empty(py);
+                for (name, value) in headers {
+                    list.append((PyBytes::new(py, &name), PyBytes::new(py, &value)))?;
+                }
+                ("start", status, list).into_pyobject(py)?.into_any().unbind()
+            }
+            None => {
+                finish(shared, state, &frame.id);
+                ("lost", "malformed response start").into_pyobject(py)?.into_any().unbind()
+            }
+        },
+        kind::DATA => {
+            let consumed = state.consumed.fetch_add(1, Ordering::SeqCst) + 1;
+            if consumed % (shared.window / 2).max(1) == 0 {
+                let credit = Frame { kind: kind::CREDIT, id: frame.id, seq: consumed, payload: Vec::new() };
+                shared.publish(reply_channel(&shared.prefix, owner), credit, Unheard::Forwarded(frame.id));
+            }
+            ("data", PyBytes::new(py, &frame.payload)).into_pyobject(py)?.into_any().unbind()
+        }
+        kind::END => {
+            finish(shared, state, &frame.id);
+            ("end", frame.payload.first() == Some(&1)).into_pyobject(py)?.into_any().unbind()
+        }
+        _ => {
+            finish(shared, state, &frame.id);
+            ("lost", String::from_utf8_lossy(&frame.payload).into_owned()).into_pyobject(py)?.into_any().unbind()
+        }
+    })
+}
+
+fn finish(shared: &Shared, state: &ForwardState, id: &ReqId) {
+    state.finished.store(true, Ordering::SeqCst);
+    shared.pending.lock().unwrap().remove(id);
+}
+
+#[pymethods]
+impl Forward {
+    /// The next part of the response, waiting for it.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (shared, state, rx, owner) = (self.shared.clone(), self.state.clone(), self.rx.clone(), self.owner.clone());
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let frame = rx.lock().await.recv().await;
+            Python::attach(|py| match frame {
+                Some(frame) => accept_frame(py, &shared, &state, &owner, frame),
+                None => Ok(("lost", "relay closed").into_pyobject(py)?.into_any().unbind()),
+            })
+        })
+    }
+
+    /// The next part if it has arrived, else `None` (no waiting, no thread hop).
+    fn try_next(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Ok(mut rx) = self.rx.try_lock() else { return Ok(None) };
+        match rx.try_recv() {
+            Ok(frame) => Ok(Some(accept_frame(py, &self.shared, &self.state, &self.owner, frame)?)),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Tells the owner the client went away; the response ends there.
+    fn cancel(&self) {
+        if !self.state.finished.swap(true, Ordering::SeqCst) {
+            self.shared.pending.lock().unwrap().remove(&self.id);
+            let frame = Frame { kind: kind::CANCEL, id: self.id, seq: 0, payload: Vec::new() };
+            self.shared.publish(reply_channel(&self.shared.prefix, &self.owner), frame, Unheard::Ignore);
+        }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip() {
+        let frame = Frame { kind: kind::DATA, id: new_id(), seq: 7, payload: b"data: x\n\n".to_vec() };
+        assert_eq!(Frame::decode(&frame.encode()), Some(frame));
+        assert_eq!(Frame::decode(b"short"), None);
+    }
+
+    #[test]
+    fn requests_and_starts_round_trip() {
+        let id = new_id();
+        let bytes = encode_request("node-1", "sess", "{\"method\":\"POST\"}", b"{}");
+        let r = decode_request(id, &bytes).unwrap();
+        assert_eq!((r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice()), ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..]));
+        assert!(decode_request(id, &bytes[..bytes.len() - 1]).is_none(), "a truncated request is refused");
+        let headers = vec![(b"content-type".to_vec(), b"text/event-stream".to_vec())];
+        assert_eq!(decode_start(&encode_start(200, &headers)), Some((200, headers)));
+    }
+
+    #[test]
+    fn ids_are_unique_and_channels_escaped() {
+        assert_ne!(new_id(), new_id());
+        assert_eq!(inbox_channel("mcp", "h:1"), "mcp:r:h%3A1:q");
+        assert_eq!(reply_channel("mcp", "h:1"), "mcp:r:h%3A1");
+        let key = claim_key("mcp", "s}", &[0u8; 16]);
+        assert!(key.starts_with("mcp:c:{s%7D}:0000"));
+    }
+}
