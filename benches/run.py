@@ -31,7 +31,7 @@ import redis.asyncio as aioredis
 from mcp.server.streamable_http import EventMessage
 from mcp_types import JSONRPCNotification
 
-from benches import middleware
+from benches import middleware, relay
 from benches.baseline import RedisPyEventStore
 from mcp_db import RedisEventStore
 from mcp_db._redis_server import RedisServer
@@ -342,6 +342,8 @@ async def bench(args: argparse.Namespace) -> None:
             print(f"\nwarning: mcp-db reported {trouble} (all stats: {stats})")
         print()
         print("\n".join(await middleware.measure(server.url, args.quick)))
+        print()
+        print("\n".join(await relay.measure(server.url, args.quick)))
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
     finally:
         server.cleanup()

@@ -106,8 +106,10 @@ else:  # 1.x: the store and the security settings were given to FastMCP above
     app = server.streamable_http_app()
 
 if isinstance(store, RedisEventStore):
-    # Any node serves any session: sessions are recorded in Redis and rebuilt on the node a
-    # request lands on. The middleware also binds each session to its own events.
+    # Any node serves any session: sessions are recorded in Redis; a request that lands on a
+    # node other than the session's owner is relayed to the owner through Redis, and a
+    # survivor takes the session over if the owner dies. It also binds each session to its
+    # own events.
     app = SessionMiddleware(app, store=store)
 else:
     # One process: one line binds each session to its own events (no cross-session replay).
