@@ -84,6 +84,10 @@ end
 return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
 "#;
 
+fn is_noscript(err: &redis::Value) -> bool {
+    matches!(err, redis::Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
 fn is_fenced(err: &redis::Value) -> bool {
     matches!(err, redis::Value::ServerError(e) if e.code() == "FENCED")
 }
@@ -125,6 +129,8 @@ fn is_behind_top(err: &redis::Value) -> bool {
 
 pub struct Writer {
     connector: Arc<Connector>,
+    /// SHA1 of `FENCED_XADD`, sent with EVALSHA (loaded again if Redis forgot it).
+    fenced_sha: String,
     stats: Arc<Stats>,
     limits: Limits,
     clock: Clock,
@@ -140,6 +146,7 @@ impl Writer {
     pub fn new(connector: Arc<Connector>, stats: Arc<Stats>, limits: Limits) -> Writer {
         Writer {
             connector,
+            fenced_sha: redis::Script::new(FENCED_XADD).get_hash().to_owned(),
             stats,
             limits,
             clock: Clock { last: Position::ZERO },
@@ -232,7 +239,15 @@ impl Writer {
     /// Redis had to place itself gets its new position.
     async fn send(&mut self, pending: &mut [Pending]) -> Result<(), Error> {
         let pipe = self.pipeline(pending);
-        let values = self.connector.query(&pipe).await?;
+        let mut values = self.connector.query(&pipe).await?;
+        if values.iter().take(pending.len()).any(is_noscript) {
+            // Redis restarted or flushed its scripts: load the fence again and resend. The
+            // refused appends wrote nothing, and the rest are recognised as already stored.
+            let mut load = redis::pipe();
+            load.cmd("SCRIPT").arg("LOAD").arg(FENCED_XADD);
+            self.connector.query(&load).await?;
+            values = self.connector.query(&pipe).await?;
+        }
         let mut behind_top = Vec::new();
         for (index, value) in values.iter().take(pending.len()).enumerate() {
             match value {
@@ -300,9 +315,8 @@ impl Writer {
 
     fn xadd(&self, pipe: &mut redis::Pipeline, event: &Pending, position: Option<Position>) {
         if let (Some((record, epoch)), Some(p)) = (&event.fence, position) {
-            // EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot in a restart.
-            pipe.cmd("EVAL")
-                .arg(FENCED_XADD)
+            pipe.cmd("EVALSHA")
+                .arg(&self.fenced_sha)
                 .arg(2)
                 .arg(record)
                 .arg(&event.key)

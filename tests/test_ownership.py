@@ -1,0 +1,108 @@
+"""Ownership against a real redis-server: leases, takeover by compare-and-set, and the
+epoch fencing record writes and event appends of a node that lost its sessions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from mcp_db import RedisEventStore
+from mcp_db._redis_server import RedisServer
+from mcp_db.errors import ConfigError
+from tests._messages import notification
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, prefix: str) -> RedisEventStore:
+    async with RedisEventStore(redis_server.url, prefix=prefix) as s:
+        yield s
+
+
+async def _record(store: RedisEventStore, session: str, node: str) -> None:
+    records = store._core.sessions()
+    assert await records.create(session, node, "", json.dumps({"capabilities": {}}), 60_000)
+
+
+async def test_heartbeat_release_and_liveness(store: RedisEventStore) -> None:
+    a = store._core.ownership("node-a", 500)
+    b = store._core.ownership("node-b", 500)
+    assert await a.beat("{}") is False, "a first heartbeat finds no lease"
+    assert await a.beat("{}") is True, "a renewal finds it"
+    assert await b.alive("node-a") is True
+    await asyncio.sleep(0.7)
+    assert await b.alive("node-a") is False, "an unrenewed lease lapses"
+    assert await a.beat("{}") is False, "and the node learns it lapsed"
+    await a.release()
+    assert await b.alive("node-a") is False, "released at once"
+    with pytest.raises(ConfigError):
+        store._core.ownership("node-c", 10)
+
+
+async def test_takeover_is_a_compare_and_set_on_owner_and_epoch(store: RedisEventStore) -> None:
+    await _record(store, "s1", "node-a")
+    b = store._core.ownership("node-b", 5000)
+    c = store._core.ownership("node-c", 5000)
+    # Two nodes saw (node-a, 1) and race: exactly one wins, the other sees the winner.
+    results = await asyncio.gather(
+        b.claim("s1", "node-a", 1, 60_000), c.claim("s1", "node-a", 1, 60_000)
+    )
+    winners = [r for r in results if r[0]]
+    losers = [r for r in results if not r[0]]
+    assert len(winners) == 1 and len(losers) == 1
+    assert winners[0][2] == 2 and winners[0][3] == "claimed"
+    assert losers[0][1:] == (winners[0][1], 2, "moved")
+    # The winner claiming again holds it; a stale expectation is refused.
+    winner = b if winners[0][1] == "node-b" else c
+    assert await winner.claim("s1", "node-a", 1, 60_000) == (True, winners[0][1], 2, "held")
+    assert (await b.claim("missing", "x", 1, 60_000))[3] == "missing"
+    records = store._core.sessions()
+    await records.transition("s1", "INITIALIZED", 60_000)
+    await records.transition("s1", "CLOSED", 60_000)
+    assert (await c.claim("s1", winners[0][1], 2, 60_000))[3] == "closed"
+
+
+async def test_a_stale_epoch_cannot_write_the_record(store: RedisEventStore) -> None:
+    await _record(store, "s2", "node-a")
+    records = store._core.sessions()
+    assert (await records.transition("s2", "INITIALIZED", 60_000, epoch=1))[0] is True
+    b = store._core.ownership("node-b", 5000)
+    assert (await b.claim("s2", "node-a", 1, 60_000))[0] is True
+    refused = await records.transition("s2", "CLOSED", 60_000, epoch=1)
+    assert refused == (False, "fenced", 2, "INITIALIZED")
+    assert (await records.transition("s2", "CLOSED", 60_000, epoch=2))[0] is True
+
+
+async def test_a_stale_epoch_cannot_append_events(
+    store: RedisEventStore, redis_server: RedisServer, prefix: str
+) -> None:
+    await _record(store, "s3", "node-a")
+    view = store.for_session("s3")
+    store._core.fence("s3", 1)
+    kept = [await view.store_event("1", notification(i)) for i in range(3)]
+    b = store._core.ownership("node-b", 5000)
+    assert (await b.claim("s3", "node-a", 1, 60_000))[0] is True  # node-b took it over
+    for i in range(3, 6):
+        await view.store_event("1", notification(i))  # node-a does not know yet
+    await asyncio.sleep(0.1)
+    stats = store.stats()
+    assert stats["fenced"] == 3 and stats["stored"] == 3, stats
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        entries = await admin.xrange(f"{prefix}:e:{{s3}}:1")
+    finally:
+        await admin.aclose()
+    assert len(entries) == 3, "only what the owner wrote before the takeover is stored"
+    sent: list[object] = []
+
+    async def collect(event: object) -> None:
+        sent.append(event)
+
+    assert await view.replay_events_after(kept[0], collect) == "1"
+    assert len(sent) == 2
+    # Unfenced again (the node owns nothing): appends are unconditional.
+    store._core.fence("s3", None)
+    await view.store_event("1", notification(9))
+    assert store.stats()["stored"] == 4

@@ -1,0 +1,127 @@
+"""The relay's Rust core against a real redis-server: two nodes' ends in one process, so
+each property can be driven precisely (at-most-once hand-off, backpressure, disconnects,
+dead peers). The end-to-end behaviour through nginx is in test_live_state.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from mcp_db import RedisEventStore
+from mcp_db._redis_server import RedisServer
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisEventStore]:
+    async with RedisEventStore(redis_server.url, prefix=prefix) as s:
+        yield s
+
+
+async def _pair(store: RedisEventStore, window: int = 64) -> tuple[Any, Any]:
+    for node in ("owner", "relayer"):  # alive: the sweep ends requests of dead peers
+        await store._core.ownership(node, 60_000).beat("{}")
+    owner = store._core.relay("owner", window=window, sweep_ms=100)
+    relayer = store._core.relay("relayer", window=window, sweep_ms=100)
+    assert await owner.ready(2000) and await relayer.ready(2000)
+    return owner, relayer
+
+
+async def _frames(forward: Any) -> list[Any]:
+    out = []
+    while True:
+        frame = await asyncio.wait_for(forward.next(), 5)
+        out.append(frame)
+        if frame[0] in ("end", "lost"):
+            return out
+
+
+async def test_a_request_and_its_streamed_response(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
+    request_id, sender, session, head, body = await asyncio.wait_for(owner.next_request(), 5)
+    assert (sender, session, head, body) == ("relayer", "s", '{"m":1}', b"body")
+    outcome, forward = await forwarding
+    assert outcome == "accepted"
+    owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
+    for i in range(5):
+        assert owner.send(request_id, f"data: {i}\n\n".encode()) is None
+    owner.end(request_id, True)
+    frames = await _frames(forward)
+    assert frames[0] == ("start", 200, [(b"content-type", b"text/event-stream")])
+    assert [f[1] for f in frames[1:-1]] == [f"data: {i}\n\n".encode() for i in range(5)]
+    assert frames[-1] == ("end", True)
+    assert owner.stats()["in_flight_served"] == 0
+    assert relayer.stats()["in_flight_forwarded"] == 0
+
+
+async def test_nobody_listening_is_unreachable(store: RedisEventStore) -> None:
+    relayer = store._core.relay("relayer", sweep_ms=100)
+    assert await relayer.ready(2000)
+    assert await relayer.forward("nobody", "s", "{}", b"", 2000) == ("unreachable", None)
+
+
+async def test_an_owner_that_never_takes_the_request_times_out_and_never_runs_it(
+    store: RedisEventStore,
+) -> None:
+    owner, relayer = await _pair(store)
+    # The owner listens but its event loop never asks for work (a stuck node).
+    assert await relayer.forward("owner", "s", "{}", b"late", 300) == ("timeout", None)
+    # When it finally asks, the request is gone: the relayer's claim won.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(owner.next_request(), 0.5)
+    assert relayer.stats()["timeouts"] == 1
+
+
+async def test_backpressure_holds_the_owner_until_the_client_catches_up(
+    store: RedisEventStore,
+) -> None:
+    owner, relayer = await _pair(store, window=8)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    outcome, forward = await forwarding
+    owner.start(request_id, 200, [])
+    waits = [owner.send(request_id, b"x" * 10) for _ in range(8)]
+    assert waits[:7] == [None] * 7, "room in the window"
+    blocked = waits[7]
+    assert blocked is not None, "the eighth unacknowledged chunk waits"
+    blocked_task = asyncio.ensure_future(blocked)
+    await asyncio.sleep(0.2)
+    assert not blocked_task.done(), "the relayer's client has consumed nothing"
+    frames = [await forward.next() for _ in range(5)]  # start + 4 chunks: credit for 4
+    assert frames[0][0] == "start"
+    assert await asyncio.wait_for(blocked_task, 2) is True
+    owner.end(request_id, True)
+
+
+async def test_a_client_disconnect_reaches_the_owner(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    _, forward = await forwarding
+    disconnected = asyncio.ensure_future(owner.disconnected(request_id))
+    await asyncio.sleep(0.1)
+    assert not disconnected.done()
+    forward.cancel()
+    await asyncio.wait_for(disconnected, 2)
+
+
+async def test_a_dead_owner_ends_the_relayed_response(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    _, forward = await forwarding
+    owner.start(request_id, 200, [])
+    owner.close()  # the owner's subscription goes away, as when its process dies
+    frames = await _frames(forward)
+    assert frames[0][0] == "start"
+    assert frames[-1][0] == "lost", frames
+
+
+async def test_a_draining_owner_takes_no_new_requests(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store)
+    owner.drain()
+    await asyncio.sleep(0.2)
+    assert await relayer.forward("owner", "s", "{}", b"", 2000) == ("unreachable", None)
