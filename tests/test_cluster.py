@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
@@ -341,3 +342,61 @@ async def test_without_redis_a_node_serves_what_it_holds_and_refuses_the_rest(
     finally:
         cluster.stop()
         redis.cleanup()
+
+
+async def test_a_session_still_initializing_gets_the_answer_the_sdk_gives(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    """Between the answer to ``initialize`` and ``notifications/initialized`` (or while the
+    record is still INITIALIZING), every node answers a request as the bare SDK does."""
+    bare = Node(env={"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": f"{prefix}-bare"})
+    bare.start()
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            answers = []
+            for urls, forced in (([bare.url], False), ([n.url for n in cluster.nodes], True)):
+                session = RawSession(http, urls[0])
+                init = await session.post(
+                    {
+                        "jsonrpc": "2.0",
+                        "id": 1,
+                        "method": "initialize",
+                        "params": {
+                            "protocolVersion": "2025-06-18",
+                            "capabilities": {},
+                            "clientInfo": {"name": "raw", "version": "0"},
+                        },
+                    }
+                )
+                session.id = init.headers["mcp-session-id"]  # no notifications/initialized
+                if forced:
+                    key = f"{prefix}:s:{{{session.id}}}"
+                    await admin.hset(key, "state", "INITIALIZING")
+                for url in urls:
+                    response = await http.post(
+                        url,
+                        json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
+                        headers=session.headers(),
+                    )
+                    answers.append((response.status_code, _tool_names(response.text)))
+    finally:
+        await admin.aclose()
+        bare.stop()
+    if AUTO_RESUME:  # 1.2x and 2.x serve requests before notifications/initialized
+        assert answers[0][0] == 200 and "echo" in answers[0][1], answers[0]
+    assert answers[1:] == [answers[0]] * 3, answers
+
+
+def _tool_names(body: str) -> list[str]:
+    for line in body.splitlines():
+        if line.startswith("data:") and line[5:].strip():
+            message = json.loads(line[5:])
+            return _names(message)
+    return _names(json.loads(body))
+
+
+def _names(message: dict[str, Any]) -> list[str]:
+    if "error" in message:
+        return [f"error {message['error'].get('code')}"]
+    return sorted(t["name"] for t in message.get("result", {}).get("tools", []))

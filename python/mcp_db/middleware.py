@@ -378,7 +378,7 @@ class SessionMiddleware:
             return
         for (session_id, _), status in zip(used, statuses, strict=True):
             if status != 1:
-                await self._let_go(session_id)
+                await self._let_go(session_id, {0: "expired", -1: "closed"}.get(status, "moved"))
 
     def _lease_valid(self) -> bool:
         return time.monotonic() < self._lease_until
@@ -488,16 +488,20 @@ class SessionMiddleware:
             or record.get("principal", "") != _principal(scope)
         ):
             if record is None or record.get("state") == "CLOSED":
-                await self._let_go(session_id)
+                await self._let_go(session_id, "expired" if record is None else "closed")
             await _respond(send, 404, _NOT_FOUND)
             return
         owner = record.get("owner") or record.get("node", "")
         epoch = int(record.get("epoch") or 0)
+        owned = self._owned.get(session_id)  # again: a concurrent request may have claimed it
+        if owned is not None and owned.epoch >= epoch:
+            # This node claimed the session after the record was read: the read is stale.
+            owner, epoch = self.node_id, owned.epoch
         if owner == self.node_id:
             await self._serve_as_owner(scope, receive, send, session_id, record, epoch, version)
             return
-        if owned is not None or local is not None:
-            await self._let_go(session_id)  # another node took it over meanwhile
+        if owned is not None or self.manager._server_instances.get(session_id) is not None:
+            await self._let_go(session_id, f"owned by {owner} at epoch {epoch}")
         if relayed:
             # Relayed here, but ownership moved on the way: the client retries.
             await _respond(send, 503, _MOVED, retry_after=True)
@@ -549,7 +553,7 @@ class SessionMiddleware:
         # CLOSED first: from this moment every node answers 404.
         done = await self.records.transition(session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch)
         if not done[0] and done[1] == "fenced":
-            await self._let_go(session_id)
+            await self._let_go(session_id, "taken over before its DELETE")
             await _respond(send, 503, _MOVED, retry_after=True)
             return
         self._disown(session_id)
@@ -572,11 +576,12 @@ class SessionMiddleware:
         if self._owned.pop(session_id, None) is not None:
             self.store._core.fence(session_id, None)
 
-    async def _let_go(self, session_id: str) -> None:
+    async def _let_go(self, session_id: str, why: str) -> None:
         """Forgets a session this node no longer owns (closed, expired or taken over)."""
         self._disown(session_id)
         transport = self.manager._server_instances.get(session_id)
         if transport is not None:
+            logger.info("node %s lets go of session %s: %s", self.node_id, session_id[:8], why)
             try:
                 await forget(self.manager, session_id, transport)
             except Exception:
@@ -630,6 +635,7 @@ class SessionMiddleware:
                 return
             if claimed:
                 self.takeovers += 1
+                self._adopt(session_id, epoch, record.get("principal", ""))
                 await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
                 replay = _Replay(body, receive, more=not complete)
                 await self._serve_as_owner(
@@ -708,7 +714,7 @@ class SessionMiddleware:
             session_id, _, new_owner = rest.partition(" ")
             if kind == "closed" or (kind == "owner" and not new_owner.startswith(self.node_id + " ")):
                 if session_id in self._owned or session_id in self.manager._server_instances:
-                    await self._let_go(session_id)
+                    await self._let_go(session_id, message)
 
 
 class _TooMany(Exception):

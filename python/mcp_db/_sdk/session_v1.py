@@ -2,9 +2,9 @@
 
 ``Server.run`` builds its ``ServerSession`` from its module's global name, so that name is
 pointed at a subclass. The subclass behaves exactly like the SDK's unless the task that
-builds it set ``_BORN_WITH`` (only :func:`serve_initialized` does), and in one more way on
-every session: a request after a completed ``initialize`` is accepted even if
-``notifications/initialized`` went to another node (1.2x and 2.x already behave so).
+builds it set ``_BORN_WITH`` (only :func:`serve_initialized` does). Every other request
+of a session reaches the node that owns it (the relay), ``notifications/initialized``
+included, so sessions the SDK builds itself need no change at all.
 """
 
 from __future__ import annotations
@@ -30,13 +30,6 @@ class _RehydratableSession(ServerSession):
             _BORN_WITH.set(None)
             self._client_params = params
             self._initialization_state = InitializationState.Initialized
-
-    async def _received_request(self, responder: Any) -> None:
-        if self._initialization_state == InitializationState.Initializing and not isinstance(
-            responder.request.root, types.InitializeRequest
-        ):
-            self._initialization_state = InitializationState.Initialized
-        await super()._received_request(responder)
 
 
 _lowlevel.ServerSession = _RehydratableSession  # type: ignore[misc]
