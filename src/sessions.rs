@@ -244,6 +244,7 @@ impl SessionRecords {
     /// reason being `missing`, `conflict` (version mismatch), `refused` (not allowed) or
     /// `fenced` (`epoch` given and another node owns the session now).
     #[pyo3(signature = (session, state, ttl_ms, expected_version=None, fields=Vec::new(), epoch=None))]
+    #[allow(clippy::too_many_arguments)] // mirrors the keyword arguments Python sees
     fn transition<'py>(
         &self,
         py: Python<'py>,

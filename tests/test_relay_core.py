@@ -82,6 +82,7 @@ async def test_backpressure_holds_the_owner_until_the_client_catches_up(
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
     outcome, forward = await forwarding
+    assert outcome == "accepted"
     owner.start(request_id, 200, [])
     waits = [owner.send(request_id, b"x" * 10) for _ in range(8)]
     assert waits[:7] == [None] * 7, "room in the window"

@@ -8,6 +8,7 @@ Priming events never appear in a page.
 """
 
 import asyncio
+from collections.abc import Awaitable
 from typing import Any, Literal
 
 __version__: str
@@ -82,10 +83,17 @@ class RedisEvents:
         """Subscribes (on a dedicated connection) to the bus of this store's prefix."""
     def sessions(self) -> SessionRecords:
         """Session records under this store's prefix, on this store's connection."""
+    def ownership(self, node: str, lease_ms: int) -> Ownership:
+        """This node's lease on the sessions it owns (``ConfigError`` below 100 ms)."""
+    def relay(self, node: str, *, window: int = 64, sweep_ms: int = 1000) -> Relay:
+        """This node's end of the relay (subscribes on a dedicated connection)."""
+    def fence(self, session: str, epoch: int | None) -> None:
+        """Appends to ``session`` are written only while its record names ``epoch``
+        (``None``: unconditionally)."""
     async def close(self) -> None:
         """Writes what is queued, tries once more to write the buffer, then stops."""
     def stats(self) -> dict[str, int]:
-        """stored, buffered, flushed, dropped, redis_errors, replayed."""
+        """stored, buffered, flushed, dropped, redis_errors, replayed, fenced."""
 
 class MemoryEvents:
     """In-process backend with the Redis backend's semantics, bounded in memory."""
@@ -115,9 +123,11 @@ class SessionRecords:
         ttl_ms: int,
         expected_version: int | None = None,
         fields: list[tuple[str, str]] = ...,
+        epoch: int | None = None,
     ) -> tuple[Literal[True], int] | tuple[Literal[False], str, int, str]:
         """``(True, version)``, or ``(False, reason, version, state)`` with reason
-        ``missing``, ``conflict`` (version mismatch) or ``refused`` (not allowed)."""
+        ``missing``, ``conflict`` (version mismatch), ``refused`` (not allowed) or
+        ``fenced`` (``epoch`` given and another node owns the session now)."""
     async def lookup(self, session: str, ttl_ms: int) -> dict[str, str] | None:
         """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
 
@@ -128,3 +138,63 @@ class Bus:
         """The next message; waits for one."""
     async def publish(self, message: str) -> int:
         """Sends ``message`` to every subscribed node; how many received it."""
+
+class Ownership:
+    """A node's lease on all its sessions (its heartbeat key), and takeovers."""
+
+    @property
+    def node(self) -> str: ...
+    @property
+    def lease_ms(self) -> int: ...
+    async def beat(self, info: str) -> bool:
+        """Renews the lease; ``False`` if it had lapsed (or is new)."""
+    async def release(self) -> None:
+        """Deletes the heartbeat: other nodes may take this node's sessions at once."""
+    async def alive(self, node: str) -> bool:
+        """Whether ``node``'s heartbeat lives."""
+    async def claim(
+        self, session: str, expected_owner: str, expected_epoch: int, ttl_ms: int
+    ) -> tuple[bool, str, int, str]:
+        """``(claimed, owner, epoch, why)``; why is ``claimed``, ``held``, ``moved``,
+        ``closed`` or ``missing``."""
+    async def touch(self, sessions: list[tuple[str, int]], ttl_ms: int) -> list[int]:
+        """Slides the TTL of owned sessions: 1 done, 0 expired, -1 closed, -2 moved."""
+
+Frame = tuple[Any, ...]
+
+class Forward:
+    """A forwarded request's response: ``("start", status, headers)``, ``("data", bytes)``,
+    ``("end", ok)`` or ``("lost", reason)``."""
+
+    async def next(self) -> Frame: ...
+    def try_next(self) -> Frame | None: ...
+    def cancel(self) -> None:
+        """The client went away: tells the owner."""
+
+class Relay:
+    """This node's end of the relay between nodes (Redis pub/sub)."""
+
+    @property
+    def node(self) -> str: ...
+    async def ready(self, timeout_ms: int) -> bool:
+        """Whether this node listens on its channels (waits up to ``timeout_ms``)."""
+    def drain(self) -> None:
+        """Takes no new requests; those in flight go on."""
+    def close(self) -> None:
+        """Leaves both channels; requests in flight end."""
+    def stats(self) -> dict[str, int]: ...
+    async def forward(
+        self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
+    ) -> tuple[str, Forward | str | None]:
+        """``("accepted", Forward)``, ``("unreachable", None)``, ``("timeout", None)`` or
+        ``("refused", reason)``."""
+    async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
+        """The next request relayed here, already claimed: ``(id, from_node, session,
+        head, body)``."""
+    def start(self, id: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def send(self, id: bytes, chunk: bytes) -> Awaitable[bool] | None:
+        """``None`` if the window has room, else an awaitable: ``False`` if the relaying
+        side went away."""
+    def end(self, id: bytes, ok: bool) -> None: ...
+    async def disconnected(self, id: bytes) -> None:
+        """Resolves when the relaying side went away."""

@@ -638,18 +638,14 @@ class SessionMiddleware:
                 self._adopt(session_id, epoch, record.get("principal", ""))
                 await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
                 replay = _Replay(body, receive, more=not complete)
-                await self._serve_as_owner(
-                    scope, replay, send, session_id, record, epoch, version
-                )
+                await self._serve_as_owner(scope, replay, send, session_id, record, epoch, version)
                 return
             if why in ("closed", "missing"):
                 await _respond(send, 404, _NOT_FOUND)
                 return
             if owner == self.node_id:  # "moved" to this very node by a concurrent request
                 replay = _Replay(body, receive, more=not complete)
-                await self._serve_as_owner(
-                    scope, replay, send, session_id, record, epoch, version
-                )
+                await self._serve_as_owner(scope, replay, send, session_id, record, epoch, version)
                 return
         await _respond(send, 503, _OWNER_BUSY, retry_after=True)
 
@@ -677,7 +673,15 @@ class SessionMiddleware:
             self.relayed_in += 1
             request_id, relayed_from, _session, head, body = item
             self._spawn(
-                serve(self.app, self._relay, request_id, relayed_from, head, body, self._lifespan_state)
+                serve(
+                    self.app,
+                    self._relay,
+                    request_id,
+                    relayed_from,
+                    head,
+                    body,
+                    self._lifespan_state,
+                )
             )
 
     async def _rehydrate(
@@ -712,7 +716,9 @@ class SessionMiddleware:
                 return
             kind, _, rest = message.partition(" ")
             session_id, _, new_owner = rest.partition(" ")
-            if kind == "closed" or (kind == "owner" and not new_owner.startswith(self.node_id + " ")):
+            if kind == "closed" or (
+                kind == "owner" and not new_owner.startswith(self.node_id + " ")
+            ):
                 if session_id in self._owned or session_id in self.manager._server_instances:
                     await self._let_go(session_id, message)
 
