@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from typing import Any
 
 from mcp import ClientSession
@@ -22,18 +23,46 @@ async def client_session(
     *,
     logging_callback: Callable[..., Any] | None = None,
     protocol: str | None = None,
+    fresh_connections: bool = False,
+    **options: Any,
 ) -> AsyncIterator[ClientSession]:
     """An initialized ``ClientSession`` (handshake era), offering ``protocol`` (default:
-    the client's newest)."""
+    the client's newest). ``options`` go to ``ClientSession`` (``sampling_callback``,
+    ``elicitation_callback``, ``message_handler``, ...). With ``fresh_connections`` every
+    HTTP request opens its own TCP connection, so the workers of one ``uvicorn --workers``
+    port share the session's requests among them, as round robin over hosts would."""
     wanted = protocol or PROTOCOL
-    with _offering(wanted):
-        async with _open(url) as streams:
-            read, write = streams[0], streams[1]
-            async with ClientSession(read, write, logging_callback=logging_callback) as session:
-                init = await session.initialize()
-                negotiated = getattr(init, "protocol_version", None) or init.protocolVersion
-                assert negotiated == wanted, f"negotiated {negotiated}, expected {wanted}"
-                yield session
+    async with AsyncExitStack() as http:
+        transport = await _keep_alive_off(http) if fresh_connections else {}
+        with _offering(wanted):
+            async with _open(url, **transport) as streams:
+                read, write = streams[0], streams[1]
+                async with ClientSession(
+                    read, write, logging_callback=logging_callback, **options
+                ) as session:
+                    init = await session.initialize()
+                    negotiated = getattr(init, "protocol_version", None) or init.protocolVersion
+                    assert negotiated == wanted, f"negotiated {negotiated}, expected {wanted}"
+                    yield session
+
+
+async def _keep_alive_off(stack: AsyncExitStack) -> dict[str, Any]:
+    """Transport options for an HTTP client that keeps no connection alive."""
+    from mcp.shared import _httpx_utils
+
+    http: Any = getattr(_httpx_utils, "httpx2", None) or _httpx_utils.httpx
+    limits = http.Limits(max_keepalive_connections=0)
+    timeout = http.Timeout(30.0, read=300.0)
+    if "httpx_client_factory" in inspect.signature(_open).parameters:  # 1.12
+
+        def factory(headers: Any = None, timeout: Any = timeout, auth: Any = None) -> Any:
+            return http.AsyncClient(
+                headers=headers, timeout=timeout, auth=auth, limits=limits, follow_redirects=True
+            )
+
+        return {"httpx_client_factory": factory}
+    client = await stack.enter_async_context(http.AsyncClient(timeout=timeout, limits=limits))
+    return {"http_client": client}
 
 
 @contextmanager

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +15,21 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Node:
-    """``uvicorn <app>`` on a free loopback port; ``stop()``/``start()`` keep the port."""
+    """``uvicorn <app>`` on a free loopback port; ``stop()``/``start()`` keep the port.
+
+    With ``workers > 1`` it is ``uvicorn --workers N``: N worker processes share the port,
+    under a supervisor (``process``) that restarts a worker that dies."""
 
     def __init__(
-        self, app: str = "tests.servers.app:app", env: dict[str, str] | None = None
+        self,
+        app: str = "tests.servers.app:app",
+        env: dict[str, str] | None = None,
+        *,
+        workers: int = 1,
     ) -> None:
         self.app = app
         self.env = env or {}
+        self.workers = workers
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-db-node-{self.port}.log"
@@ -43,11 +53,14 @@ class Node:
                     str(self.port),
                     "--log-level",
                     "warning",
+                    *(["--workers", str(self.workers)] if self.workers > 1 else []),
                 ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=ROOT,
+                # Its own process group, so stop() can end workers the supervisor left.
+                start_new_session=self.workers > 1,
             )
         if not wait_listening(self.port, self.process, 20):
             raise RuntimeError(f"node on port {self.port} did not start:\n{self.output()}")
@@ -67,4 +80,9 @@ class Node:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.process is not None and self.workers > 1:
+            # The supervisor is gone; a worker it did not take down (it was killed, or a
+            # worker hung) must not keep the port. The group is this node's own.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None

@@ -4,14 +4,20 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 
 - ``MCP_DB_STORE``: ``redis`` (default) or ``memory``
 - ``MCP_DB_REDIS_URL`` and ``MCP_DB_PREFIX`` for the Redis store
+- ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
+  ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
 """
 
 # No `from __future__ import annotations`: FastMCP 1.12 inspects real annotations.
 import inspect
+import json
 import os
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from mcp.types import SamplingMessage, TextContent
+from pydantic import BaseModel
 
 from mcp_db import MemoryEventStore, RedisEventStore
 from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
@@ -111,6 +117,74 @@ async def whoami(ctx: Context = None) -> str:  # type: ignore[assignment]
     return f"{info.name} on {os.getpid()}"
 
 
+class Verdict(BaseModel):
+    """What ``ask`` elicits from the user about the sampled answer."""
+
+    ok: bool
+    note: str
+
+
+@server.tool()
+async def ask(question: str, ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Asks the client's model (sampling), then the user (elicitation), on this call's
+    stream, and combines both answers."""
+    sampled = await ctx.session.create_message(
+        messages=[SamplingMessage(role="user", content=TextContent(type="text", text=question))],
+        max_tokens=32,
+        related_request_id=ctx.request_id,
+    )
+    answer = sampled.content.text
+    verdict = await ctx.elicit(f"Is {answer!r} right?", schema=Verdict)
+    if verdict.action != "accept":
+        return f"{answer} | {verdict.action}"
+    return f"{answer} | ok={verdict.data.ok} note={verdict.data.note}"
+
+
+@server.tool()
+async def announce(tag: str, ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Sends a notification tied to no request, so the SDK routes it to the session's
+    standalone GET stream: ``notifications/resources/updated`` for ``note://announce/<tag>``."""
+    await ctx.session.send_resource_updated(f"note://announce/{tag}")
+    return f"announced {tag}"
+
+
+# Tags of the ``slow`` calls that were cancelled, in this process. With the relay, every
+# call of a session runs on its owner, so ``cancelled`` reads the list the call wrote.
+CANCELLED: list[str] = []
+
+
+@server.tool()
+async def slow(seconds: float, tag: str, ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Notifies once that it started (as ``steps`` does), then sleeps; a cancellation is
+    recorded under ``tag``."""
+    await _notify(ctx, 0, 1)
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        CANCELLED.append(tag)
+        raise
+    return f"slept {seconds}"
+
+
+@server.tool()
+def cancelled() -> str:
+    """The tags of the cancelled ``slow`` calls, as a JSON list."""
+    return json.dumps(CANCELLED)
+
+
+@server.tool()
+async def clock(n: int, delay: float = 0.0, ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Sends n progress notifications whose message is the wall-clock time they were sent
+    (for the relay benchmark's per-event latency)."""
+    import time
+
+    for i in range(n):
+        await ctx.report_progress(i, n, repr(time.time()))
+        if delay:
+            await anyio.sleep(delay)
+    return f"ticked {n}"
+
+
 @server.resource("note://greeting")
 def greeting() -> str:
     """A fixed resource."""
@@ -132,7 +206,7 @@ else:
     app = server.streamable_http_app()
 if os.environ.get("MCP_DB_MIDDLEWARE"):
     from starlette.requests import Request
-    from starlette.responses import JSONResponse
+    from starlette.responses import JSONResponse, StreamingResponse
     from starlette.routing import Route
 
     from mcp_db import SessionMiddleware
@@ -141,14 +215,36 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         """Test-only: how many transports this node holds."""
         return JSONResponse({"sessions": len(server.session_manager._server_instances)})
 
+    async def pid(request: Request) -> JSONResponse:
+        """Test-only: which process answered (tells ``--workers`` processes apart)."""
+        return JSONResponse({"pid": os.getpid()})
+
+    async def hold(request: Request) -> StreamingResponse:
+        """Test-only: a plain response that names this process at once and ends
+        ``seconds`` later, so that a node stopped meanwhile drains it that long."""
+        seconds = float(request.query_params.get("seconds", "5"))
+
+        async def body() -> AsyncIterator[bytes]:
+            yield f"{os.getpid()}\n".encode()
+            await anyio.sleep(seconds)
+            yield b"done\n"
+
+        return StreamingResponse(body(), media_type="text/plain")
+
     app.router.routes.append(Route("/debug/sessions", sessions))
+    app.router.routes.append(Route("/debug/pid", pid))
+    app.router.routes.append(Route("/debug/hold", hold))
     ttl = os.environ.get("MCP_DB_SESSION_TTL")
+    middleware_options: dict[str, Any] = {}
+    if os.environ.get("MCP_DB_LEASE_SECONDS"):
+        middleware_options["lease_seconds"] = float(os.environ["MCP_DB_LEASE_SECONDS"])
     app = SessionMiddleware(
         app,
         store=store,
         session_manager=server.session_manager,
         node_id=f"node-{os.getpid()}",
         session_ttl_seconds=float(ttl) if ttl else None,
+        **middleware_options,
     )
 else:
     store.attach(server.session_manager)
