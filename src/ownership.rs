@@ -23,7 +23,7 @@ use pyo3::prelude::*;
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::event_id::escape_into;
-use crate::sessions::record_key;
+use crate::sessions::{now_ms, record_key, reply_int as int, reply_text as text};
 
 /// Key of a node's heartbeat.
 pub fn node_key(prefix: &str, node: &str) -> String {
@@ -74,25 +74,6 @@ pub struct Owner {
     lease_ms: u64,
     connector: Arc<Connector>,
     claim: redis::Script,
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn text(v: Option<&redis::Value>) -> String {
-    match v {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(redis::Value::SimpleString(s)) => s.clone(),
-        _ => String::new(),
-    }
-}
-
-fn int(v: Option<&redis::Value>) -> i64 {
-    match v {
-        Some(redis::Value::Int(i)) => *i,
-        _ => 0,
-    }
 }
 
 impl Owner {

@@ -57,6 +57,8 @@ mod kind {
     pub const REFUSED: u8 = b'R';
     pub const CREDIT: u8 = b'C';
     pub const CANCEL: u8 = b'X';
+    /// Never sent: what a relaying node tells itself when the owner is found gone.
+    pub const LOST: u8 = b'L';
 }
 
 /// KEYS[1] claim key; ARGV node px channel frame. Claims a relayed request and tells the
@@ -225,10 +227,12 @@ struct Served {
 }
 
 impl Served {
+    /// Every waiter creates its `Notified` before checking the state it waits on, so
+    /// `notify_waiters` reaches all of them: a `send` awaiting credit and `disconnected`
+    /// wait on the same `Notify`, and a stored single permit would wake only one.
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
-        self.wake.notify_one();
     }
 }
 
@@ -275,7 +279,7 @@ impl Shared {
     fn lost(&self, id: &ReqId, why: &str) {
         if let Some(p) = self.pending.lock().unwrap().remove(id) {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
-            let _ = p.tx.send(Frame { kind: b'L', id: *id, seq: 0, payload: why.as_bytes().to_vec() });
+            let _ = p.tx.send(Frame { kind: kind::LOST, id: *id, seq: 0, payload: why.as_bytes().to_vec() });
         }
     }
 
@@ -315,7 +319,7 @@ impl Shared {
             kind::CREDIT => {
                 if let Some(s) = self.served.lock().unwrap().get(&frame.id) {
                     s.credit.fetch_max(frame.seq, Ordering::SeqCst);
-                    s.wake.notify_one();
+                    s.wake.notify_waiters();
                 }
             }
             kind::CANCEL => self.cancel_served(&frame.id),
@@ -783,7 +787,7 @@ async fn forward(
             Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))
         }
         // The sweep or the publisher found the owner gone before it answered.
-        Some(Frame { kind: b'L', .. }) => Ok(Forwarded::Unreachable),
+        Some(Frame { kind: kind::LOST, .. }) => Ok(Forwarded::Unreachable),
         _ => {
             forget(&shared);
             shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -819,7 +823,7 @@ fn accept_frame(
     frame: Frame,
 ) -> PyResult<Py<PyAny>> {
     let expected = state.next_seq.load(Ordering::SeqCst) + 1;
-    if frame.kind != b'L' && frame.seq != expected {
+    if frame.kind != kind::LOST && frame.seq != expected {
         finish(shared, state, &frame.id);
         let why = format!("relay frames missed (got {}, expected {expected})", frame.seq);
         return Ok(("lost", why).into_pyobject(py)?.into_any().unbind());

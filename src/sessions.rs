@@ -122,8 +122,25 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'CLOSED' then redis.call('PEXPIRE', K
 return record
 "#;
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A script reply's text field ("" if absent or not text).
+pub(crate) fn reply_text(v: Option<&redis::Value>) -> String {
+    match v {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A script reply's integer field (0 if absent or not an integer).
+pub(crate) fn reply_int(v: Option<&redis::Value>) -> i64 {
+    match v {
+        Some(redis::Value::Int(i)) => *i,
+        _ => 0,
+    }
 }
 
 /// Outcome of a transition, for Python.
@@ -182,14 +199,7 @@ impl Records {
             call.arg(name).arg(value);
         }
         let reply: Vec<redis::Value> = self.connector.invoke(&call).await?;
-        let text = |v: Option<&redis::Value>| match v {
-            Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-            _ => String::new(),
-        };
-        let int = |v: Option<&redis::Value>| match v {
-            Some(redis::Value::Int(i)) => *i,
-            _ => 0,
-        };
+        let (text, int) = (reply_text, reply_int);
         Ok(match (int(reply.first()), text(reply.get(1)).as_str()) {
             (1, _) => Transition::Done { version: int(reply.get(1)) },
             (_, "missing") => Transition::Missing,

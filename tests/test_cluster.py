@@ -356,20 +356,7 @@ async def test_a_session_still_initializing_gets_the_answer_the_sdk_gives(
         async with httpx.AsyncClient(timeout=10) as http:
             answers = []
             for urls, forced in (([bare.url], False), ([n.url for n in cluster.nodes], True)):
-                session = RawSession(http, urls[0])
-                init = await session.post(
-                    {
-                        "jsonrpc": "2.0",
-                        "id": 1,
-                        "method": "initialize",
-                        "params": {
-                            "protocolVersion": "2025-06-18",
-                            "capabilities": {},
-                            "clientInfo": {"name": "raw", "version": "0"},
-                        },
-                    }
-                )
-                session.id = init.headers["mcp-session-id"]  # no notifications/initialized
+                session = await RawSession(http, urls[0]).initialize()
                 if forced:
                     key = f"{prefix}:s:{{{session.id}}}"
                     await admin.hset(key, "state", "INITIALIZING")

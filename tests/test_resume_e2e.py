@@ -152,7 +152,8 @@ class RawSession:
     async def post(self, body: dict[str, Any]) -> httpx.Response:
         return await self.http.post(self.url, json=body, headers=self.headers())
 
-    async def open(self) -> RawSession:
+    async def initialize(self) -> RawSession:
+        """Only ``initialize``: the session exists, ``notifications/initialized`` not sent."""
         init = await self.post(
             {
                 "jsonrpc": "2.0",
@@ -166,6 +167,10 @@ class RawSession:
             }
         )
         self.id = init.headers["mcp-session-id"]
+        return self
+
+    async def open(self) -> RawSession:
+        await self.initialize()
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return self
 

@@ -633,20 +633,19 @@ class SessionMiddleware:
                 logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
                 await _respond(send, 503, _UNAVAILABLE, retry_after=True)
                 return
-            if claimed:
-                self.takeovers += 1
+            if claimed:  # "claimed", or "held": a concurrent request here claimed it first
+                # Adopted before the next await, so concurrent requests here see the claim.
                 self._adopt(session_id, epoch, record.get("principal", ""))
-                await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
+                if why == "claimed":
+                    self.takeovers += 1
+                    await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
                 replay = _Replay(body, receive, more=not complete)
                 await self._serve_as_owner(scope, replay, send, session_id, record, epoch, version)
                 return
             if why in ("closed", "missing"):
                 await _respond(send, 404, _NOT_FOUND)
                 return
-            if owner == self.node_id:  # "moved" to this very node by a concurrent request
-                replay = _Replay(body, receive, more=not complete)
-                await self._serve_as_owner(scope, replay, send, session_id, record, epoch, version)
-                return
+            # "moved": another node took it over first; relay to that one.
         await _respond(send, 503, _OWNER_BUSY, retry_after=True)
 
     async def _await_owner_gone(self, owner: str) -> bool:
@@ -719,8 +718,7 @@ class SessionMiddleware:
             if kind == "closed" or (
                 kind == "owner" and not new_owner.startswith(self.node_id + " ")
             ):
-                if session_id in self._owned or session_id in self.manager._server_instances:
-                    await self._let_go(session_id, message)
+                await self._let_go(session_id, message)  # a no-op for sessions not held here
 
 
 class _TooMany(Exception):
