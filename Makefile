@@ -15,6 +15,10 @@ MCP_VERSIONS ?= 1.12.4 1.30.0 2.3.0
 MCP_MAIN ?= 2.3.0
 # mcp 1.12.4 imports a pydantic internal that pydantic 2.14 removed.
 PIN_1.12.4 := "pydantic<2.14"
+# The newest SDK runs on uvicorn[standard] (httptools, uvloop), as most deployments do; the
+# older lines on plain uvicorn (h11, asyncio). The suite covers both stacks this way, and
+# the benchmarks (on MCP_MAIN) measure the production one.
+PIN_2.3.0 := "uvicorn[standard]"
 
 TEST_DEPS := "pytest>=8,<10" "pytest-asyncio>=0.24,<2" "pytest-timeout>=2.3,<3" \
              "uvicorn>=0.30" "redis>=5,<9" "httpx>=0.27"
@@ -63,7 +67,7 @@ test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed)
 	done
 
 bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
-	$(VENVS)/mcp-$(MCP_MAIN)/bin/python -m benches
+	$(VENVS)/mcp-$(MCP_MAIN)/bin/python -m benches $(BENCH_ARGS)
 
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/build/bin/ruff check python tests benches examples

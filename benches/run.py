@@ -301,6 +301,26 @@ def cpus() -> str:
     return f"{total} CPUs" if usable == total else f"{total} CPUs ({usable} usable)"
 
 
+async def _store(redis_url: str, args: argparse.Namespace) -> None:
+    runner = Bench(redis_url, Counts.for_mode(args.quick), args.runs, args.verbose)
+    await runner.open()
+    try:
+        lines = await runner.all()
+        stats = runner.stores[OURS].stats()
+    finally:
+        await runner.close()
+    if args.verbose:
+        print()
+    print(table(lines))
+    if args.verbose:
+        print()
+        print(spread(lines))
+    trouble = {k: v for k, v in stats.items() if k in ("redis_errors", "dropped") and v}
+    if trouble:
+        print(f"\nwarning: mcp-db reported {trouble} (all stats: {stats})")
+    print()
+
+
 async def bench(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     server = RedisServer().start()
@@ -324,26 +344,13 @@ async def bench(args: argparse.Namespace) -> None:
         sample = sdk_json(notification(12_345))
         print(f"each event: a notifications/progress message, {len(sample)} bytes of JSON")
         print(flush=True)
-        runner = Bench(server.url, Counts.for_mode(args.quick), args.runs, args.verbose)
-        await runner.open()
-        try:
-            lines = await runner.all()
-            stats = runner.stores[OURS].stats()
-        finally:
-            await runner.close()
-        if args.verbose:
+        if args.only in (None, "store"):
+            await _store(server.url, args)
+        if args.only in (None, "middleware"):
+            print("\n".join(await middleware.measure(server.url, args.quick)))
             print()
-        print(table(lines))
-        if args.verbose:
-            print()
-            print(spread(lines))
-        trouble = {k: v for k, v in stats.items() if k in ("redis_errors", "dropped") and v}
-        if trouble:
-            print(f"\nwarning: mcp-db reported {trouble} (all stats: {stats})")
-        print()
-        print("\n".join(await middleware.measure(server.url, args.quick)))
-        print()
-        print("\n".join(await relay.measure(server.url, args.quick)))
+        if args.only in (None, "relay"):
+            print("\n".join(await relay.measure(server.url, args.quick)))
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
     finally:
         server.cleanup()
@@ -356,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="small counts, a few seconds")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per store (default 3)")
+    parser.add_argument(
+        "--only", choices=("store", "middleware", "relay"), help="run one group of benchmarks"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args(argv)
     if args.runs < 1:

@@ -25,8 +25,19 @@ fn parse_event_id(event_id: &str) -> Option<(String, String)> {
     event_id::EventId::decode(event_id).map(|id| (id.session, id.stream))
 }
 
+/// The runtime all of the core's I/O runs on. Its work is small and bursty (a frame, a
+/// pipeline reply) and every result goes back to one Python thread, so one worker thread by
+/// default: a second one mostly adds cross-thread wake-ups. `MCP_DB_TOKIO_THREADS` sets it.
+fn init_runtime() {
+    let threads = std::env::var("MCP_DB_TOKIO_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(1);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(threads).enable_all().thread_name("mcp-db-io");
+    pyo3_async_runtimes::tokio::init(builder);
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    init_runtime();
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_EVENT_ID_LEN", event_id::MAX_EVENT_ID_LEN)?;

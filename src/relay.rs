@@ -27,13 +27,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
+use pyo3::types::{PyBool, PyBytes, PyList};
 use tokio::sync::{mpsc, Notify};
 
 use crate::connection::Connector;
@@ -54,6 +54,8 @@ mod kind {
     pub const START: u8 = b'S';
     pub const DATA: u8 = b'D';
     pub const END: u8 = b'E';
+    /// A whole response in one frame: status, body and headers (a JSON reply, a 202, a 404).
+    pub const WHOLE: u8 = b'W';
     pub const REFUSED: u8 = b'R';
     pub const CREDIT: u8 = b'C';
     pub const CANCEL: u8 = b'X';
@@ -200,6 +202,20 @@ fn encode_start(status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
 
 type Headers = Vec<(Vec<u8>, Vec<u8>)>;
 
+fn encode_whole(status: u16, headers: &[(Vec<u8>, Vec<u8>)], body: &[u8]) -> Vec<u8> {
+    let mut w = Writer::default();
+    w.put(body);
+    w.0.extend_from_slice(&encode_start(status, headers));
+    w.0
+}
+
+fn decode_whole(payload: &[u8]) -> Option<(u16, Headers, &[u8])> {
+    let mut r = Reader(payload);
+    let body = r.take()?;
+    let (status, headers) = decode_start(r.0)?;
+    Some((status, headers, body))
+}
+
 fn decode_start(payload: &[u8]) -> Option<(u16, Headers)> {
     let mut r = Reader(payload);
     let status = u16::from_be_bytes(r.take()?.try_into().ok()?);
@@ -223,8 +239,14 @@ struct Served {
     sent: AtomicU32,
     credit: AtomicU32,
     cancelled: AtomicBool,
+    /// The claim's outcome: `CLAIM_PENDING`, `CLAIM_WON` or `CLAIM_LOST`.
+    claim: AtomicU8,
     wake: Notify,
 }
+
+const CLAIM_PENDING: u8 = 0;
+const CLAIM_WON: u8 = 1;
+const CLAIM_LOST: u8 = 2;
 
 impl Served {
     /// Every waiter creates its `Notified` before checking the state it waits on, so
@@ -608,8 +630,9 @@ impl Relay {
 
     // -- the owning side --------------------------------------------------------------------
 
-    /// The next request relayed to this node, already claimed:
-    /// `(id, from_node, session, head, body)`, or `None` once the relay is closed.
+    /// The next request relayed to this node: `(id, from_node, session, head, body)`, or
+    /// `None` once the relay is closed. Its claim is under way meanwhile: run nothing of
+    /// it before `claimed(id)` says it is this node's.
     fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
@@ -621,13 +644,33 @@ impl Relay {
                     shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
                     continue;
                 }
-                if claim(&shared, &incoming).await? {
-                    shared.stats.served.fetch_add(1, Ordering::Relaxed);
-                    return Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
-                        let id = PyBytes::new(py, &incoming.id);
-                        let body = PyBytes::new(py, &incoming.body);
-                        Ok(Some((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind()))
-                    });
+                // The claim's round trip to Redis overlaps with waking Python up.
+                let served = register(&shared, &incoming);
+                tokio::spawn(claim(shared.clone(), served, incoming.id, incoming.session.clone()));
+                return Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
+                    let id = PyBytes::new(py, &incoming.id);
+                    let body = PyBytes::new(py, &incoming.body);
+                    Ok(Some((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind()))
+                });
+            }
+        })
+    }
+
+    /// Whether this node won the claim of a request from `next_request`: a bool if that is
+    /// decided, else an awaitable of it. `False`: the relaying node gave up; drop it.
+    fn claimed<'py>(&self, py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+        let served = self.shared.served.lock().unwrap().get(&id_of(id)?).cloned();
+        let Some(served) = served else { return Ok(PyBool::new(py, false).to_owned().into_any()) };
+        match served.claim.load(Ordering::SeqCst) {
+            CLAIM_PENDING => {}
+            decided => return Ok(PyBool::new(py, decided == CLAIM_WON).to_owned().into_any()),
+        }
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            loop {
+                let notified = served.wake.notified();
+                match served.claim.load(Ordering::SeqCst) {
+                    CLAIM_PENDING => notified.await,
+                    decided => return Ok(decided == CLAIM_WON),
                 }
             }
         })
@@ -636,6 +679,13 @@ impl Relay {
     /// Sends the response's status and headers.
     fn start(&self, id: &[u8], status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>) -> PyResult<()> {
         self.send_frame(id, kind::START, encode_start(status, &headers))
+    }
+
+    /// Sends a whole response in one frame and forgets the request.
+    fn respond(&self, id: &[u8], status: u16, headers: Vec<(Vec<u8>, Vec<u8>)>, body: Vec<u8>) -> PyResult<()> {
+        self.send_frame(id, kind::WHOLE, encode_whole(status, &headers, &body))?;
+        self.shared.served.lock().unwrap().remove(&id_of(id)?);
+        Ok(())
     }
 
     /// Sends a body chunk. `None` if the window has room, else an awaitable that resolves
@@ -698,33 +748,43 @@ impl Relay {
     }
 }
 
-/// Claims `incoming` and tells its sender, in one script; `false` if the sender gave up.
-async fn claim(shared: &Arc<Shared>, incoming: &Incoming) -> Result<bool> {
+/// Registers a request this node is about to claim: the sender may answer the acceptance
+/// at once (credit, cancel).
+fn register(shared: &Shared, incoming: &Incoming) -> Arc<Served> {
     let served = Arc::new(Served {
         from: incoming.from.clone(),
         next_seq: AtomicU32::new(1),
         sent: AtomicU32::new(0),
         credit: AtomicU32::new(0),
         cancelled: AtomicBool::new(false),
+        claim: AtomicU8::new(CLAIM_PENDING),
         wake: Notify::new(),
     });
-    // Registered first: the sender may answer the acceptance at once (credit, cancel).
-    shared.served.lock().unwrap().insert(incoming.id, served);
-    let accepted = Frame { kind: kind::ACCEPTED, id: incoming.id, seq: 0, payload: Vec::new() }.encode();
-    let key = claim_key(&shared.prefix, &incoming.session, &incoming.id);
+    shared.served.lock().unwrap().insert(incoming.id, served.clone());
+    served
+}
+
+/// Claims a request and tells its sender, in one script. Lost if the sender gave up first
+/// (or Redis cannot be reached: then the sender times out and answers 503).
+async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: String) {
+    let accepted = Frame { kind: kind::ACCEPTED, id, seq: 0, payload: Vec::new() }.encode();
+    let key = claim_key(&shared.prefix, &session, &id);
     let mut call = shared.claim.key(&key);
-    call.arg(&shared.node).arg(CLAIM_TTL_MS).arg(reply_channel(&shared.prefix, &incoming.from)).arg(accepted);
-    let claimed = match shared.connector.invoke::<i64>(&call).await {
+    call.arg(&shared.node).arg(CLAIM_TTL_MS).arg(reply_channel(&shared.prefix, &served.from)).arg(accepted);
+    let won = match shared.connector.invoke::<i64>(&call).await {
         Ok(n) => n == 1,
         Err(e) => {
-            shared.served.lock().unwrap().remove(&incoming.id);
-            return Err(e);
+            tracing::warn!("relay: cannot claim a relayed request: {e}");
+            false
         }
     };
-    if !claimed {
-        shared.served.lock().unwrap().remove(&incoming.id);
+    if won {
+        shared.stats.served.fetch_add(1, Ordering::Relaxed);
+    } else {
+        shared.served.lock().unwrap().remove(&id);
     }
-    Ok(claimed)
+    served.claim.store(if won { CLAIM_WON } else { CLAIM_LOST }, Ordering::SeqCst);
+    served.wake.notify_waiters();
 }
 
 async fn forward(
@@ -804,7 +864,8 @@ struct ForwardState {
 }
 
 /// A forwarded request whose response is coming: `next()` / `try_next()` yield
-/// `("start", status, headers)`, `("data", bytes)`, `("end", ok)` or `("lost", reason)`.
+/// `("whole", status, headers, body)` alone, or `("start", status, headers)`, then
+/// `("data", bytes)` and `("end", ok)`; or `("lost", reason)` at any point.
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Forward {
     shared: Arc<Shared>,
@@ -832,10 +893,7 @@ fn accept_frame(
     Ok(match frame.kind {
         kind::START => match decode_start(&frame.payload) {
             Some((status, headers)) => {
-                let list = PyList::empty(py);
-                for (name, value) in headers {
-                    list.append((PyBytes::new(py, &name), PyBytes::new(py, &value)))?;
-                }
+                let list = header_list(py, headers)?;
                 ("start", status, list).into_pyobject(py)?.into_any().unbind()
             }
             None => {
@@ -843,6 +901,16 @@ fn accept_frame(
                 ("lost", "malformed response start").into_pyobject(py)?.into_any().unbind()
             }
         },
+        kind::WHOLE => {
+            finish(shared, state, &frame.id);
+            match decode_whole(&frame.payload) {
+                Some((status, headers, body)) => {
+                    let list = header_list(py, headers)?;
+                    ("whole", status, list, PyBytes::new(py, body)).into_pyobject(py)?.into_any().unbind()
+                }
+                None => ("lost", "malformed response").into_pyobject(py)?.into_any().unbind(),
+            }
+        }
         kind::DATA => {
             let consumed = state.consumed.fetch_add(1, Ordering::SeqCst) + 1;
             if consumed % (shared.window / 2).max(1) == 0 {
@@ -860,6 +928,14 @@ fn accept_frame(
             ("lost", String::from_utf8_lossy(&frame.payload).into_owned()).into_pyobject(py)?.into_any().unbind()
         }
     })
+}
+
+fn header_list(py: Python<'_>, headers: Headers) -> PyResult<Bound<'_, PyList>> {
+    let list = PyList::empty(py);
+    for (name, value) in headers {
+        list.append((PyBytes::new(py, &name), PyBytes::new(py, &value)))?;
+    }
+    Ok(list)
 }
 
 fn finish(shared: &Shared, state: &ForwardState, id: &ReqId) {
@@ -925,7 +1001,11 @@ mod tests {
         assert_eq!((r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice()), ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..]));
         assert!(decode_request(id, &bytes[..bytes.len() - 1]).is_none(), "a truncated request is refused");
         let headers = vec![(b"content-type".to_vec(), b"text/event-stream".to_vec())];
-        assert_eq!(decode_start(&encode_start(200, &headers)), Some((200, headers)));
+        assert_eq!(decode_start(&encode_start(200, &headers)), Some((200, headers.clone())));
+        let whole = encode_whole(404, &headers, b"{\"error\":1}");
+        assert_eq!(decode_whole(&whole), Some((404, headers.clone(), &b"{\"error\":1}"[..])));
+        assert_eq!(decode_whole(&encode_whole(202, &[], b"")), Some((202, vec![], &b""[..])));
+        assert!(decode_whole(&whole[..3]).is_none(), "a truncated response is refused");
     }
 
     #[test]

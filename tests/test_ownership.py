@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
@@ -13,6 +16,8 @@ from mcp_db import RedisEventStore
 from mcp_db._redis_server import RedisServer
 from mcp_db.errors import ConfigError
 from tests._messages import notification
+from tests._nodes import Node
+from tests.test_resume_e2e import RawSession
 
 
 @pytest.fixture
@@ -106,3 +111,48 @@ async def test_a_stale_epoch_cannot_append_events(
     store._core.fence("s3", None)
     await view.store_event("1", notification(9))
     assert store.stats()["stored"] == 4
+
+
+async def _whoami(http: httpx.AsyncClient, url: str, session: RawSession) -> str:
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "whoami"}}
+    response = await http.post(url, json=body, headers=session.headers())
+    assert response.status_code == 200, response.text
+    assert "mcp-db-moved" not in response.headers, "the refusal never reaches the client"
+    return response.text.split(" on ")[1].split('"')[0]
+
+
+async def test_a_stale_owner_refuses_as_moved_and_the_relayer_finds_the_new_one(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """A node relays a session's requests straight to the owner it last saw. If that node
+    lost the session while it was away (and the relaying node missed the news), it refuses
+    without running anything, and the relaying node reads the record and relays anew."""
+    env = {
+        "MCP_DB_REDIS_URL": redis_server.url,
+        "MCP_DB_PREFIX": prefix,
+        "MCP_DB_MIDDLEWARE": "1",
+        "MCP_DB_LEASE_SECONDS": "1",
+    }
+    a, b, c = (Node(env=env).start() for _ in range(3))
+    admin = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+            session = await RawSession(http, a.url).open()
+            pid_a, pid_c = str(a.process.pid), str(c.process.pid)
+            assert await _whoami(http, b.url, session) == pid_a, "relayed to the owner"
+            os.kill(a.process.pid, signal.SIGSTOP)  # A is away: its lease lapses
+            try:
+                await asyncio.sleep(1.5)
+                # C took the session over and B never heard (as if the bus message was lost).
+                key = f"{prefix}:s:{{{session.id}}}"
+                await admin.hset(key, mapping={"owner": f"node-{pid_c}", "epoch": 2})
+                assert await _whoami(http, c.url, session) == pid_c, "C rebuilt it"
+            finally:
+                os.kill(a.process.pid, signal.SIGCONT)
+            for _ in range(3):
+                assert await _whoami(http, b.url, session) == pid_c, "B found the new owner"
+            assert await _whoami(http, a.url, session) == pid_c, "A relays to it too"
+    finally:
+        await admin.aclose()
+        for node in (a, b, c):
+            node.stop()

@@ -29,6 +29,17 @@ async def _pair(store: RedisEventStore, window: int = 64) -> tuple[Any, Any]:
     return owner, relayer
 
 
+async def _take(owner: Any) -> tuple[Any, ...]:
+    """The next relayed request, once this node has won its claim (as the middleware does:
+    nothing of a request runs before that)."""
+    item = await asyncio.wait_for(owner.next_request(), 5)
+    claimed = owner.claimed(item[0])
+    if not isinstance(claimed, bool):
+        claimed = await asyncio.wait_for(claimed, 5)
+    assert claimed is True
+    return tuple(item)
+
+
 async def _frames(forward: Any) -> list[Any]:
     out = []
     while True:
@@ -41,7 +52,7 @@ async def _frames(forward: Any) -> list[Any]:
 async def test_a_request_and_its_streamed_response(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
-    request_id, sender, session, head, body = await asyncio.wait_for(owner.next_request(), 5)
+    request_id, sender, session, head, body = await _take(owner)
     assert (sender, session, head, body) == ("relayer", "s", '{"m":1}', b"body")
     outcome, forward = await forwarding
     assert outcome == "accepted"
@@ -69,10 +80,29 @@ async def test_an_owner_that_never_takes_the_request_times_out_and_never_runs_it
     owner, relayer = await _pair(store)
     # The owner listens but its event loop never asks for work (a stuck node).
     assert await relayer.forward("owner", "s", "{}", b"late", 300) == ("timeout", None)
-    # When it finally asks, the request is gone: the relayer's claim won.
-    with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(owner.next_request(), 0.5)
+    # When it finally asks, the request is there but not its to run: the relayer's claim won.
+    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    claimed = owner.claimed(request_id)
+    if not isinstance(claimed, bool):
+        claimed = await asyncio.wait_for(claimed, 5)
+    assert claimed is False
     assert relayer.stats()["timeouts"] == 1
+    assert owner.stats()["in_flight_served"] == 0, "a lost claim leaves nothing behind"
+
+
+async def test_a_whole_response_travels_in_one_frame(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    request_id, *_ = await _take(owner)
+    outcome, forward = await forwarding
+    assert outcome == "accepted"
+    headers = [(b"content-type", b"application/json"), (b"x-a", b"1")]
+    owner.respond(request_id, 404, headers, b'{"error":"gone"}')
+    owner.end(request_id, True)  # what serve() always does last: a no-op after respond
+    assert await asyncio.wait_for(forward.next(), 5) == ("whole", 404, headers, b'{"error":"gone"}')
+    assert forward.try_next() is None, "nothing follows a whole response"
+    assert owner.stats()["in_flight_served"] == 0
+    assert relayer.stats()["in_flight_forwarded"] == 0
 
 
 async def test_backpressure_holds_the_owner_until_the_client_catches_up(
@@ -80,7 +110,7 @@ async def test_backpressure_holds_the_owner_until_the_client_catches_up(
 ) -> None:
     owner, relayer = await _pair(store, window=8)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
-    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    request_id, *_ = await _take(owner)
     outcome, forward = await forwarding
     assert outcome == "accepted"
     owner.start(request_id, 200, [])
@@ -100,7 +130,7 @@ async def test_backpressure_holds_the_owner_until_the_client_catches_up(
 async def test_a_client_disconnect_reaches_the_owner(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
-    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    request_id, *_ = await _take(owner)
     _, forward = await forwarding
     disconnected = asyncio.ensure_future(owner.disconnected(request_id))
     await asyncio.sleep(0.1)
@@ -112,7 +142,7 @@ async def test_a_client_disconnect_reaches_the_owner(store: RedisEventStore) -> 
 async def test_a_dead_owner_ends_the_relayed_response(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
-    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    request_id, *_ = await _take(owner)
     _, forward = await forwarding
     owner.start(request_id, 200, [])
     owner.close()  # the owner's subscription goes away, as when its process dies

@@ -163,8 +163,9 @@ class Ownership:
 Frame = tuple[Any, ...]
 
 class Forward:
-    """A forwarded request's response: ``("start", status, headers)``, ``("data", bytes)``,
-    ``("end", ok)`` or ``("lost", reason)``."""
+    """A forwarded request's response: ``("whole", status, headers, body)`` alone, or
+    ``("start", status, headers)``, then ``("data", bytes)`` and ``("end", ok)``; or
+    ``("lost", reason)`` at any point."""
 
     async def next(self) -> Frame: ...
     def try_next(self) -> Frame | None: ...
@@ -189,9 +190,16 @@ class Relay:
         """``("accepted", Forward)``, ``("unreachable", None)``, ``("timeout", None)`` or
         ``("refused", reason)``."""
     async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
-        """The next request relayed here, already claimed: ``(id, from_node, session,
-        head, body)``."""
+        """The next request relayed here: ``(id, from_node, session, head, body)``. Its
+        claim is under way: run nothing of it before :meth:`claimed` says so."""
+    def claimed(self, id: bytes) -> bool | Awaitable[bool]:
+        """Whether this node won the request's claim, or an awaitable of it while the
+        claim is in flight. ``False``: the relaying node gave up; drop the request."""
     def start(self, id: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def respond(
+        self, id: bytes, status: int, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> None:
+        """Sends a whole response in one frame and forgets the request."""
     def send(self, id: bytes, chunk: bytes) -> Awaitable[bool] | None:
         """``None`` if the window has room, else an awaitable: ``False`` if the relaying
         side went away."""

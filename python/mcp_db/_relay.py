@@ -8,12 +8,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-
-import anyio
 
 logger = logging.getLogger("mcp_db")
 
@@ -25,6 +24,15 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Scope key marking a request this node runs for another node (value: that node's ID).
 RELAYED = "mcp_db.relayed_from"
+#: A response that is not a stream goes out whole unless its body is larger than this.
+_HOLD_LIMIT = 256 * 1024
+#: How long a relayed response may take before its client is watched for going away.
+_WATCH_AFTER = 0.05
+#: How long the head of a POST's event stream may wait to go out with its first event.
+_HEAD_DELAY = 0.02
+#: Marks a 503 by which a node refuses a request it was relayed but ran nothing of, because
+#: the session moved: the relaying node reads the record again and relays to the new owner.
+MOVED_HEADER = b"mcp-db-moved"
 
 _SCOPE_KEYS = ("http_version", "method", "scheme", "path", "root_path", "client", "server")
 
@@ -59,40 +67,75 @@ def decode_head(head: str, state: dict[str, Any] | None, relayed_from: str) -> S
     return scope
 
 
-async def pump(forward: Any, receive: Receive, send: Send) -> bool:
-    """Streams ``forward``'s response to the client; ``False`` if it was lost before any of
-    it could be sent (the caller then answers instead)."""
-    started = False
+def _is_stream(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(
+        name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+        for name, value in headers
+    )
 
-    async def watch_client(scope: anyio.CancelScope) -> None:
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                forward.cancel()
-                scope.cancel()
-                return
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(watch_client, tg.cancel_scope)
+async def pump(forward: Any, receive: Receive, send: Send) -> str:
+    """Streams ``forward``'s response to the client: ``"sent"``, or ``"not-found"`` if it
+    was the owner's 404. Nothing is sent when the result is ``"lost"`` (the response was
+    lost before it began) or ``"moved"`` (the owner refused: the session moved and nothing
+    ran), and the caller answers then; nor when it is ``"gone"`` (the client went away)."""
+    loop = asyncio.get_running_loop()
+    started = client_gone = False
+    result = "lost"
+    watcher: asyncio.Task[None] | None = None
+
+    async def watch_client() -> None:
+        nonlocal client_gone
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        client_gone = True
+        forward.cancel()  # tells the owner, and ends the wait for the next frame below
+
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch_client())
+
+    # Most responses are over before a client could go away: watch only slower ones.
+    timer = loop.call_later(_WATCH_AFTER, start_watching)
+    try:
+        following = None
         while True:
-            frame = forward.try_next()
-            if frame is None:
-                frame = await forward.next()
+            frame = following or forward.try_next() or await forward.next()
+            following = None
             kind = frame[0]
             if kind == "data":
-                await send({"type": "http.response.body", "body": frame[1], "more_body": True})
-            elif kind == "start":
-                await send({"type": "http.response.start", "status": frame[1], "headers": frame[2]})
+                # An end right behind the last chunk completes the response with it.
+                following = forward.try_next()
+                last = following is not None and following[0] == "end"
+                await send({"type": "http.response.body", "body": frame[1], "more_body": not last})
+                if last:
+                    break
+            elif kind in ("start", "whole"):
+                status, headers = frame[1], frame[2]
+                if status == 503 and any(name == MOVED_HEADER for name, _ in headers):
+                    forward.cancel()
+                    result = "moved"
+                    break
+                await send({"type": "http.response.start", "status": status, "headers": headers})
                 started = True
+                result = "not-found" if status == 404 else "sent"
+                if kind == "whole":
+                    await send({"type": "http.response.body", "body": frame[3]})
+                    break
             else:
+                if client_gone:
+                    return "sent" if started else "gone"
                 if kind == "lost":
                     logger.warning("relayed response broke off: %s", frame[1])
                 if started:
                     # A cut SSE stream is what a client resumes from (Last-Event-ID).
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 break
-        tg.cancel_scope.cancel()
-    return started
+    finally:
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
+    return result
 
 
 async def serve(
@@ -104,8 +147,14 @@ async def serve(
     body: bytes,
     state: dict[str, Any] | None,
 ) -> None:
-    """Runs one relayed request on this node and streams the response back."""
+    """Runs one relayed request on this node, once its claim is won, and streams the
+    response back."""
     scope = decode_head(head, state, relayed_from)
+    claimed = relay.claimed(request_id)
+    if not isinstance(claimed, bool):
+        claimed = await claimed
+    if not claimed:
+        return  # the relaying node gave up on it (and answered 503): it must never run
     body_pending = True
 
     async def receive() -> Message:
@@ -116,22 +165,74 @@ async def serve(
         await relay.disconnected(request_id)
         return {"type": "http.disconnect"}
 
-    async def send(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            headers = [(bytes(n), bytes(v)) for n, v in message.get("headers", ())]
-            relay.start(request_id, message["status"], headers)
-        elif message["type"] == "http.response.body":
-            chunk = message.get("body", b"")
-            if chunk:
-                waiting = relay.send(request_id, bytes(chunk))
-                if waiting is not None:
-                    await waiting  # the window is full: wait for the client to catch up
-
+    response = _Response(relay, request_id, hold_stream_head=scope["method"] == "POST")
     ok = False
     try:
-        await app(scope, receive, send)
+        await app(scope, receive, response.send)
         ok = True
     except Exception:
         logger.exception("relayed request from %s failed", relayed_from)
     finally:
+        response.flush()
         relay.end(request_id, ok)
+
+
+class _Response:
+    """Sends a relayed request's response back in as few frames as keep it live.
+
+    A response that is not a stream goes out whole, in one frame. A stream's head goes out
+    with its first chunk, or after ``_HEAD_DELAY`` if the app is slow to send one (the
+    client must see its headers, not wait on them); a GET stream's head at once (it may
+    stay silent for minutes). A stream ends as soon as the app sends its last chunk."""
+
+    def __init__(self, relay: Any, request_id: bytes, *, hold_stream_head: bool) -> None:
+        self.relay = relay
+        self.id = request_id
+        self.hold_stream_head = hold_stream_head
+        self.held: tuple[int, list[tuple[bytes, bytes]]] | None = None
+        self.whole: bytearray | None = None  # the body so far of a response sent whole
+        self.timer: asyncio.TimerHandle | None = None
+
+    def flush(self) -> None:
+        """Sends the held head, if any."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.held is not None:
+            self.relay.start(self.id, *self.held)
+            self.held = None
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            head = (
+                message["status"],
+                [(bytes(n), bytes(v)) for n, v in message.get("headers", ())],
+            )
+            self.held = head
+            if not _is_stream(head[1]):
+                self.whole = bytearray()
+            elif self.hold_stream_head:
+                self.timer = asyncio.get_running_loop().call_later(_HEAD_DELAY, self.flush)
+            else:
+                self.flush()
+            return
+        if message["type"] != "http.response.body":
+            return
+        chunk = bytes(message.get("body", b""))
+        more = message.get("more_body", False)
+        if self.whole is not None:
+            self.whole += chunk
+            if not more and self.held is not None:
+                self.relay.respond(self.id, self.held[0], self.held[1], bytes(self.whole))
+                self.held = None
+                return
+            if len(self.whole) < _HOLD_LIMIT:
+                return
+            chunk, self.whole = bytes(self.whole), None  # a big body: stream it after all
+        self.flush()
+        if chunk:
+            waiting = self.relay.send(self.id, chunk)
+            if waiting is not None:
+                await waiting  # the window is full: wait for the client to catch up
+        if not more:
+            self.relay.end(self.id, True)

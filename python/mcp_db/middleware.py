@@ -41,7 +41,7 @@ import anyio
 
 # Imported up front: on mcp 1.x this also installs the session class every session of this
 # process is built from (see ``_sdk/session_v1.py``), rehydrated or not.
-from mcp_db._relay import RELAYED, encode_head, pump, serve
+from mcp_db._relay import MOVED_HEADER, RELAYED, encode_head, pump, serve
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
@@ -63,6 +63,8 @@ _UNAVAILABLE = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session store unavailable"}}'
 )
 _MOVED = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session moved; retry"}}'
+#: How many sessions owned elsewhere a node remembers the owner of.
+_MAX_OWNER_HINTS = 100_000
 _OWNER_BUSY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session owner not answering"}}'
 )
@@ -133,10 +135,14 @@ def _positive_ms(name: str, value: Any) -> int:
     return max(1, int(value * 1000))
 
 
-async def _respond(send: Send, status: int, body: bytes = b"", retry_after: bool = False) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes = b"", retry_after: bool = False, moved: bool = False
+) -> None:
     headers = [(b"content-type", b"application/json")] if body else []
     if retry_after:
         headers.append((b"retry-after", b"1"))
+    if moved:
+        headers.append((MOVED_HEADER, b"1"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -222,6 +228,8 @@ class SessionMiddleware:
         self.stateless = bool(getattr(self.manager, "stateless", False))
         self._locks: dict[str, anyio.Lock] = {}
         self._owned: dict[str, _Owned] = {}
+        #: The owner last seen of sessions owned elsewhere: requests go straight there.
+        self._owners: dict[str, str] = {}
         #: Bumped whenever this node's lease may have lapsed: ownership confirmed under an
         #: older generation must be confirmed again in Redis before it is trusted.
         self._gen = 0
@@ -460,7 +468,8 @@ class SessionMiddleware:
         if (
             owned is not None
             and local is not None
-            and (relayed or (owned.gen == self._gen and self._lease_valid()))
+            and owned.gen == self._gen
+            and self._lease_valid()
             and time.monotonic() - owned.last_used < self._idle_limit
         ):
             # This node owns the session, its lease holds and the session was used within
@@ -471,6 +480,21 @@ class SessionMiddleware:
                 return
             await self._serve_owned(scope, receive, send, session_id, owned)
             return
+        owner = None if relayed or owned is not None else self._owners.get(session_id)
+        if owner is not None:
+            # Another node owned the session when this one last looked: relay to it without
+            # reading the record. The owner checks everything the record would tell (it
+            # answers 404 itself, or refuses as moved, and then the record is read here).
+            body, complete = await self._read_body(receive)
+            receive = _Replay(body, receive, more=not complete)
+            if complete:
+                try:
+                    outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
+                except McpDbError:
+                    outcome = "gone"  # the record lookup below tells the client what to do
+                if outcome in ("sent", "failed"):
+                    return
+                self._owners.pop(session_id, None)
         try:
             record = await self.records.lookup(session_id, self.ttl_ms)
         except McpDbError as exc:
@@ -504,7 +528,7 @@ class SessionMiddleware:
             await self._let_go(session_id, f"owned by {owner} at epoch {epoch}")
         if relayed:
             # Relayed here, but ownership moved on the way: the client retries.
-            await _respond(send, 503, _MOVED, retry_after=True)
+            await _respond(send, 503, _MOVED, retry_after=True, moved=True)
             return
         await self._forward(scope, receive, send, session_id, record, owner, epoch, version)
 
@@ -554,7 +578,7 @@ class SessionMiddleware:
         done = await self.records.transition(session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch)
         if not done[0] and done[1] == "fenced":
             await self._let_go(session_id, "taken over before its DELETE")
-            await _respond(send, 503, _MOVED, retry_after=True)
+            await _respond(send, 503, _MOVED, retry_after=True, moved=True)
             return
         self._disown(session_id)
         if session_id in self.manager._server_instances:
@@ -564,6 +588,7 @@ class SessionMiddleware:
         await self._bus.publish(f"closed {session_id}")  # in case another node holds one
 
     def _adopt(self, session_id: str, epoch: int, principal: str) -> _Owned:
+        self._owners.pop(session_id, None)
         owned = self._owned.get(session_id)
         if owned is None or owned.epoch != epoch:
             owned = _Owned(epoch=epoch, principal=principal, gen=self._gen)
@@ -603,26 +628,26 @@ class SessionMiddleware:
         """Relays the request to the session's owner; takes the session over if the owner
         is gone."""
         body, complete = await self._read_body(receive)
-        head = encode_head(scope)
         for _ in range(3):
             try:
-                outcome, forward = await self._relay.forward(
-                    owner, session_id, head, body, self.relay_timeout_ms
-                )
-                if outcome == "accepted":
-                    self.relayed_out += 1
-                    if not await pump(forward, receive, send):
-                        await _respond(send, 503, _OWNER_LOST, retry_after=True)
+                outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
+                if outcome in ("sent", "failed"):
                     return
-                if outcome == "timeout" and await self._own.alive(owner):
-                    logger.warning(
-                        "owner %s of session %s did not take a request within %d ms",
-                        owner,
-                        session_id[:8],
-                        self.relay_timeout_ms,
-                    )
-                    await _respond(send, 503, _OWNER_BUSY, retry_after=True)
-                    return
+                if outcome == "moved":
+                    fresh = await self.records.lookup(session_id, self.ttl_ms)
+                    if fresh is None or fresh.get("state") == "CLOSED":
+                        await _respond(send, 404, _NOT_FOUND)
+                        return
+                    record = fresh
+                    owner = record.get("owner") or record.get("node", "")
+                    epoch = int(record.get("epoch") or 0)
+                    if owner == self.node_id:  # it moved here meanwhile
+                        replay = _Replay(body, receive, more=not complete)
+                        await self._serve_as_owner(
+                            scope, replay, send, session_id, record, epoch, version
+                        )
+                        return
+                    continue
                 if not await self._await_owner_gone(owner):
                     await _respond(send, 503, _OWNER_BUSY, retry_after=True)
                     return
@@ -647,6 +672,47 @@ class SessionMiddleware:
                 return
             # "moved": another node took it over first; relay to that one.
         await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+
+    async def _relay_once(
+        self, scope: Scope, receive: Receive, send: Send, session_id: str, owner: str, body: bytes
+    ) -> str:
+        """Relays the request to ``owner`` once: ``"sent"`` (answered, maybe with an error
+        the owner gave), ``"failed"`` (answered 503 here), ``"moved"`` (the owner no longer
+        owns the session and ran nothing) or ``"gone"`` (nobody took it; the owner may be
+        gone). Raises McpDbError when Redis is unreachable."""
+        outcome, forward = await self._relay.forward(
+            owner, session_id, encode_head(scope), body, self.relay_timeout_ms
+        )
+        if outcome == "accepted":
+            self.relayed_out += 1
+            result = await pump(forward, receive, send)
+            if result == "sent":
+                self._note_owner(session_id, owner)
+                return "sent"
+            if result == "lost":
+                await _respond(send, 503, _OWNER_LOST, retry_after=True)
+                return "failed"
+            if result == "gone":  # the client went away before the answer began
+                return "failed"
+            self._owners.pop(session_id, None)
+            return "sent" if result == "not-found" else "moved"
+        if outcome == "timeout" and await self._own.alive(owner):
+            logger.warning(
+                "owner %s of session %s did not take a request within %d ms",
+                owner,
+                session_id[:8],
+                self.relay_timeout_ms,
+            )
+            await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+            return "failed"
+        return "gone"
+
+    def _note_owner(self, session_id: str, owner: str) -> None:
+        """Remembers which node owns a session this node relays to (bounded)."""
+        owners = self._owners
+        if session_id not in owners and len(owners) >= _MAX_OWNER_HINTS:
+            del owners[next(iter(owners))]
+        owners[session_id] = owner
 
     async def _await_owner_gone(self, owner: str) -> bool:
         """Whether ``owner``'s lease is gone, waiting for it to lapse (at most a lease): an
@@ -715,10 +781,13 @@ class SessionMiddleware:
                 return
             kind, _, rest = message.partition(" ")
             session_id, _, new_owner = rest.partition(" ")
-            if kind == "closed" or (
-                kind == "owner" and not new_owner.startswith(self.node_id + " ")
-            ):
+            if kind == "closed":
+                self._owners.pop(session_id, None)
                 await self._let_go(session_id, message)  # a no-op for sessions not held here
+            elif kind == "owner" and not new_owner.startswith(self.node_id + " "):
+                await self._let_go(session_id, message)
+                if session_id in self._owners:
+                    self._owners[session_id] = new_owner.partition(" ")[0]
 
 
 class _TooMany(Exception):
