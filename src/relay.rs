@@ -541,45 +541,12 @@ fn id_of(id: &[u8]) -> PyResult<ReqId> {
 
 /// Outcome of `forward`.
 enum Forwarded {
-    /// The owner took the request on; its first response frame came with it.
-    Accepted(Forward, Frame),
+    Accepted(Forward),
     /// Nobody listens on the owner's inbox.
     Unreachable,
     /// The owner did not take the request on within the bound; it never will.
     Timeout,
     Refused(String),
-}
-
-/// Cleans up after a forwarded request whose caller stopped waiting (its client went away):
-/// an accepted request is cancelled at the owner, one not yet accepted is given up, so the
-/// owner never runs it.
-struct Abandon {
-    shared: Arc<Shared>,
-    id: ReqId,
-    owner: String,
-    session: String,
-    accepted: bool,
-    armed: bool,
-}
-
-impl Drop for Abandon {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.shared.pending.lock().unwrap().remove(&self.id);
-        if self.accepted {
-            let frame = Frame { kind: kind::CANCEL, id: self.id, seq: 0, payload: Vec::new() };
-            self.shared.publish(reply_channel(&self.shared.prefix, &self.owner), frame, Unheard::Ignore);
-        } else {
-            let (shared, key) = (self.shared.clone(), claim_key(&self.shared.prefix, &self.session, &self.id));
-            pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
-                let mut pipe = redis::pipe();
-                pipe.cmd("SET").arg(key).arg("gave-up").arg("NX").arg("PX").arg(CLAIM_TTL_MS);
-                let _ = shared.connector.query(&pipe).await;
-            });
-        }
-    }
 }
 
 #[pymethods]
@@ -636,10 +603,8 @@ impl Relay {
 
     // -- the relaying side ------------------------------------------------------------------
 
-    /// Forwards a request to `owner` and waits for the first part of its response:
-    /// `("accepted", Forward, first_part)`, `("unreachable", None, None)`,
-    /// `("timeout", None, None)` or `("refused", None, reason)`. Cancelling the wait
-    /// (the client went away) cancels the request, or gives it up if not yet accepted.
+    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)`,
+    /// `("timeout", None)` or `("refused", reason)`.
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -653,15 +618,11 @@ impl Relay {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let outcome = forward(shared, owner, session, head, body, accept_timeout_ms).await?;
             Python::attach(|py| -> PyResult<Py<PyAny>> {
-                let none = || py.None();
                 Ok(match outcome {
-                    Forwarded::Accepted(f, frame) => {
-                        let first = accept_frame(py, &f.shared, &f.state, &f.owner, frame)?;
-                        ("accepted", Py::new(py, f)?, first).into_pyobject(py)?.into_any().unbind()
-                    }
-                    Forwarded::Unreachable => ("unreachable", none(), none()).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Timeout => ("timeout", none(), none()).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Refused(why) => ("refused", none(), why).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Accepted(f) => ("accepted", Py::new(py, f)?).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
                 })
             })
         })
@@ -837,11 +798,8 @@ async fn forward(
     let id = new_id();
     let (tx, mut rx) = mpsc::unbounded_channel();
     shared.pending.lock().unwrap().insert(id, Pending { owner: owner.clone(), tx });
-    // From here on, a caller that stops waiting leaves nothing behind (see `Abandon`).
-    let mut abandon = Abandon { shared: shared.clone(), id, owner: owner.clone(), session: session.clone(), accepted: false, armed: true };
-    let forget = |abandon: &mut Abandon| {
-        abandon.armed = false;
-        abandon.shared.pending.lock().unwrap().remove(&abandon.id);
+    let forget = |shared: &Shared| {
+        shared.pending.lock().unwrap().remove(&id);
     };
     let request = Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
     let mut pipe = redis::pipe();
@@ -849,12 +807,12 @@ async fn forward(
     let heard = match shared.connector.query(&pipe).await {
         Ok(reply) => matches!(reply.first(), Some(redis::Value::Int(n)) if *n > 0),
         Err(e) => {
-            forget(&mut abandon);
+            forget(&shared);
             return Err(e);
         }
     };
     if !heard {
-        forget(&mut abandon);
+        forget(&shared);
         return Ok(Forwarded::Unreachable);
     }
     shared.stats.forwarded.fetch_add(1, Ordering::Relaxed);
@@ -872,7 +830,7 @@ async fn forward(
                 .arg(CLAIM_TTL_MS);
             let won = matches!(shared.connector.query(&pipe).await, Ok(r) if matches!(r.first(), Some(redis::Value::Okay)));
             if won {
-                forget(&mut abandon);
+                forget(&shared);
                 shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Ok(Forwarded::Timeout);
             }
@@ -882,29 +840,16 @@ async fn forward(
     };
     match first {
         Some(Frame { kind: kind::ACCEPTED, .. }) => {
-            abandon.accepted = true;
-            // Wait for the response's first part here: one wake-up of Python, not two.
-            let frame = rx.recv().await.unwrap_or_else(|| Frame {
-                kind: kind::LOST,
-                id,
-                seq: 0,
-                payload: b"relay closed".to_vec(),
-            });
-            abandon.armed = false;
-            let forward = Forward { shared, id, owner, rx: tokio::sync::Mutex::new(rx).into(), state: Default::default() };
-            Ok(Forwarded::Accepted(forward, frame))
+            Ok(Forwarded::Accepted(Forward { shared, id, owner, rx: tokio::sync::Mutex::new(rx).into(), state: Default::default() }))
         }
         Some(Frame { kind: kind::REFUSED, payload, .. }) => {
-            forget(&mut abandon);
+            forget(&shared);
             Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))
         }
         // The sweep or the publisher found the owner gone before it answered.
-        Some(Frame { kind: kind::LOST, .. }) => {
-            abandon.armed = false;
-            Ok(Forwarded::Unreachable)
-        }
+        Some(Frame { kind: kind::LOST, .. }) => Ok(Forwarded::Unreachable),
         _ => {
-            forget(&mut abandon);
+            forget(&shared);
             shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             Ok(Forwarded::Timeout)
         }

@@ -184,13 +184,11 @@ class Relay:
     def close(self) -> None:
         """Leaves both channels; requests in flight end."""
     def stats(self) -> dict[str, int]: ...
-    def forward(
+    async def forward(
         self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
-    ) -> asyncio.Future[tuple[str, Forward | None, Frame | str | None]]:
-        """Forwards a request and waits for the first part of its response:
-        ``("accepted", Forward, first_part)``, ``("unreachable", None, None)``,
-        ``("timeout", None, None)`` or ``("refused", None, reason)``. Cancelling the future
-        (the client went away) cancels the request at the owner, or gives it up."""
+    ) -> tuple[str, Forward | str | None]:
+        """``("accepted", Forward)``, ``("unreachable", None)``, ``("timeout", None)`` or
+        ``("refused", reason)``."""
     async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
         """The next request relayed here: ``(id, from_node, session, head, body)``. Its
         claim is under way: run nothing of it before :meth:`claimed` says so."""

@@ -74,18 +74,14 @@ def _is_stream(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
-async def pump(pending: asyncio.Future[Any], receive: Receive, send: Send) -> str:
-    """Waits for a forwarded request (``pending``, from ``Relay.forward``) to be taken on
-    and streams its response to the client.
-
-    Returns ``"sent"``, or ``"not-found"`` if it was the owner's 404. Nothing is sent when
-    the result is ``"unreachable"``, ``"timeout"`` or ``"refused"`` (the owner did not take
-    the request), ``"lost"`` (the response was lost before it began) or ``"moved"`` (the
-    owner refused: the session moved and nothing ran), and the caller answers then; nor
-    when it is ``"gone"`` (the client went away)."""
+async def pump(forward: Any, receive: Receive, send: Send) -> str:
+    """Streams ``forward``'s response to the client: ``"sent"``, or ``"not-found"`` if it
+    was the owner's 404. Nothing is sent when the result is ``"lost"`` (the response was
+    lost before it began) or ``"moved"`` (the owner refused: the session moved and nothing
+    ran), and the caller answers then; nor when it is ``"gone"`` (the client went away)."""
     loop = asyncio.get_running_loop()
     started = client_gone = False
-    forward: Any = None
+    result = "lost"
     watcher: asyncio.Task[None] | None = None
 
     async def watch_client() -> None:
@@ -93,11 +89,7 @@ async def pump(pending: asyncio.Future[Any], receive: Receive, send: Send) -> st
         while (await receive())["type"] != "http.disconnect":
             pass
         client_gone = True
-        # Tells the owner, and ends the wait for the next part below.
-        if forward is not None:
-            forward.cancel()
-        else:
-            pending.cancel()
+        forward.cancel()  # tells the owner, and ends the wait for the next frame below
 
     def start_watching() -> None:
         nonlocal watcher
@@ -106,18 +98,11 @@ async def pump(pending: asyncio.Future[Any], receive: Receive, send: Send) -> st
     # Most responses are over before a client could go away: watch only slower ones.
     timer = loop.call_later(_WATCH_AFTER, start_watching)
     try:
-        try:
-            outcome, forward, frame = await pending
-        except asyncio.CancelledError:
-            if client_gone:
-                return "gone"
-            raise
-        if outcome != "accepted":
-            return str(outcome)
-        result = "lost"
+        following = None
         while True:
-            kind = frame[0]
+            frame = following or forward.try_next() or await forward.next()
             following = None
+            kind = frame[0]
             if kind == "data":
                 # An end right behind the last chunk completes the response with it.
                 following = forward.try_next()
@@ -129,7 +114,8 @@ async def pump(pending: asyncio.Future[Any], receive: Receive, send: Send) -> st
                 status, headers = frame[1], frame[2]
                 if status == 503 and any(name == MOVED_HEADER for name, _ in headers):
                     forward.cancel()
-                    return "moved"
+                    result = "moved"
+                    break
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 started = True
                 result = "not-found" if status == 404 else "sent"
@@ -145,12 +131,11 @@ async def pump(pending: asyncio.Future[Any], receive: Receive, send: Send) -> st
                     # A cut SSE stream is what a client resumes from (Last-Event-ID).
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 break
-            frame = following or forward.try_next() or await forward.next()
-        return result
     finally:
         timer.cancel()
         if watcher is not None:
             watcher.cancel()
+    return result
 
 
 async def serve(

@@ -677,27 +677,26 @@ class SessionMiddleware:
         self, scope: Scope, receive: Receive, send: Send, session_id: str, owner: str, body: bytes
     ) -> str:
         """Relays the request to ``owner`` once: ``"sent"`` (answered, maybe with an error
-        the owner gave), ``"failed"`` (answered 503 here, or the client left), ``"moved"``
-        (the owner no longer owns the session and ran nothing) or ``"gone"`` (nobody took
-        it; the owner may be gone). Raises McpDbError when Redis is unreachable."""
-        pending = self._relay.forward(
+        the owner gave), ``"failed"`` (answered 503 here), ``"moved"`` (the owner no longer
+        owns the session and ran nothing) or ``"gone"`` (nobody took it; the owner may be
+        gone). Raises McpDbError when Redis is unreachable."""
+        outcome, forward = await self._relay.forward(
             owner, session_id, encode_head(scope), body, self.relay_timeout_ms
         )
-        result = await pump(pending, receive, send)
-        if result in ("sent", "not-found", "lost", "moved"):
+        if outcome == "accepted":
             self.relayed_out += 1
-        if result == "sent":
-            self._note_owner(session_id, owner)
-            return "sent"
-        if result == "lost":
-            await _respond(send, 503, _OWNER_LOST, retry_after=True)
-            return "failed"
-        if result == "gone":  # the client went away before the answer began
-            return "failed"
-        if result in ("not-found", "moved"):
+            result = await pump(forward, receive, send)
+            if result == "sent":
+                self._note_owner(session_id, owner)
+                return "sent"
+            if result == "lost":
+                await _respond(send, 503, _OWNER_LOST, retry_after=True)
+                return "failed"
+            if result == "gone":  # the client went away before the answer began
+                return "failed"
             self._owners.pop(session_id, None)
             return "sent" if result == "not-found" else "moved"
-        if result == "timeout" and await self._own.alive(owner):
+        if outcome == "timeout" and await self._own.alive(owner):
             logger.warning(
                 "owner %s of session %s did not take a request within %d ms",
                 owner,
