@@ -30,8 +30,8 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp_db import MemoryEventStore, RedisEventStore, SessionMiddleware
 
 # Clients wait this long (ms) before resuming a cut stream; it is also the SDK client's
-# default. Nodes do not relay live events to each other yet, so a stream resumed on another
-# node gets what the store holds: the whole call once it has finished, as in the demo.
+# default. A stream resumed through another node is relayed to the session's owner, which
+# replays what the store holds and then goes on live (docs/relay.md).
 RETRY_MS = 1000
 
 redis_url = os.environ.get("MCP_DB_REDIS_URL")

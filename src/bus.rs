@@ -18,11 +18,6 @@ use crate::error::Error;
 
 const BACKLOG: usize = 4096;
 
-/// Key of the bus channel of a prefix.
-pub fn channel(prefix: &str) -> String {
-    format!("{prefix}:bus")
-}
-
 async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<String>) {
     let mut backoff = Duration::from_millis(100);
     loop {
@@ -62,7 +57,7 @@ pub struct Bus {
 
 impl Bus {
     pub fn start(connector: Arc<Connector>, prefix: &str) -> Bus {
-        let channel = channel(prefix);
+        let channel = crate::keys::bus_channel(prefix);
         let (tx, rx) = mpsc::channel(BACKLOG);
         pyo3_async_runtimes::tokio::get_runtime().spawn(listen(connector.clone(), channel.clone(), tx));
         Bus { connector, channel, rx: Arc::new(tokio::sync::Mutex::new(rx)) }

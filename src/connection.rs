@@ -1,31 +1,100 @@
 //! One lazily opened, auto-reconnecting Redis connection per store.
 //!
-//! `ConnectionManager` multiplexes every concurrent command over one socket, which is
-//! what pipelines concurrent appends together, and reconnects by itself after a fault.
+//! Against a single server, `ConnectionManager` multiplexes every concurrent command over
+//! one socket, which is what pipelines concurrent appends together, and reconnects by itself
+//! after a fault. Against a Redis Cluster (found out on first connect, from `INFO cluster`,
+//! so any node's URL will do) a `ClusterConnection` does the same per node, and
+//! [`crate::cluster`] fits pipelines and pub/sub to the cluster's rules.
+//!
 //! The first connection is opened on first use so that constructing a store never blocks,
 //! and a failure to open it names the server so a wrong URL is obvious.
+//!
+//! `rediss://` takes the TLS options of redis-py's URLs, so one URL serves the servers and
+//! the `mcp-db` command: `ssl_ca_certs` (a PEM file of the CAs to trust instead of the
+//! system's), `ssl_certfile` and `ssl_keyfile` (a client certificate), and
+//! `ssl_cert_reqs=none` (no certificate check; for tests only).
 
+use std::sync::Mutex;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::SingleNodeRoutingInfo;
+use redis::{ConnectionAddr, IntoConnectionInfo, Value};
 use tokio::sync::OnceCell;
 
+use crate::cluster;
 use crate::error::{Error, Result};
+
+/// The live connection: to one server, or to a cluster.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
 
 pub struct Connector {
     client: redis::Client,
+    tls: Option<redis::TlsCertificates>,
     config: ConnectionManagerConfig,
     /// `redis://host:port/db` with no credentials: safe to put in logs and errors.
     server: String,
     timeout: Duration,
-    cell: OnceCell<ConnectionManager>,
+    cell: OnceCell<Link>,
+    /// The cluster's pub/sub hub, once looked up (see `cluster.rs`).
+    hub: Mutex<Option<(String, u16)>>,
+}
+
+/// Splits redis-py's TLS options off `url`: what redis-rs should parse, and the files.
+fn tls_options(url: &str) -> Result<(String, Option<redis::TlsCertificates>)> {
+    let Some((base, query)) = url.split_once('?') else { return Ok((url.to_owned(), None)) };
+    let (query, fragment) = match query.split_once('#') {
+        Some((q, f)) => (q, Some(f)),
+        None => (query, None),
+    };
+    let read = |name: &str, path: &str| {
+        std::fs::read(path).map_err(|e| Error::Config(format!("cannot read {name} file {path:?}: {e}")))
+    };
+    let (mut kept, mut root, mut cert, mut key, mut insecure) = (Vec::new(), None, None, None, false);
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match name {
+            "ssl_ca_certs" => root = Some(read(name, value)?),
+            "ssl_certfile" => cert = Some(read(name, value)?),
+            "ssl_keyfile" => key = Some(read(name, value)?),
+            "ssl_cert_reqs" => insecure = matches!(value.to_ascii_lowercase().as_str(), "none" | "cert_none"),
+            _ => kept.push(pair),
+        }
+    }
+    let mut out = base.to_owned();
+    if !kept.is_empty() {
+        out.push('?');
+        out.push_str(&kept.join("&"));
+    }
+    if insecure || fragment.is_some() {
+        out.push('#');
+        out.push_str(if insecure { "insecure" } else { fragment.unwrap_or_default() });
+    }
+    let client_tls = match (cert, key) {
+        (Some(client_cert), Some(client_key)) => Some(redis::ClientTlsConfig { client_cert, client_key }),
+        (None, None) => None,
+        _ => return Err(Error::Config("ssl_certfile and ssl_keyfile go together".to_owned())),
+    };
+    let tls = (root.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert: root });
+    Ok((out, tls))
 }
 
 impl Connector {
     /// Parses `url` (`redis://`, `rediss://`, `unix://`) without connecting.
     pub fn new(url: &str, timeout: Duration) -> Result<Connector> {
-        let client = redis::Client::open(url)
-            .map_err(|e| Error::Config(format!("invalid Redis URL {:?}: {e}", redact(url))))?;
+        let invalid = |e: &dyn std::fmt::Display| Error::Config(format!("invalid Redis URL {:?}: {e}", redact(url)));
+        let (parsed, tls) = tls_options(url)?;
+        let client = match &tls {
+            Some(certs) => redis::Client::build_with_tls(parsed.as_str(), certs.clone()),
+            None => redis::Client::open(parsed.as_str()),
+        }
+        .map_err(|e| invalid(&e))?;
         let info = client.get_connection_info();
         let scheme = url.split("://").next().unwrap_or("redis");
         let server = format!("{scheme}://{}/{}", info.addr(), info.redis_settings().db());
@@ -34,22 +103,33 @@ impl Connector {
             .set_response_timeout(Some(timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_millis(500));
-        Ok(Connector { client, config, server, timeout, cell: OnceCell::new() })
+        Ok(Connector { client, tls, config, server, timeout, cell: OnceCell::new(), hub: Mutex::new(None) })
     }
 
     pub fn server(&self) -> &str {
         &self.server
     }
 
+    fn timed_out(&self) -> Error {
+        Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))
+    }
+
+    /// Runs `work` with the store's timeout, classifying failures.
+    async fn timed<T>(&self, work: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
+            Err(_) => Err(self.timed_out()),
+        }
+    }
+
     /// The shared connection, opening it on first use.
-    pub async fn get(&self) -> Result<ConnectionManager> {
-        let manager = self
+    async fn link(&self) -> Result<Link> {
+        let link = self
             .cell
             .get_or_try_init(|| async {
-                let connect = ConnectionManager::new_with_config(self.client.clone(), self.config.clone());
-                match tokio::time::timeout(self.timeout, connect).await {
-                    Ok(Ok(manager)) => Ok(manager),
-                    Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
+                match tokio::time::timeout(self.timeout, self.open()).await {
+                    Ok(result) => result.map_err(|e| Error::from_redis(&e, &self.server)),
                     Err(_) => Err(Error::Unavailable(format!(
                         "cannot reach Redis at {}: no connection within {:?}; check that redis-server is running and the URL is right",
                         self.server, self.timeout
@@ -57,40 +137,124 @@ impl Connector {
                 }
             })
             .await?;
-        Ok(manager.clone())
+        Ok(link.clone())
     }
 
-    /// Runs a pipeline with the store's timeout, classifying failures.
-    pub async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<redis::Value>> {
-        let mut conn = self.get().await?;
-        match tokio::time::timeout(self.timeout, pipe.query_async::<Vec<redis::Value>>(&mut conn)).await {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
-            Err(_) => Err(Error::Timeout(format!(
-                "Redis at {} did not answer within {:?}",
-                self.server, self.timeout
-            ))),
+    async fn open(&self) -> redis::RedisResult<Link> {
+        let mut single = ConnectionManager::new_with_config(self.client.clone(), self.config.clone()).await?;
+        let info: String = redis::cmd("INFO").arg("cluster").query_async(&mut single).await?;
+        if !info.lines().any(|l| l.trim() == "cluster_enabled:1") {
+            return Ok(Link::Single(single));
+        }
+        let mut builder = redis::cluster::ClusterClient::builder(vec![self.client.get_connection_info().clone()])
+            .connection_timeout(self.timeout)
+            .response_timeout(self.timeout)
+            .retries(2);
+        if let Some(certs) = &self.tls {
+            builder = builder.certs(certs.clone());
+        }
+        Ok(Link::Cluster(builder.build()?.get_async_connection().await?))
+    }
+
+    /// Whether the server is a Redis Cluster (connecting if need be).
+    pub async fn is_cluster(&self) -> Result<bool> {
+        Ok(matches!(self.link().await?, Link::Cluster(_)))
+    }
+
+    /// Runs a pipeline with the store's timeout, classifying failures; a command Redis
+    /// refuses fails the whole call. On a cluster it runs as one pipeline per slot, side by
+    /// side (see `cluster.rs`).
+    pub async fn query(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+        match self.link().await? {
+            Link::Single(mut conn) => self.timed(pipe.query_async::<Vec<Value>>(&mut conn)).await,
+            Link::Cluster(conn) => {
+                // The pieces keep refusals in place (see `cluster::split`); fail as redis-rs
+                // does on one server.
+                let values = self.query_cluster(conn, pipe).await?;
+                match values.iter().find_map(|v| if let Value::ServerError(e) = v { Some(e) } else { None }) {
+                    Some(e) => Err(Error::Redis(format!("Redis at {} answered with an error: {e}", self.server))),
+                    None => Ok(values),
+                }
+            }
         }
     }
-}
 
-impl Connector {
-    /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one).
+    /// Like [`Connector::query`], but a refused command comes back in its place as a
+    /// `Value::ServerError` (for a pipeline built with `ignore_errors()`).
+    pub async fn query_inline(&self, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+        match self.link().await? {
+            Link::Single(mut conn) => self.timed(pipe.query_async::<Vec<Value>>(&mut conn)).await,
+            Link::Cluster(conn) => self.query_cluster(conn, pipe).await,
+        }
+    }
+
+    async fn query_cluster(&self, conn: ClusterConnection, pipe: &redis::Pipeline) -> Result<Vec<Value>> {
+        let groups = cluster::split(pipe);
+        let runs = groups.iter().map(|group| self.run_group(conn.clone(), group));
+        let replies = join_all(runs).await.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(cluster::merge(pipe.len(), &groups, replies))
+    }
+
+    async fn run_group(&self, mut conn: ClusterConnection, group: &cluster::Group) -> Result<Vec<Value>> {
+        match &group.target {
+            cluster::Target::Hub => {
+                let (host, port) = self.hub(&mut conn).await?;
+                let run = conn.route_pipeline(group.pipeline.clone(), 0, group.indices.len(), SingleNodeRoutingInfo::ByAddress { host, port });
+                let result = self.timed(run).await;
+                if result.is_err() {
+                    *self.hub.lock().unwrap() = None; // a failover may have moved it
+                }
+                result
+            }
+            cluster::Target::Anywhere => {
+                let cmd = group.pipeline.cmd_iter().next().expect("a group has a command");
+                Ok(vec![self.timed(cmd.query_async::<Value>(&mut conn)).await?])
+            }
+            cluster::Target::Slot(_) => self.timed(group.pipeline.query_async::<Vec<Value>>(&mut conn)).await,
+        }
+    }
+
+    /// The cluster's pub/sub hub, looked up once and again after a failure.
+    async fn hub(&self, conn: &mut ClusterConnection) -> Result<(String, u16)> {
+        if let Some(hub) = self.hub.lock().unwrap().clone() {
+            return Ok(hub);
+        }
+        let slots: Value = self.timed(redis::cmd("CLUSTER").arg("SLOTS").query_async(conn)).await?;
+        let hub = cluster::hub_of(&slots)
+            .ok_or_else(|| Error::Unavailable(format!("Redis Cluster at {} serves no slot 0; is the cluster up?", self.server)))?;
+        *self.hub.lock().unwrap() = Some(hub.clone());
+        Ok(hub)
+    }
+
+    /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one);
+    /// on a cluster, to the hub.
     pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
-        match tokio::time::timeout(self.timeout, self.client.get_async_pubsub()).await {
-            Ok(Ok(pubsub)) => Ok(pubsub),
-            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
-            Err(_) => Err(Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))),
-        }
+        let client = match self.link().await? {
+            Link::Single(_) => self.client.clone(),
+            Link::Cluster(mut conn) => {
+                *self.hub.lock().unwrap() = None;
+                let (host, port) = self.hub(&mut conn).await?;
+                let info = self.client.get_connection_info().clone();
+                let addr = match info.addr().clone() {
+                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host, port, insecure, tls_params },
+                    _ => ConnectionAddr::Tcp(host, port),
+                };
+                let info = info.set_addr(addr).into_connection_info().map_err(|e| Error::from_redis(&e, &self.server))?;
+                match &self.tls {
+                    Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
+                    None => redis::Client::open(info),
+                }
+                .map_err(|e| Error::from_redis(&e, &self.server))?
+            }
+        };
+        self.timed(client.get_async_pubsub()).await
     }
 
     /// Runs a Lua script (EVALSHA, loading it on first use) with the store's timeout.
     pub async fn invoke<T: redis::FromRedisValue>(&self, call: &redis::ScriptInvocation<'_>) -> Result<T> {
-        let mut conn = self.get().await?;
-        match tokio::time::timeout(self.timeout, call.invoke_async::<T>(&mut conn)).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(Error::from_redis(&e, &self.server)),
-            Err(_) => Err(Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))),
+        match self.link().await? {
+            Link::Single(mut conn) => self.timed(call.invoke_async::<T>(&mut conn)).await,
+            Link::Cluster(mut conn) => self.timed(call.invoke_async::<T>(&mut conn)).await,
         }
     }
 }
@@ -128,6 +292,19 @@ mod tests {
                 Ok(_) => panic!("{url:?} accepted"),
             }
         }
+    }
+
+    #[test]
+    fn tls_options_come_off_the_url() {
+        let (url, tls) = tls_options("rediss://u:p@h:1/0?ssl_cert_reqs=none&protocol=resp3").unwrap();
+        assert_eq!(url, "rediss://u:p@h:1/0?protocol=resp3#insecure");
+        assert!(tls.is_none());
+        match tls_options("rediss://h/0?ssl_ca_certs=/nonexistent/ca.pem") {
+            Err(Error::Config(msg)) => assert!(msg.contains("ssl_ca_certs"), "{msg}"),
+            other => panic!("{:?}", other.map(|(u, _)| u)),
+        }
+        assert!(matches!(tls_options("rediss://h/0?ssl_certfile=/etc/hostname"), Err(Error::Config(_))));
+        assert_eq!(tls_options("redis://h:1/0").unwrap().0, "redis://h:1/0");
     }
 
     #[test]

@@ -27,7 +27,11 @@ pub type Result<T> = std::result::Result<T, Error>;
 impl Error {
     /// Classifies a redis-rs error, naming the server (without credentials) for the user.
     pub fn from_redis(err: &redis::RedisError, server: &str) -> Error {
-        if err.is_timeout() {
+        if err.kind() == redis::ErrorKind::AuthenticationFailed {
+            Error::Unavailable(format!(
+                "Redis at {server} refused to log in: {err}; check the user and password in the URL"
+            ))
+        } else if err.is_timeout() {
             Error::Timeout(format!("Redis at {server} did not answer in time: {err}"))
         } else if err.is_io_error() || err.is_connection_refusal() || err.is_connection_dropped() {
             Error::Unavailable(format!(

@@ -169,9 +169,9 @@ impl RedisEvents {
     fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut conn = inner.connector.get().await?;
-            let pong: redis::RedisResult<String> = redis::cmd("PING").query_async(&mut conn).await;
-            pong.map_err(|e| Error::from_redis(&e, inner.connector.server()))?;
+            let mut ping = redis::pipe();
+            ping.cmd("PING");
+            inner.connector.query(&ping).await?;
             Ok(())
         })
     }
@@ -190,7 +190,7 @@ impl RedisEvents {
         let tag = parse_tag(tag)?;
         let key = events_key(&self.inner.prefix, &session, &stream);
         let epoch = self.inner.fences.lock().ok().and_then(|f| f.get(&session).copied());
-        let fence = epoch.map(|e| (crate::sessions::record_key(&self.inner.prefix, &session), e));
+        let fence = epoch.map(|e| (crate::keys::record_key(&self.inner.prefix, &session), e));
         let append = Append {
             key,
             session,

@@ -4,6 +4,7 @@
 use pyo3::prelude::*;
 
 pub mod bus;
+pub mod cluster;
 pub mod completion;
 pub mod connection;
 pub mod construct;
@@ -25,26 +26,73 @@ fn parse_event_id(event_id: &str) -> Option<(String, String)> {
     event_id::EventId::decode(event_id).map(|id| (id.session, id.stream))
 }
 
+/// The event ID (`Last-Event-ID`) of the entry at `position` (`<ms>-<seq>`) of a session's
+/// stream, or `None` if `position` is not an entry ID.
+#[pyfunction(name = "event_id")]
+fn encode_event_id(session: &str, stream: &str, position: &str) -> Option<String> {
+    event_id::Position::parse(position).map(|p| event_id::EventId::encode(session, stream, p))
+}
+
 /// The runtime all of the core's I/O runs on. Its work is small and bursty (a frame, a
 /// pipeline reply) and every result goes back to one Python thread, so one worker thread by
 /// default: a second one mostly adds cross-thread wake-ups. `MCP_DB_TOKIO_THREADS` sets it.
 fn init_runtime() {
     let threads = std::env::var("MCP_DB_TOKIO_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(1);
+    IO_THREADS.store(threads, std::sync::atomic::Ordering::SeqCst);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(threads).enable_all().thread_name("mcp-db-io");
     pyo3_async_runtimes::tokio::init(builder);
 }
 
+static IO_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+/// Stops the I/O threads for good at interpreter exit (registered with `atexit`).
+///
+/// Once the interpreter finalizes, a thread that attaches to it (to complete an asyncio
+/// future, or to log) is terminated where it stands, which aborts the process: a server
+/// shutting down, or the `mcp-db` command, would exit with SIGABRT now and then. So before
+/// that, every I/O thread is parked inside a task of its own, and nothing of the core runs
+/// again. Waits at most a second for them.
+#[pyfunction]
+fn _quiesce(py: Python<'_>) {
+    let threads = IO_THREADS.load(std::sync::atomic::Ordering::SeqCst);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let (parked, all_parked) = std::sync::mpsc::channel();
+    for _ in 0..threads {
+        let (barrier, parked) = (barrier.clone(), parked.clone());
+        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+            // All workers must be held at once, or one would steal the others' tasks.
+            if barrier.wait().is_leader() {
+                let _ = parked.send(());
+            }
+            loop {
+                std::thread::park();
+            }
+        });
+    }
+    py.detach(move || {
+        let _ = all_parked.recv_timeout(std::time::Duration::from_secs(1));
+    });
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_runtime();
+    // rediss:// needs a process-wide crypto provider; another extension may have set one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_EVENT_ID_LEN", event_id::MAX_EVENT_ID_LEN)?;
     m.add_class::<events::RedisEvents>()?;
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_event_id, m)?)?;
+    m.add_function(wrap_pyfunction!(_quiesce, m)?)?;
+    m.py().import("atexit")?.call_method1("register", (m.getattr("_quiesce")?,))?;
     m.add_function(wrap_pyfunction!(construct::construct_models, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::key_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::key_of, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::parse_key, m)?)?;
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
     m.add_class::<bus::Bus>()?;

@@ -1,7 +1,7 @@
 //! Ownership: which node holds a session's live state, and for how long it may believe so.
 //!
 //! ```text
-//! {prefix}:n:<node>        STRING  node heartbeat (JSON: pid, host, started, beat), PX lease
+//! {prefix}:n:<node>        STRING  node heartbeat (JSON: pid, host, beat, lease), PX lease
 //! {prefix}:s:{<session>}   HASH    ... owner <node> epoch <n> ...   (the session record)
 //! ```
 //!
@@ -22,17 +22,10 @@ use pyo3::prelude::*;
 
 use crate::connection::Connector;
 use crate::error::{Error, Result};
-use crate::event_id::escape_into;
-use crate::sessions::{now_ms, record_key, reply_int as int, reply_text as text};
+use crate::keys::node_key;
+use crate::keys::record_key;
+use crate::sessions::{now_ms, reply_int as int, reply_text as text};
 
-/// Key of a node's heartbeat.
-pub fn node_key(prefix: &str, node: &str) -> String {
-    let mut key = String::with_capacity(prefix.len() + node.len() + 3);
-    key.push_str(prefix);
-    key.push_str(":n:");
-    escape_into(&mut key, node);
-    key
-}
 
 /// KEYS[1] record; ARGV node expected_owner expected_epoch ttl_ms now_ms.
 /// Returns {claimed (0/1), owner, epoch, why}.
@@ -217,15 +210,4 @@ pub fn check_lease(lease_ms: u64) -> Result<u64> {
         return Err(Error::Config(format!("lease must be at least 0.1 s, got {lease_ms} ms")));
     }
     Ok(lease_ms)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_keys_are_escaped() {
-        assert_eq!(node_key("mcp", "host:1"), "mcp:n:host%3A1");
-        assert_eq!(node_key("mcp", "a}b"), "mcp:n:a%7Db");
-    }
 }

@@ -20,7 +20,7 @@ use pyo3::types::PyDict;
 
 use crate::connection::Connector;
 use crate::error::{Error, Result};
-use crate::event_id::escape_into;
+use crate::keys::record_key;
 
 /// The states of a session record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,15 +61,6 @@ impl State {
     }
 }
 
-/// Key of a session's record; the hash tag keeps it on the slot of the session's events.
-pub fn record_key(prefix: &str, session: &str) -> String {
-    let mut key = String::with_capacity(prefix.len() + session.len() + 6);
-    key.push_str(prefix);
-    key.push_str(":s:{");
-    escape_into(&mut key, session);
-    key.push('}');
-    key
-}
 
 /// `allowed[from]` as a Lua table literal, generated from [`State::may_become`] so the
 /// scripts and the Rust rules cannot drift apart.
@@ -327,13 +318,10 @@ mod tests {
     }
 
     #[test]
-    fn states_round_trip_and_keys_share_the_event_hash_tag() {
+    fn states_round_trip() {
         for s in State::ALL {
             assert_eq!(State::parse(s.name()), Some(s));
         }
         assert_eq!(State::parse("closed"), None);
-        assert_eq!(record_key("mcp", "a}b"), "mcp:s:{a%7Db}");
-        let events = crate::keys::events_key("mcp", "a}b", "1");
-        assert!(events.contains("{a%7Db}"));
     }
 }

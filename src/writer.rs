@@ -239,14 +239,14 @@ impl Writer {
     /// Redis had to place itself gets its new position.
     async fn send(&mut self, pending: &mut [Pending]) -> Result<(), Error> {
         let pipe = self.pipeline(pending);
-        let mut values = self.connector.query(&pipe).await?;
+        let mut values = self.connector.query_inline(&pipe).await?;
         if values.iter().take(pending.len()).any(is_noscript) {
             // Redis restarted or flushed its scripts: load the fence again and resend. The
             // refused appends wrote nothing, and the rest are recognised as already stored.
             let mut load = redis::pipe();
             load.cmd("SCRIPT").arg("LOAD").arg(FENCED_XADD);
             self.connector.query(&load).await?;
-            values = self.connector.query(&pipe).await?;
+            values = self.connector.query_inline(&pipe).await?;
         }
         let mut behind_top = Vec::new();
         for (index, value) in values.iter().take(pending.len()).enumerate() {
@@ -300,7 +300,11 @@ impl Writer {
     fn refused(&self, event: &Pending, why: &str) {
         self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
         self.stats.dropped.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("Redis refused event {} of {}: {why}; the event is not replayable", event.position, event.key);
+        tracing::error!(
+            "Redis refused event {} of {}: {why}; the event is not replayable",
+            event.position,
+            crate::keys::for_log(&event.key)
+        );
     }
 
     fn fenced(&self, event: &Pending) {
@@ -309,7 +313,7 @@ impl Writer {
         tracing::warn!(
             "event {} of {} not stored: another node took the session over (this node's epoch is stale)",
             event.position,
-            event.key
+            crate::keys::for_log(&event.key)
         );
     }
 

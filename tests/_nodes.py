@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcp_db._redis_server import free_port, wait_listening
+from mcp_db._redis_server import free_port, stop_process, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,16 +70,8 @@ class Node:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
     def stop(self, *, kill: bool = False) -> None:
-        if self.process is not None and self.process.poll() is None:
-            if kill:
-                self.process.kill()
-            else:
-                self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, kill=kill)
         if self.process is not None and self.workers > 1:
             # The supervisor is gone; a worker it did not take down (it was killed, or a
             # worker hung) must not keep the port. The group is this node's own.

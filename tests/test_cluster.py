@@ -387,3 +387,36 @@ def _names(message: dict[str, Any]) -> list[str]:
     if "error" in message:
         return [f"error {message['error'].get('code')}"]
     return sorted(t["name"] for t in message.get("result", {}).get("tools", []))
+
+
+async def test_a_body_past_the_limit_is_refused_with_413_and_changes_nothing(
+    cluster: Cluster,
+) -> None:
+    """A request relayed to the owner travels whole, so it is bounded (4 MiB, the SDK's
+    default limit); past it the relaying node answers 413 and relays nothing. An initialize
+    past it is refused before any session exists (mcp 1.12 has no limit of its own)."""
+    big = "x" * (5 * 1024 * 1024)
+    owner, other = cluster.nodes[0], cluster.nodes[1]
+    async with httpx.AsyncClient(timeout=30) as http:
+        session = await RawSession(http, owner.url).open()
+        relayed = await http.post(
+            other.url,
+            headers=session.headers(),
+            json={
+                "jsonrpc": "2.0",
+                "id": 9,
+                "method": "tools/call",
+                "params": {"name": "echo", "arguments": {"text": big}},
+            },
+        )
+        assert relayed.status_code == 413, relayed.text[:200]
+        assert relayed.json()["error"]["message"] == "Request body too large"
+        before = cluster.session_counts()
+        opening = await RawSession(http, other.url).send_initialize(big)
+        assert opening.status_code == 413 and "mcp-session-id" not in opening.headers
+        assert cluster.session_counts() == before
+        # The session goes on, from any node.
+        echo = {"jsonrpc": "2.0", "id": 10, "method": "tools/call"}
+        echo["params"] = {"name": "echo", "arguments": {"text": "hi"}}
+        answer = await http.post(other.url, headers=session.headers(), json=echo)
+        assert answer.status_code == 200 and '"hi"' in answer.text

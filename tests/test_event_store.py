@@ -312,3 +312,24 @@ async def test_replay_skips_entries_it_did_not_write_and_serves_the_rest(
         assert [msgs.unwrap(e.message).params["progress"] for e in got.events] == [0, 1, 2]
         assert [e.event_id for e in got.events][1:] == ids
         assert "skipping an unreadable stored event" in caplog.text
+
+
+async def test_log_lines_show_sessions_truncated(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused write is logged by the Rust core under "mcp_db" at ERROR, naming the key
+    with its session cut to 8 characters: logs must not carry whole session IDs."""
+    import redis as redis_py
+
+    from mcp_db._core import key_of
+
+    session = "0123456789abcdef" * 2
+    with redis_py.Redis.from_url(redis_server.url) as redis:
+        redis.set(key_of(prefix, "events", session, "1"), "not a stream")
+    async with RedisEventStore(redis_server.url, prefix=prefix) as store:
+        await store.for_session(session).store_event("1", msgs.notification(1))
+        assert store.stats()["dropped"] == 1
+    refused = [r for r in caplog.records if "Redis refused event" in r.getMessage()]
+    assert [(r.name, r.levelname) for r in refused] == [("mcp_db", "ERROR")], refused
+    assert "{01234567…}" in refused[0].getMessage()
+    assert session not in caplog.text

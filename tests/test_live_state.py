@@ -39,6 +39,7 @@ from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
 from tests._client import client_session, result_text
 from tests._cluster import Cluster
 from tests._nodes import Node
+from tests._redis_deployments import RedisCluster
 
 #: mcp 1.12 reports progress on no request's stream, so there ``steps`` and ``slow``
 #: tell their progress with log messages instead (see tests/servers/app.py).
@@ -58,18 +59,21 @@ class Deployment:
     """Where a client connects, and the processes that serve it.
 
     ``bare``: one node, no middleware. ``cluster``: three nodes behind nginx.
+    ``redis-cluster``: the same three nodes on a Redis Cluster of three primaries.
     ``workers``: ``uvicorn --workers 3`` on one port; the client opens a new connection
     for every request, so the kernel spreads them over the workers."""
 
-    def __init__(self, kind: str, redis: RedisServer, prefix: str, **env: str) -> None:
+    def __init__(
+        self, kind: str, redis: RedisServer | RedisCluster, prefix: str, **env: str
+    ) -> None:
         self.kind = kind
         self.prefix = prefix
         self.redis_url = redis.url
         base = {"MCP_DB_REDIS_URL": redis.url, "MCP_DB_PREFIX": prefix, **env}
         self.cluster: Cluster | None = None
         self.node: Node | None = None
-        if kind == "cluster":
-            self.cluster = Cluster(redis, prefix, size=3, **env)
+        if kind in ("cluster", "redis-cluster"):
+            self.cluster = Cluster(redis, prefix, size=3, **env)  # type: ignore[arg-type]
         elif kind == "workers":
             self.node = Node(env={**base, "MCP_DB_MIDDLEWARE": "1"}, workers=3)
         else:
@@ -129,7 +133,7 @@ class Deployment:
     def announced_on_get_streams(self) -> dict[str, list[str]]:
         """The ``announce`` tags each session's GET stream stored, by stream key."""
         streams: dict[str, list[str]] = {}
-        with redis_py.Redis.from_url(self.redis_url, decode_responses=True) as redis:
+        with self._redis() as redis:
             for key in redis.scan_iter(match=f"{self.prefix}:e:*:_GET_stream"):
                 streams[key] = [
                     json.loads(fields["n"])["params"]["uri"].removeprefix("note://announce/")
@@ -138,9 +142,13 @@ class Deployment:
                 ]
         return streams
 
+    def _redis(self) -> Any:
+        kind = redis_py.RedisCluster if self.kind == "redis-cluster" else redis_py.Redis
+        return kind.from_url(self.redis_url, decode_responses=True)
+
     def record(self) -> dict[str, str]:
         """The session record of the one session of this deployment's prefix."""
-        with redis_py.Redis.from_url(self.redis_url, decode_responses=True) as redis:
+        with self._redis() as redis:
             keys = list(redis.scan_iter(match=f"{self.prefix}:s:*"))
             assert len(keys) == 1, keys
             record: dict[str, str] = redis.hgetall(keys[0])
@@ -156,7 +164,9 @@ def _parent_pid(pid: int) -> int | None:
 
 
 @contextmanager
-def _deployed(kind: str, redis: RedisServer, prefix: str, **env: str) -> Iterator[Deployment]:
+def _deployed(
+    kind: str, redis: RedisServer | RedisCluster, prefix: str, **env: str
+) -> Iterator[Deployment]:
     deployment = Deployment(kind, redis, prefix, **env).start()
     try:
         yield deployment
@@ -164,11 +174,14 @@ def _deployed(kind: str, redis: RedisServer, prefix: str, **env: str) -> Iterato
         deployment.stop()
 
 
-@pytest.fixture(scope="module", params=["bare", "cluster", "workers"])
-def deployment(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Deployment]:
+@pytest.fixture(scope="module", params=["bare", "cluster", "workers", "redis-cluster"])
+def deployment(request: pytest.FixtureRequest) -> Iterator[Deployment]:
     """One deployment shared by the scenarios of this module; each test has its own session."""
     prefix = f"t-live-{request.param}-{uuid.uuid4().hex}"
-    with _deployed(request.param, redis_server, prefix) as deployment:
+    redis = request.getfixturevalue(
+        "redis_cluster" if request.param == "redis-cluster" else "redis_server"
+    )
+    with _deployed(request.param, redis, prefix) as deployment:
         yield deployment
 
 

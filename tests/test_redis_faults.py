@@ -155,3 +155,58 @@ async def test_buffer_bound_counts_drops_and_keeps_the_rest(
     assert any(lvl == "ERROR" and "buffer full" in m for _, lvl, m in records), records
     assert any(lvl == "WARNING" and "is back: wrote 5 events" in m for _, lvl, m in records)
     assert {name for name, _, _ in records} == {"mcp_db"}
+
+
+async def test_with_redis_down_an_owner_serves_its_session_and_refuses_what_it_cannot_record(
+    persistent_redis: RedisServer,
+) -> None:
+    """Redis down: the owner (its lease still good) serves its session; opening a session
+    or closing one is refused with 503 and Retry-After and changes nothing, since no other
+    node could learn of it. Redis back: both work."""
+    from tests.test_resume_e2e import RawSession
+
+    env = {
+        "MCP_DB_REDIS_URL": persistent_redis.url,
+        "MCP_DB_PREFIX": "outage",
+        "MCP_DB_MIDDLEWARE": "1",
+        "MCP_DB_LEASE_SECONDS": "30",
+    }
+    node = Node(env=env).start()
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+    call["params"] = {"name": "echo", "arguments": {"text": "hi"}}
+
+    async def sessions(http: httpx.AsyncClient) -> int:
+        reply = await http.get(f"http://127.0.0.1:{node.port}/debug/sessions")
+        return int(reply.json()["sessions"])
+
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            session = await RawSession(http, node.url).initialize()
+            persistent_redis.stop()
+
+            initialized = await session.post(
+                {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            )
+            assert initialized.status_code == 202, initialized.text
+            echoed = await session.post(call)
+            assert echoed.status_code == 200 and '"hi"' in echoed.text, echoed.text
+
+            other = await RawSession(http, node.url).send_initialize("late")
+            assert other.status_code == 503 and other.headers["retry-after"], other.text
+            assert "mcp-session-id" not in other.headers
+            assert await sessions(http) == 1, "the refused session left nothing behind"
+
+            closing = await http.delete(node.url, headers=session.headers())
+            assert closing.status_code == 503 and closing.headers["retry-after"], closing.text
+            assert (await session.post(call)).status_code == 200, "still open"
+
+            persistent_redis.start()
+            closed = await http.delete(node.url, headers=session.headers())
+            assert closed.status_code == 200, closed.text
+            assert (await session.post(call)).status_code == 404
+            record = redis.Redis.from_url(persistent_redis.url, decode_responses=True).hgetall(
+                f"outage:s:{{{session.id}}}"
+            )
+            assert record["state"] == "CLOSED", record
+    finally:
+        node.stop()

@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from mcp_db import RedisEventStore
-from mcp_db._redis_server import RedisServer
 
 
-@pytest.fixture
-async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisEventStore]:
-    async with RedisEventStore(redis_server.url, prefix=prefix) as s:
+@pytest.fixture(params=["redis-server", "redis-cluster"])
+async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisEventStore]:
+    """The relay on one redis-server, and on a Redis Cluster (where all of its pub/sub goes
+    through one node, see src/cluster.rs)."""
+    redis = request.getfixturevalue(request.param.replace("-", "_"))
+    async with RedisEventStore(redis.url, prefix=prefix) as s:
         yield s
 
 

@@ -152,9 +152,10 @@ class RawSession:
     async def post(self, body: dict[str, Any]) -> httpx.Response:
         return await self.http.post(self.url, json=body, headers=self.headers())
 
-    async def initialize(self) -> RawSession:
-        """Only ``initialize``: the session exists, ``notifications/initialized`` not sent."""
-        init = await self.post(
+    async def send_initialize(self, client: str = "raw") -> httpx.Response:
+        """Posts ``initialize`` from a client named ``client`` and returns the answer as it
+        came (a new session's ID is in its headers)."""
+        return await self.post(
             {
                 "jsonrpc": "2.0",
                 "id": 1,
@@ -162,10 +163,14 @@ class RawSession:
                 "params": {
                     "protocolVersion": "2025-06-18",
                     "capabilities": {},
-                    "clientInfo": {"name": "raw", "version": "0"},
+                    "clientInfo": {"name": client, "version": "0"},
                 },
             }
         )
+
+    async def initialize(self) -> RawSession:
+        """Only ``initialize``: the session exists, ``notifications/initialized`` not sent."""
+        init = await self.send_initialize()
         self.id = init.headers["mcp-session-id"]
         return self
 

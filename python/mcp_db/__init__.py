@@ -5,29 +5,41 @@ Users import from here; ``mcp_db._core`` is the private Rust extension.
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from mcp_db._core import __version__
 from mcp_db.errors import ConfigError, McpDbError, RedisUnavailableError, StoreTimeoutError
-from mcp_db.event_store import (
-    MemoryEventStore,
-    RedisEventStore,
-    SessionEventStore,
-    UnattachedStoreWarning,
-)
 
 if TYPE_CHECKING:
+    from mcp_db.event_store import (
+        MemoryEventStore,
+        RedisEventStore,
+        SessionEventStore,
+        UnattachedStoreWarning,
+    )
     from mcp_db.middleware import SessionMiddleware
+
+#: Imported on first use. The stores import the SDK, which the `mcp-db` command does not
+#: need (importing `mcp` is most of its start-up time); and on mcp 1.x the middleware
+#: installs the session class that rebuilt sessions need, which a server using only the
+#: event store should not get.
+_LAZY = {
+    "MemoryEventStore": "mcp_db.event_store",
+    "RedisEventStore": "mcp_db.event_store",
+    "SessionEventStore": "mcp_db.event_store",
+    "UnattachedStoreWarning": "mcp_db.event_store",
+    "SessionMiddleware": "mcp_db.middleware",
+}
 
 
 def __getattr__(name: str) -> Any:
-    # Imported on first use: on mcp 1.x the middleware installs the session class that
-    # rebuilt sessions need, which a server using only the event store should not get.
-    if name == "SessionMiddleware":
-        from mcp_db.middleware import SessionMiddleware
-
-        return SessionMiddleware
-    raise AttributeError(f"module 'mcp_db' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'mcp_db' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [

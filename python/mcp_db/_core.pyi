@@ -21,6 +21,22 @@ Page = tuple[list[str], list[Run]]
 def parse_event_id(event_id: str) -> tuple[str, str] | None:
     """``(session, stream)`` of an event ID, or ``None`` if it is not one of ours."""
 
+def key_layout(prefix: str) -> list[tuple[str, str]]:
+    """The key layout of ``prefix``: ``(kind, SCAN pattern)`` for ``events``, ``session``,
+    ``claim`` and ``node`` keys, then ``("bus", channel)``. ``ValueError`` for a bad prefix."""
+
+def key_of(prefix: str, kind: str, name: str, stream: str | None = None) -> str:
+    """The key of a session's record (``kind="session"``), of one of its event streams
+    (``"events"`` with ``stream``) or of a node's heartbeat (``"node"``)."""
+
+def parse_key(prefix: str, key: str) -> tuple[str, str, str | None] | None:
+    """``(kind, session or node, stream or request id or None)`` for a key of ``prefix``'s
+    layout, ``None`` for any other key."""
+
+def event_id(session: str, stream: str, position: str) -> str | None:
+    """The event ID (what a client sends as ``Last-Event-ID``) of the entry at ``position``
+    (``<ms>-<seq>``) of a session's stream; ``None`` if ``position`` is not an entry ID."""
+
 def construct_models(
     cls: type[Any],
     items: list[Any],
@@ -98,7 +114,9 @@ class RedisEvents:
 class MemoryEvents:
     """In-process backend with the Redis backend's semantics, bounded in memory."""
 
-    def __init__(self, *, max_events_per_stream: int, max_streams: int) -> None: ...
+    def __init__(self, *, max_events_per_stream: int, max_streams: int) -> None:
+        """Keeps at most ``max_events_per_stream`` events per stream and ``max_streams``
+        streams, dropping the least recently written stream first."""
     def append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         """Stores one event and returns its ID."""
     def replay(
@@ -143,9 +161,11 @@ class Ownership:
     """A node's lease on all its sessions (its heartbeat key), and takeovers."""
 
     @property
-    def node(self) -> str: ...
+    def node(self) -> str:
+        """This node's ID."""
     @property
-    def lease_ms(self) -> int: ...
+    def lease_ms(self) -> int:
+        """How long a heartbeat keeps this node's sessions its own."""
     async def beat(self, info: str) -> bool:
         """Renews the lease; ``False`` if it had lapsed (or is new)."""
     async def release(self) -> None:
@@ -167,8 +187,10 @@ class Forward:
     ``("start", status, headers)``, then ``("data", bytes)`` and ``("end", ok)``; or
     ``("lost", reason)`` at any point."""
 
-    async def next(self) -> Frame: ...
-    def try_next(self) -> Frame | None: ...
+    async def next(self) -> Frame:
+        """The next part of the response, waiting for it."""
+    def try_next(self) -> Frame | None:
+        """The next part if it has arrived (or came with the acceptance), else ``None``."""
     def cancel(self) -> None:
         """The client went away: tells the owner."""
 
@@ -176,14 +198,17 @@ class Relay:
     """This node's end of the relay between nodes (Redis pub/sub)."""
 
     @property
-    def node(self) -> str: ...
+    def node(self) -> str:
+        """This node's ID."""
     async def ready(self, timeout_ms: int) -> bool:
         """Whether this node listens on its channels (waits up to ``timeout_ms``)."""
     def drain(self) -> None:
         """Takes no new requests; those in flight go on."""
     def close(self) -> None:
         """Leaves both channels; requests in flight end."""
-    def stats(self) -> dict[str, int]: ...
+    def stats(self) -> dict[str, int]:
+        """forwarded, served, timeouts, lost, dropped_requests, in_flight_forwarded,
+        in_flight_served."""
     async def forward(
         self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
     ) -> tuple[str, Forward | str | None]:
@@ -195,7 +220,8 @@ class Relay:
     def claimed(self, id: bytes) -> bool | Awaitable[bool]:
         """Whether this node won the request's claim, or an awaitable of it while the
         claim is in flight. ``False``: the relaying node gave up; drop the request."""
-    def start(self, id: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def start(self, id: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Sends the status and headers of a streamed response."""
     def respond(
         self, id: bytes, status: int, headers: list[tuple[bytes, bytes]], body: bytes
     ) -> None:
@@ -203,6 +229,7 @@ class Relay:
     def send(self, id: bytes, chunk: bytes) -> Awaitable[bool] | None:
         """``None`` if the window has room, else an awaitable: ``False`` if the relaying
         side went away."""
-    def end(self, id: bytes, ok: bool) -> None: ...
+    def end(self, id: bytes, ok: bool) -> None:
+        """Ends the response (``ok=False``: it broke off) and forgets the request."""
     async def disconnected(self, id: bytes) -> None:
         """Resolves when the relaying side went away."""

@@ -15,9 +15,9 @@ import math
 import time
 import warnings
 import weakref
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from mcp_db import _core
+from mcp_db import _core, metrics
 from mcp_db._sdk import (
     EventCallback,
     EventId,
@@ -28,7 +28,7 @@ from mcp_db._sdk import (
     encode,
 )
 from mcp_db._sdk import EventStore as _SdkEventStore
-from mcp_db.errors import ConfigError
+from mcp_db.errors import ConfigError, McpDbError
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -88,6 +88,10 @@ class _Base(_SdkEventStore):
     """What both stores share: the SDK interface, session views and ``attach``."""
 
     _warned_unattached = False
+    #: Attributes of this store's measurements.
+    _metric_attributes: ClassVar[dict[str, str]] = {}
+    #: Replays that failed because Redis could not be read.
+    _replay_errors = 0
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         raise NotImplementedError
@@ -132,7 +136,13 @@ class _Base(_SdkEventStore):
             or not 0 < len(last_event_id) <= _core.MAX_EVENT_ID_LEN
         ):
             return None
-        found = await self._replay(session, last_event_id)
+        started = time.perf_counter()
+        try:
+            found = await self._replay(session, last_event_id)
+        except McpDbError:
+            self._replay_errors += 1
+            raise
+        metrics.record_replay(time.perf_counter() - started, self._metric_attributes)
         if found is None:
             return None
         stream, ids, runs, pages = found
@@ -297,6 +307,8 @@ class RedisEventStore(_Base):
     be reached, so a client retries instead of silently missing events.
     """
 
+    _metric_attributes: ClassVar[dict[str, str]] = {"store": "redis"}
+
     def __init__(
         self,
         url: str = "redis://127.0.0.1:6379/0",
@@ -328,6 +340,7 @@ class RedisEventStore(_Base):
             page_size=_number("replay_page_size", replay_page_size, integer=True),
         )
         self.prefix = prefix
+        metrics.watch(self)
 
     @property
     def server(self) -> str:
@@ -355,8 +368,9 @@ class RedisEventStore(_Base):
         await self._core.close()
 
     def stats(self) -> dict[str, int]:
-        """Counters: stored, buffered, flushed, dropped, redis_errors, replayed."""
-        return self._core.stats()
+        """Counters: stored, buffered, flushed, dropped, fenced, redis_errors (failed
+        writes), replayed, replay_errors (replays that could not read Redis)."""
+        return {**self._core.stats(), "replay_errors": self._replay_errors}
 
     async def __aenter__(self) -> Self:
         await self.connect()
@@ -379,6 +393,8 @@ class MemoryEventStore(_Base):
     recently written stream being dropped first.
     """
 
+    _metric_attributes: ClassVar[dict[str, str]] = {"store": "memory"}
+
     def __init__(self, *, max_events_per_stream: int = 10_000, max_streams: int = 10_000) -> None:
         self._core = _core.MemoryEvents(
             max_events_per_stream=_number(
@@ -386,6 +402,7 @@ class MemoryEventStore(_Base):
             ),
             max_streams=_number("max_streams", max_streams, integer=True),
         )
+        metrics.watch(self)
 
     def __repr__(self) -> str:
         return "<MemoryEventStore>"

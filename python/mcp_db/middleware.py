@@ -33,6 +33,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -45,6 +46,7 @@ from mcp_db._relay import MOVED_HEADER, RELAYED, encode_head, pump, serve
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
+from mcp_db.metrics import request_duration, watch
 
 logger = logging.getLogger("mcp_db")
 
@@ -71,9 +73,28 @@ _OWNER_BUSY = (
 _OWNER_LOST = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session owner went away"}}'
 )
+_TOO_LARGE = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Request body too large"}}'
+)
 _TOO_MANY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Too many open sessions"}}'
 )
+
+
+#: Scope key naming the path a request took, for the request-duration histogram.
+_PATH = "mcp_db.path"
+_METHODS = frozenset({"GET", "POST", "DELETE"})
+#: The histogram's attribute sets, built once each: (path, method) -> attributes.
+_ATTRIBUTES: dict[tuple[str, str], dict[str, str]] = {}
+
+
+def _attributes(scope: Scope) -> dict[str, str]:
+    path = scope.get(_PATH) or ("relay_in" if RELAYED in scope else "local")
+    method = scope["method"] if scope["method"] in _METHODS else "other"
+    attributes = _ATTRIBUTES.get((path, method))
+    if attributes is None:
+        attributes = _ATTRIBUTES[path, method] = {"path": path, "method": method}
+    return attributes
 
 
 _INNER = ("session_manager", "app", "endpoint", "routes", "router", "middleware_stack")
@@ -136,8 +157,15 @@ def _positive_ms(name: str, value: Any) -> int:
 
 
 async def _respond(
-    send: Send, status: int, body: bytes = b"", retry_after: bool = False, moved: bool = False
+    scope: Scope,
+    send: Send,
+    status: int,
+    body: bytes = b"",
+    retry_after: bool = False,
+    moved: bool = False,
 ) -> None:
+    if status == 503:
+        scope[_PATH] = "unavailable"
     headers = [(b"content-type", b"application/json")] if body else []
     if retry_after:
         headers.append((b"retry-after", b"1"))
@@ -238,17 +266,47 @@ class SessionMiddleware:
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._lifespan_state: dict[str, Any] | None = None
-        #: Counters for tests and operators.
+        #: Counters for tests and operators (see ``stats()``).
+        self.admissions = 0
         self.rehydrations = 0
         self.takeovers = 0
         self.relayed_out = 0
         self.relayed_in = 0
+        #: 404 answers by reason; waits for a lock or claim by lock; Redis faults by operation.
+        self.not_found: Counter[str] = Counter()
+        self.lock_waits: Counter[str] = Counter()
+        self.redis_errors: Counter[str] = Counter()
+        self._durations = request_duration()
         if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
             store.attach(self.manager)
             self._bus = store._core.bus()
             self._own = store._core.ownership(self.node_id, self.lease_ms)
             self._relay = store._core.relay(self.node_id)
             self._hook()
+            watch(self)
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``admitted``, ``rehydrated``, ``taken_over``, ``not_found.<reason>``,
+        ``lock_waits.<lock>``, ``redis_errors.<operation>`` and ``relay.<counter>`` (the
+        relay's own). What the ``mcp_db.sessions.*``, ``mcp_db.relay.*``,
+        ``mcp_db.locks.contended`` and ``mcp_db.redis.errors`` instruments report."""
+        counts = {
+            "admitted": self.admissions,
+            "rehydrated": self.rehydrations,
+            "taken_over": self.takeovers,
+        }
+        for prefix, counter in (
+            ("not_found.", self.not_found),
+            ("lock_waits.", self.lock_waits),
+            ("redis_errors.", self.redis_errors),
+        ):
+            # A copy first: an OpenTelemetry reader may call this from its own thread.
+            for key, value in dict(counter).items():
+                counts[prefix + key] = value
+        if not self.stateless:
+            for key, value in self._relay.stats().items():
+                counts["relay." + key] = value
+        return counts
 
     def _hook(self) -> None:
         """Runs this middleware's session logic where the SDK's route hands a request to the
@@ -335,6 +393,7 @@ class SessionMiddleware:
             await self._own.release()
             logger.info("node %s released its %d sessions", self.node_id, len(self._owned))
         except McpDbError as exc:
+            self.redis_errors["lease"] += 1
             logger.warning("node %s could not release its lease: %s", self.node_id, exc)
 
     async def _beat(self) -> None:
@@ -342,6 +401,7 @@ class SessionMiddleware:
         try:
             held = await self._own.beat(self._info)
         except McpDbError as exc:
+            self.redis_errors["lease"] += 1
             logger.warning("node %s cannot renew its lease: %s", self.node_id, exc)
             return
         if self._released:  # released while the beat was in flight
@@ -354,7 +414,12 @@ class SessionMiddleware:
     @property
     def _info(self) -> str:
         return json.dumps(
-            {"pid": os.getpid(), "host": socket.gethostname(), "beat": int(time.time() * 1000)}
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "beat": int(time.time() * 1000),
+                "lease": self.lease_ms,  # with the key's PTTL, `mcp-db doctor` measures skew
+            }
         )
 
     async def _heartbeat(self) -> None:
@@ -382,6 +447,7 @@ class SessionMiddleware:
         try:
             statuses = await self._own.touch(used, self.ttl_ms)
         except McpDbError as exc:
+            self.redis_errors["touch"] += 1
             logger.warning("cannot refresh %d sessions: %s", len(used), exc)
             return
         for (session_id, _), status in zip(used, statuses, strict=True):
@@ -394,12 +460,20 @@ class SessionMiddleware:
     # -- requests ---------------------------------------------------------------------------
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """One request to the MCP endpoint."""
+        """One request to the MCP endpoint, timed by the path it takes."""
         if scope["type"] != "http":
             await self._inner(scope, receive, send)
             return
+        started = time.perf_counter()
+        try:
+            await self._route(scope, receive, send)
+        finally:
+            self._durations.record(time.perf_counter() - started, _attributes(scope))
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
         version = _header(scope, b"mcp-protocol-version")
         if version is not None and version not in HANDSHAKE_VERSIONS:
+            scope[_PATH] = "passthrough"
             await self._inner(scope, receive, send)
             return
         session_id = _header(scope, b"mcp-session-id")
@@ -407,6 +481,7 @@ class SessionMiddleware:
             if scope["method"] == "POST":
                 await self._opening(scope, receive, send)
             else:
+                scope[_PATH] = "passthrough"
                 await self._inner(scope, receive, send)
             return
         await self._in_session(scope, receive, send, session_id, version)
@@ -416,13 +491,25 @@ class SessionMiddleware:
     async def _opening(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await self._read_body(receive)
         replay = _Replay(body, receive, more=not complete)
+        if not complete and body:
+            # Past the SDK's limit (mcp 1.12 has none): refused before any session exists,
+            # so none can go unrecorded.
+            await _respond(scope, send, 413, _TOO_LARGE)
+            return
         init = _initialize_params(body) if complete else None
         if init is None:
+            scope[_PATH] = "passthrough"
             await self._inner(scope, replay, send)
             return
+        scope[_PATH] = "initialize"
         principal = _principal(scope)
 
+        unrecorded: str | None = None
+
         async def record_then_send(message: Message) -> None:
+            nonlocal unrecorded
+            if unrecorded is not None:
+                return  # the SDK's answer is replaced by the 503 below
             if message["type"] == "http.response.start" and message["status"] == 200:
                 session_id = _response_header(message, b"mcp-session-id")
                 if session_id:
@@ -432,13 +519,23 @@ class SessionMiddleware:
                             session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
                         )
                         await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
-                        self._adopt(session_id, 1, principal)
                     except McpDbError as exc:
-                        # The session lives on this node alone until Redis is back.
+                        # A session no other node could find (and that this one would
+                        # answer 404 for once Redis is back) is worse than none: refuse it,
+                        # and the client opens one again later.
+                        self.redis_errors["session_record"] += 1
                         logger.error("cannot record session %s: %s", session_id[:8], exc)
+                        unrecorded = session_id
+                        return
+                    self.admissions += 1
+                    self._adopt(session_id, 1, principal)
             await send(message)
 
         await self._inner(scope, replay, record_then_send)
+        if unrecorded is not None:
+            # The transport goes before the client hears, so nothing of it outlives the 503.
+            await self._let_go(unrecorded, "its record could not be written")
+            await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         """The request body, up to the SDK's size limit; ``complete`` is False past it (the
@@ -476,7 +573,7 @@ class SessionMiddleware:
             # its TTL: nobody else can have taken it over, closed it (that goes through the
             # owner) or let it expire (the owner slides its TTL on every heartbeat).
             if owned.principal != _principal(scope):
-                await _respond(send, 404, _NOT_FOUND)
+                await self._not_found(scope, send, "other_principal")
                 return
             await self._serve_owned(scope, receive, send, session_id, owned)
             return
@@ -491,6 +588,7 @@ class SessionMiddleware:
                 try:
                     outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
                 except McpDbError:
+                    self.redis_errors["relay"] += 1
                     outcome = "gone"  # the record lookup below tells the client what to do
                 if outcome in ("sent", "failed"):
                     return
@@ -498,10 +596,19 @@ class SessionMiddleware:
         try:
             record = await self.records.lookup(session_id, self.ttl_ms)
         except McpDbError as exc:
+            self.redis_errors["session_lookup"] += 1
             # Redis is unreachable: keep serving what this node can serve on its own.
             if local is None:
                 logger.error("cannot admit session %s: %s", session_id[:8], exc)
-                await _respond(send, 503, _UNAVAILABLE, retry_after=True)
+                await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+                return
+            if owned is not None and owned.principal != _principal(scope):
+                await self._not_found(scope, send, "other_principal")
+                return
+            if scope["method"] == "DELETE":
+                # Closed here alone, the session would come back to life on another node
+                # once Redis is back: refuse, and the client retries.
+                await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
                 return
             logger.warning("serving session %s without its record: %s", session_id[:8], exc)
             await self._inner(scope, receive, send)
@@ -511,9 +618,14 @@ class SessionMiddleware:
             or record.get("state") == "CLOSED"
             or record.get("principal", "") != _principal(scope)
         ):
-            if record is None or record.get("state") == "CLOSED":
+            if record is None:
+                # Expired if this node held it; otherwise unknown (or expired elsewhere).
+                reason = "unknown" if owned is None and local is None else "expired"
+            else:
+                reason = "closed" if record.get("state") == "CLOSED" else "other_principal"
+            if reason != "other_principal":
                 await self._let_go(session_id, "expired" if record is None else "closed")
-            await _respond(send, 404, _NOT_FOUND)
+            await self._not_found(scope, send, reason)
             return
         owner = record.get("owner") or record.get("node", "")
         epoch = int(record.get("epoch") or 0)
@@ -528,7 +640,7 @@ class SessionMiddleware:
             await self._let_go(session_id, f"owned by {owner} at epoch {epoch}")
         if relayed:
             # Relayed here, but ownership moved on the way: the client retries.
-            await _respond(send, 503, _MOVED, retry_after=True, moved=True)
+            await _respond(scope, send, 503, _MOVED, retry_after=True, moved=True)
             return
         await self._forward(scope, receive, send, session_id, record, owner, epoch, version)
 
@@ -547,9 +659,10 @@ class SessionMiddleware:
         owned.active = owned.active or record.get("state") == "ACTIVE"
         if session_id not in self.manager._server_instances:
             try:
-                await self._rehydrate(session_id, record, version)
+                if await self._rehydrate(session_id, record, version):
+                    scope.setdefault(_PATH, "rehydrated")  # a takeover rehydrates too
             except _TooMany:
-                await _respond(send, 503, _TOO_MANY)
+                await _respond(scope, send, 503, _TOO_MANY)
                 return
         await self._serve_owned(scope, receive, send, session_id, owned)
 
@@ -560,8 +673,14 @@ class SessionMiddleware:
             await self._close(scope, receive, send, session_id, owned)
             return
         if not owned.active:
-            await self.records.transition(session_id, "ACTIVE", self.ttl_ms, epoch=owned.epoch)
-            owned.active = True
+            try:
+                await self.records.transition(session_id, "ACTIVE", self.ttl_ms, epoch=owned.epoch)
+                owned.active = True
+            except McpDbError as exc:
+                # Bookkeeping only: serve the request (this node owns the session and its
+                # lease holds) and record the state with a later request.
+                self.redis_errors["session_record"] += 1
+                logger.warning("cannot mark session %s active: %s", session_id[:8], exc)
         owned.used = True
         owned.last_used = time.monotonic()
         owned.in_flight += 1
@@ -574,18 +693,33 @@ class SessionMiddleware:
     async def _close(
         self, scope: Scope, receive: Receive, send: Send, session_id: str, owned: _Owned
     ) -> None:
-        # CLOSED first: from this moment every node answers 404.
-        done = await self.records.transition(session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch)
+        # CLOSED first: from this moment every node answers 404. Without Redis the session
+        # cannot be closed everywhere, so it is not closed anywhere: the client retries.
+        try:
+            done = await self.records.transition(
+                session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch
+            )
+        except McpDbError as exc:
+            self.redis_errors["session_record"] += 1
+            logger.warning("cannot close session %s: %s", session_id[:8], exc)
+            await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+            return
         if not done[0] and done[1] == "fenced":
             await self._let_go(session_id, "taken over before its DELETE")
-            await _respond(send, 503, _MOVED, retry_after=True, moved=True)
+            await _respond(scope, send, 503, _MOVED, retry_after=True, moved=True)
             return
         self._disown(session_id)
         if session_id in self.manager._server_instances:
             await self._inner(scope, receive, send)  # the SDK terminates its transport
         else:
-            await _respond(send, 200)
-        await self._bus.publish(f"closed {session_id}")  # in case another node holds one
+            await _respond(scope, send, 200)
+        await self._announce(f"closed {session_id}")  # in case another node holds one
+
+    async def _not_found(self, scope: Scope, send: Send, reason: str) -> None:
+        """Answers 404 to a request in a session, counted by reason."""
+        self.not_found[reason] += 1
+        scope[_PATH] = "not_found"
+        await _respond(scope, send, 404, _NOT_FOUND)
 
     def _adopt(self, session_id: str, epoch: int, principal: str) -> _Owned:
         self._owners.pop(session_id, None)
@@ -628,6 +762,10 @@ class SessionMiddleware:
         """Relays the request to the session's owner; takes the session over if the owner
         is gone."""
         body, complete = await self._read_body(receive)
+        if not complete and body:
+            # A relayed request travels whole, so it is bounded like the SDK bounds its own.
+            await _respond(scope, send, 413, _TOO_LARGE)
+            return
         for _ in range(3):
             try:
                 outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
@@ -636,7 +774,7 @@ class SessionMiddleware:
                 if outcome == "moved":
                     fresh = await self.records.lookup(session_id, self.ttl_ms)
                     if fresh is None or fresh.get("state") == "CLOSED":
-                        await _respond(send, 404, _NOT_FOUND)
+                        await self._not_found(scope, send, "closed" if fresh else "expired")
                         return
                     record = fresh
                     owner = record.get("owner") or record.get("node", "")
@@ -649,29 +787,45 @@ class SessionMiddleware:
                         return
                     continue
                 if not await self._await_owner_gone(owner):
-                    await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+                    await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
                     return
                 claimed, owner, epoch, why = await self._own.claim(
                     session_id, owner, epoch, self.ttl_ms
                 )
             except McpDbError as exc:
+                self.redis_errors["relay"] += 1
                 logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
-                await _respond(send, 503, _UNAVAILABLE, retry_after=True)
+                await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
                 return
             if claimed:  # "claimed", or "held": a concurrent request here claimed it first
                 # Adopted before the next await, so concurrent requests here see the claim.
                 self._adopt(session_id, epoch, record.get("principal", ""))
                 if why == "claimed":
                     self.takeovers += 1
-                    await self._bus.publish(f"owner {session_id} {self.node_id} {epoch}")
+                    scope[_PATH] = "takeover"
+                    await self._announce(f"owner {session_id} {self.node_id} {epoch}")
+                else:
+                    self.lock_waits["claim"] += 1
                 replay = _Replay(body, receive, more=not complete)
                 await self._serve_as_owner(scope, replay, send, session_id, record, epoch, version)
                 return
             if why in ("closed", "missing"):
-                await _respond(send, 404, _NOT_FOUND)
+                await self._not_found(scope, send, "closed" if why == "closed" else "expired")
                 return
             # "moved": another node took it over first; relay to that one.
-        await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+            self.lock_waits["claim"] += 1
+        await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
+
+    async def _announce(self, message: str) -> None:
+        """Tells the other nodes of a takeover or a close, so a node still holding the
+        session lets go at once. Only news: without it the record and the epoch fence still
+        rule, and a node that missed it finds out on its next heartbeat."""
+        try:
+            await self._bus.publish(message)
+        except McpDbError as exc:
+            self.redis_errors["relay"] += 1
+            kind, _, rest = message.partition(" ")
+            logger.warning("cannot announce %s of session %s: %s", kind, rest[:8], exc)
 
     async def _relay_once(
         self, scope: Scope, receive: Receive, send: Send, session_id: str, owner: str, body: bytes
@@ -688,14 +842,18 @@ class SessionMiddleware:
             result = await pump(forward, receive, send)
             if result == "sent":
                 self._note_owner(session_id, owner)
+                scope[_PATH] = "relayed"
                 return "sent"
             if result == "lost":
-                await _respond(send, 503, _OWNER_LOST, retry_after=True)
+                await _respond(scope, send, 503, _OWNER_LOST, retry_after=True)
                 return "failed"
             if result == "gone":  # the client went away before the answer began
                 return "failed"
             self._owners.pop(session_id, None)
-            return "sent" if result == "not-found" else "moved"
+            if result == "not-found":  # the owner counted its 404
+                scope[_PATH] = "relayed"
+                return "sent"
+            return "moved"
         if outcome == "timeout" and await self._own.alive(owner):
             logger.warning(
                 "owner %s of session %s did not take a request within %d ms",
@@ -703,7 +861,7 @@ class SessionMiddleware:
                 session_id[:8],
                 self.relay_timeout_ms,
             )
-            await _respond(send, 503, _OWNER_BUSY, retry_after=True)
+            await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
             return "failed"
         return "gone"
 
@@ -730,6 +888,7 @@ class SessionMiddleware:
             try:
                 item = await self._relay.next_request()
             except McpDbError as exc:
+                self.redis_errors["relay"] += 1
                 logger.warning("cannot take a relayed request: %s", exc)
                 await anyio.sleep(0.1)
                 continue
@@ -751,12 +910,15 @@ class SessionMiddleware:
 
     async def _rehydrate(
         self, session_id: str, record: dict[str, str], version: str | None
-    ) -> None:
+    ) -> bool:
+        """Rebuilds the session's transport; ``False`` if a concurrent request did."""
         lock = self._locks.setdefault(session_id, anyio.Lock())
+        if lock.locked():
+            self.lock_waits["rehydrate"] += 1
         try:
             async with lock:
                 if session_id in self.manager._server_instances:
-                    return  # a concurrent request rebuilt it first
+                    return False  # a concurrent request rebuilt it first
                 principal = json.loads(record["principal"]) if record.get("principal") else None
                 try:
                     await rehydrate(
@@ -769,6 +931,7 @@ class SessionMiddleware:
                 except TooManySessions:
                     raise _TooMany() from None
                 self.rehydrations += 1
+                return True
         finally:
             if not lock.locked() and lock.statistics().tasks_waiting == 0:
                 self._locks.pop(session_id, None)
