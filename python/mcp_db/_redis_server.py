@@ -6,6 +6,7 @@ need; it is not a way to run Redis in production."""
 from __future__ import annotations
 
 import shutil
+import random
 import socket
 import subprocess
 import tempfile
@@ -14,10 +15,26 @@ from collections.abc import Sequence
 from pathlib import Path
 
 
+_handed_out: set[int] = set()
+# Below Linux's ephemeral range (32768-60999), so an outgoing connection cannot take a port
+# between the moment it is chosen here and the moment a server binds it.
+_PORTS = range(20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A loopback port nothing listens on, never the same twice in one process: two servers
+    given ports before either binds must not get one port (nginx would then fail to bind,
+    and a check for "something listens" would find the other server there)."""
+    while True:
+        port = random.choice(_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
         return port
 
 
