@@ -5,15 +5,14 @@ need; it is not a way to run Redis in production."""
 
 from __future__ import annotations
 
-import shutil
 import random
+import shutil
 import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-
 
 _handed_out: set[int] = set()
 # Below Linux's ephemeral range (32768-60999), so an outgoing connection cannot take a port
