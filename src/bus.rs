@@ -4,7 +4,9 @@
 //! A background task keeps one subscription open and reconnects after a fault; Python
 //! pulls messages with `next()` on its own event loop, so no Python code runs on tokio's
 //! threads. Messages sent while a node was cut off are missed; the per-request record
-//! lookup still answers correctly, the bus only makes nodes let go of memory sooner.
+//! lookup still answers correctly, the bus only makes nodes let go of memory sooner. On a
+//! Redis Cluster a PUBLISH reaches every node's subscribers, so the bus, which never counts
+//! who heard it, need not follow the relay's hub.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<Str
     let mut backoff = Duration::from_millis(100);
     loop {
         match connector.pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+            Ok((mut pubsub, _)) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
                     let mut messages = pubsub.on_message();

@@ -10,8 +10,10 @@
 //! relies on that count to know that an owner heard its request. So every node of a
 //! deployment subscribes on, and publishes through, one node: the primary serving slot 0,
 //! the *hub*. Publishes from scripts (the relay's claim) reach the hub's subscribers through
-//! the cluster's own forwarding. After a failover the hub's subscribers lose their connection,
-//! look the hub up again and resubscribe there.
+//! the cluster's own forwarding. When the hub fails, its subscribers lose their connection,
+//! look the hub up again and resubscribe there once the cluster has promoted a replica. A
+//! failover that leaves the old hub running (`CLUSTER FAILOVER`) breaks no connection, so
+//! each relay also asks every second where the hub is and follows it (`relay::listen`).
 
 use std::collections::HashMap;
 

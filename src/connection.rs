@@ -226,28 +226,44 @@ impl Connector {
         Ok(hub)
     }
 
-    /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one);
-    /// on a cluster, to the hub.
-    pub async fn pubsub(&self) -> Result<redis::aio::PubSub> {
-        let client = match self.link().await? {
-            Link::Single(_) => self.client.clone(),
+    /// On a cluster, the pub/sub hub as the cluster names it now (publishes follow it from
+    /// here on); `None` on one server. A subscriber compares it with the hub it listens on:
+    /// after a failover that left the old hub running (as a replica), nothing breaks its
+    /// connection, yet nodes that look the hub up afresh go to the new one.
+    pub async fn hub_now(&self) -> Result<Option<(String, u16)>> {
+        match self.link().await? {
+            Link::Single(_) => Ok(None),
+            Link::Cluster(mut conn) => {
+                *self.hub.lock().unwrap() = None;
+                Ok(Some(self.hub(&mut conn).await?))
+            }
+        }
+    }
+
+    /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one),
+    /// with the hub it is on (`None` on one server).
+    pub async fn pubsub(&self) -> Result<(redis::aio::PubSub, Option<(String, u16)>)> {
+        let (client, hub) = match self.link().await? {
+            Link::Single(_) => (self.client.clone(), None),
             Link::Cluster(mut conn) => {
                 *self.hub.lock().unwrap() = None;
                 let (host, port) = self.hub(&mut conn).await?;
+                let hub = Some((host.clone(), port));
                 let info = self.client.get_connection_info().clone();
                 let addr = match info.addr().clone() {
                     ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host, port, insecure, tls_params },
                     _ => ConnectionAddr::Tcp(host, port),
                 };
                 let info = info.set_addr(addr).into_connection_info().map_err(|e| Error::from_redis(&e, &self.server))?;
-                match &self.tls {
+                let client = match &self.tls {
                     Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
                     None => redis::Client::open(info),
                 }
-                .map_err(|e| Error::from_redis(&e, &self.server))?
+                .map_err(|e| Error::from_redis(&e, &self.server))?;
+                (client, hub)
             }
         };
-        self.timed(client.get_async_pubsub()).await
+        Ok((self.timed(client.get_async_pubsub()).await?, hub))
     }
 
     /// Runs a Lua script (EVALSHA, loading it on first use) with the store's timeout.
@@ -259,17 +275,30 @@ impl Connector {
     }
 }
 
-/// Hides the password in a URL before it is shown to anyone.
+/// `url` with its password hidden, in the user part (`user:***@`) and in any query parameter
+/// whose name contains `pass`, for every message that names a server (the core's errors and
+/// the `mcp-db` command's output alike).
+#[pyo3::pyfunction]
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => {
-            let user = rest[..at].split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
+    let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            format!("{}:***@{host}", user.split(':').next().unwrap_or(""))
         }
-        None => url.to_owned(),
-    }
+        _ => authority.to_owned(),
+    };
+    let Some((path, query)) = tail.split_once('?') else { return format!("{scheme}://{authority}{tail}") };
+    let (query, fragment) = query.split_once('#').map_or((query, None), |(q, f)| (q, Some(f)));
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    let fragment = fragment.map_or_else(String::new, |f| format!("#{f}"));
+    format!("{scheme}://{authority}{path}?{}{fragment}", query.join("&"))
 }
 
 #[cfg(test)]
@@ -281,6 +310,12 @@ mod tests {
         assert_eq!(redact("redis://u:secret@h:1/0"), "redis://u:***@h:1/0");
         assert_eq!(redact("rediss://:secret@h/0"), "rediss://:***@h/0");
         assert_eq!(redact("redis://h:6379/0"), "redis://h:6379/0");
+        assert_eq!(redact("redis://user@h/0"), "redis://user@h/0", "a user alone is no secret");
+        assert_eq!(
+            redact("rediss://u:p@h/0?ssl_ca_certs=/ca.pem&password=pw#insecure"),
+            "rediss://u:***@h/0?ssl_ca_certs=/ca.pem&password=***#insecure"
+        );
+        assert_eq!(redact("redis://h?Passwd=x&db=1"), "redis://h?Passwd=***&db=1");
     }
 
     #[test]

@@ -93,6 +93,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::key_layout, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_of, m)?)?;
     m.add_function(wrap_pyfunction!(keys::parse_key, m)?)?;
+    m.add_function(wrap_pyfunction!(connection::redact, m)?)?;
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
     m.add_class::<bus::Bus>()?;

@@ -47,6 +47,8 @@ const INBOX_BACKLOG: usize = 1024;
 /// How long `forward` waits, once the owner took a request on, for the response's first
 /// part to hand over with the acceptance.
 const FIRST_PART_GRACE: Duration = Duration::from_millis(5);
+/// How often a relay on a Redis Cluster checks that its pub/sub hub has not moved.
+const HUB_CHECK: Duration = Duration::from_secs(1);
 /// How long a claim key outlives the decision it records.
 const CLAIM_TTL_MS: u64 = 60_000;
 
@@ -343,8 +345,11 @@ async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
     let mut connected_before = false;
     loop {
         match shared.connector.pubsub().await {
-            Ok(pubsub) => {
+            Ok((pubsub, hub)) => {
                 let (mut sink, mut stream) = pubsub.split();
+                let mut hub_check = tokio::time::interval(HUB_CHECK);
+                hub_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                hub_check.reset();
                 let mut channels = vec![shared.replies.clone()];
                 if !shared.draining.load(Ordering::SeqCst) {
                     channels.push(shared.inbox.clone());
@@ -364,6 +369,17 @@ async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
                                     Some(m) => shared.dispatch(m.get_payload_bytes(), &inbox),
                                     None => break,
                                 },
+                                _ = hub_check.tick(), if hub.is_some() => {
+                                    // Counts of who heard a frame only see the hub's own
+                                    // subscribers: follow the hub wherever the cluster puts it.
+                                    if let Ok(now) = shared.connector.hub_now().await {
+                                        if now != hub {
+                                            let to = now.map_or_else(String::new, |(h, p)| format!("{h}:{p}"));
+                                            tracing::warn!("relay: the cluster's pub/sub hub moved to {to}; following it");
+                                            break;
+                                        }
+                                    }
+                                }
                                 _ = shared.unsubscribe.notified() => {
                                     if shared.closed.load(Ordering::SeqCst) {
                                         return;
@@ -522,8 +538,11 @@ fn id_of(id: &[u8]) -> PyResult<ReqId> {
 /// Outcome of `forward`.
 enum Forwarded {
     Accepted(Forward),
-    /// Nobody listens on the owner's inbox.
+    /// Nobody listens on the owner's inbox, or the owner was found gone before it took the
+    /// request on: either way the request never runs.
     Unreachable,
+    /// The owner was found gone after it took the request on: it may have run.
+    Lost(String),
     /// The owner did not take the request on within the bound; it never will.
     Timeout,
     Refused(String),
@@ -583,8 +602,9 @@ impl Relay {
 
     // -- the relaying side ------------------------------------------------------------------
 
-    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)`,
-    /// `("timeout", None)` or `("refused", reason)`.
+    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)` (it
+    /// never runs), `("timeout", None)` (it never runs), `("lost", reason)` (the owner took
+    /// it on and was then found gone: it may have run) or `("refused", reason)`.
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -603,6 +623,7 @@ impl Relay {
                     Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
                     Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
                     Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
+                    Forwarded::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
                 })
             })
         })
@@ -777,6 +798,14 @@ async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: Str
     served.wake.notify_waiters();
 }
 
+/// Takes a forwarded request's claim for this node: if that succeeds, the owner never runs
+/// the request (its own claim fails).
+async fn give_up(shared: &Shared, session: &str, id: &ReqId) -> bool {
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg(claim_key(&shared.prefix, session, id)).arg("gave-up").arg("NX").arg("PX").arg(CLAIM_TTL_MS);
+    matches!(shared.connector.query(&pipe).await, Ok(r) if matches!(r.first(), Some(redis::Value::Okay)))
+}
+
 async fn forward(
     shared: Arc<Shared>,
     owner: String,
@@ -810,22 +839,19 @@ async fn forward(
     let first = match tokio::time::timeout(bound, rx.recv()).await {
         Ok(frame) => frame,
         Err(_) => {
-            // Take the claim ourselves: if we get it, the owner never will.
-            let mut pipe = redis::pipe();
-            pipe.cmd("SET")
-                .arg(claim_key(&shared.prefix, &session, &id))
-                .arg("gave-up")
-                .arg("NX")
-                .arg("PX")
-                .arg(CLAIM_TTL_MS);
-            let won = matches!(shared.connector.query(&pipe).await, Ok(r) if matches!(r.first(), Some(redis::Value::Okay)));
-            if won {
+            if give_up(&shared, &session, &id).await {
                 forget(&shared);
                 shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Ok(Forwarded::Timeout);
             }
             // The owner claimed it just now: its acceptance is on the way.
-            tokio::time::timeout(bound, rx.recv()).await.ok().flatten()
+            match tokio::time::timeout(bound, rx.recv()).await.ok().flatten() {
+                Some(frame) => Some(frame),
+                None => {
+                    forget(&shared);
+                    return Ok(Forwarded::Lost("the owner took the request on, then fell silent".into()));
+                }
+            }
         }
     };
     match first {
@@ -841,12 +867,19 @@ async fn forward(
             forget(&shared);
             Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))
         }
-        // The sweep or the publisher found the owner gone before it answered.
-        Some(Frame { kind: kind::LOST, .. }) => Ok(Forwarded::Unreachable),
+        // The sweep found the owner gone before it answered. It heard the request, though:
+        // unless this node takes the claim, the owner may yet run it.
+        Some(Frame { kind: kind::LOST, payload, .. }) => Ok(if give_up(&shared, &session, &id).await {
+            Forwarded::Unreachable
+        } else {
+            Forwarded::Lost(String::from_utf8_lossy(&payload).into_owned())
+        }),
+        // The relay closed, or a response began without its acceptance: the owner may have
+        // run it.
         _ => {
             forget(&shared);
-            shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-            Ok(Forwarded::Timeout)
+            shared.stats.lost.fetch_add(1, Ordering::Relaxed);
+            Ok(Forwarded::Lost("the relay closed before the owner answered".into()))
         }
     }
 }

@@ -17,7 +17,9 @@ from mcp_db._core import key_of, parse_key
 from tests import _messages as msgs
 from tests._client import client_session, result_text
 from tests._cluster import Cluster
+from tests._nodes import Node
 from tests._redis_deployments import RedisCluster, TlsRedis
+from tests.test_resume_e2e import RawSession
 
 SESSIONS, ROUNDS = 40, 5
 
@@ -127,6 +129,79 @@ async def test_three_nodes_on_a_cluster_share_a_session(
         await _one_session_over(deployment, redis_cluster.url, prefix)
     finally:
         deployment.stop()
+
+
+def _relay_channels(port: int, prefix: str) -> list[str]:
+    """The relay channels (inboxes and reply channels) subscribed on the server at ``port``."""
+    with redis_py.Redis(port=port, decode_responses=True) as redis:
+        return sorted(redis.execute_command("PUBSUB", "CHANNELS", f"{prefix}:r:*"))
+
+
+async def _answered_by(
+    http: httpx.AsyncClient, url: str, session: RawSession, *, retry_for: float = 0
+) -> str:
+    """The pid of the node that ran ``whoami`` for ``session``, sent to ``url``; a 503 with
+    Retry-After (Redis still recovering) is retried for ``retry_for`` seconds."""
+    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+    deadline = asyncio.get_running_loop().time() + retry_for
+    while True:
+        reply = await http.post(url, json=body, headers=session.headers())
+        if reply.status_code != 503 or asyncio.get_running_loop().time() > deadline:
+            break
+        assert reply.headers.get("retry-after"), reply.headers
+        await asyncio.sleep(0.2)
+    assert reply.status_code == 200, (url, reply.status_code, reply.text)
+    return reply.text.rsplit(" on ", 1)[1].split('"', 1)[0]
+
+
+async def _await_relays_on(port: int, prefix: str, nodes: int, seconds: float = 15) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while len(channels := _relay_channels(port, prefix)) < 2 * nodes:
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"the relays did not all move to the hub on port {port}: {channels}"
+        )
+        await asyncio.sleep(0.1)
+
+
+async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefix: str) -> None:
+    """The relay's hub is the primary of slot 0. ``CLUSTER FAILOVER`` moves it to a replica
+    while the old hub goes on running, so no connection breaks: nodes started before listen
+    on the old hub, a node started after on the new one. Within about a second the older
+    nodes follow, and requests relay between all of them. Then ``kill -9`` of the hub: every
+    relay loses its connection and subscribes again on the replica the cluster promotes."""
+    redis = RedisCluster(hub_replica=True).start()
+    env = {"MCP_DB_REDIS_URL": redis.url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
+    nodes = [Node(env=env).start(), Node(env=env).start()]
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            first = await RawSession(http, nodes[0].url).open()
+            pids = [str(n.process.pid) for n in nodes]  # type: ignore[union-attr]
+            assert await _answered_by(http, nodes[1].url, first) == pids[0]
+            old_hub = redis.hub()
+            assert len(_relay_channels(old_hub, prefix)) == 4  # two nodes, two channels each
+
+            redis.fail_over_the_hub()
+            new_hub = redis.hub()
+            assert new_hub != old_hub
+            nodes.append(Node(env=env).start())
+            pids.append(str(nodes[2].process.pid))  # type: ignore[union-attr]
+            await _await_relays_on(new_hub, prefix, nodes=3)
+            assert _relay_channels(old_hub, prefix) == []
+            third = await RawSession(http, nodes[2].url).open()
+            assert await _answered_by(http, nodes[0].url, third) == pids[2]
+            assert await _answered_by(http, nodes[1].url, third) == pids[2]
+            assert await _answered_by(http, nodes[2].url, first) == pids[0]
+
+            redis.kill_the_hub()
+            assert redis.hub() == old_hub  # its replica again, promoted back
+            await _await_relays_on(old_hub, prefix, nodes=3)
+            assert await _answered_by(http, nodes[1].url, third, retry_for=10) == pids[2]
+            assert await _answered_by(http, nodes[2].url, first, retry_for=10) == pids[0]
+    finally:
+        for node in nodes:
+            node.stop()
+        redis.cleanup()
 
 
 # -- TLS and AUTH -------------------------------------------------------------------------

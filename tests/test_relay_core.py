@@ -9,8 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis as redis_py
 
 from mcp_db import RedisEventStore
+from mcp_db._core import key_layout
+from mcp_db._redis_server import RedisServer
 
 
 @pytest.fixture(params=["redis-server", "redis-cluster"])
@@ -158,3 +161,22 @@ async def test_a_draining_owner_takes_no_new_requests(store: RedisEventStore) ->
     owner.drain()
     await asyncio.sleep(0.2)
     assert await relayer.forward("owner", "s", "{}", b"", 2000) == ("unreachable", None)
+
+
+async def test_an_owner_found_gone_after_it_heard_a_request_can_never_run_it(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """The owner heard the request but its event loop had not asked for it yet when its
+    subscription went away. The relayer's sweep finds it gone; before saying the request
+    never ran, the relayer takes its claim, so an owner that comes back cannot run it."""
+    async with RedisEventStore(redis_server.url, prefix=prefix) as store:
+        owner, relayer = await _pair(store)
+        forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 5000))
+        await asyncio.sleep(0.3)  # heard, not taken
+        assert not forwarding.done()
+        owner.close()
+        assert await asyncio.wait_for(forwarding, 5) == ("unreachable", None)
+        with redis_py.Redis.from_url(redis_server.url, decode_responses=True) as redis:
+            pattern = dict(key_layout(prefix))["claim"]
+            claims = [redis.get(key) for key in redis.scan_iter(match=pattern)]
+        assert claims == ["gave-up"], claims

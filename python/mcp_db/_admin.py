@@ -16,12 +16,12 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any, TextIO
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
 
 from mcp_db import _core
+from mcp_db._core import redact
 from mcp_db.errors import McpDbError
 
 #: Fields of a session record that a listing shows.
@@ -44,23 +44,6 @@ class NotFound(AdminError):
 
 class Unreachable(AdminError):
     exit_code = 4
-
-
-def redact(url: str) -> str:
-    """``url`` with its password (in the user part or a ``password=`` parameter) hidden."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.partition(':')[0]}:***@{host}" if ":" in user else netloc
-    query = parts.query
-    if query:
-        pairs = parse_qsl(query, keep_blank_values=True)
-        query = urlencode([(k, "***" if "pass" in k.lower() else v) for k, v in pairs])
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _glob_escape(text: str) -> str:

@@ -37,6 +37,10 @@ def event_id(session: str, stream: str, position: str) -> str | None:
     """The event ID (what a client sends as ``Last-Event-ID``) of the entry at ``position``
     (``<ms>-<seq>``) of a session's stream; ``None`` if ``position`` is not an entry ID."""
 
+def redact(url: str) -> str:
+    """``url`` with its password hidden: in the user part (``user:***@``) and in any query
+    parameter whose name contains ``pass``. The core's errors show URLs this way too."""
+
 def construct_models(
     cls: type[Any],
     items: list[Any],
@@ -212,8 +216,9 @@ class Relay:
     async def forward(
         self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
     ) -> tuple[str, Forward | str | None]:
-        """``("accepted", Forward)``, ``("unreachable", None)``, ``("timeout", None)`` or
-        ``("refused", reason)``."""
+        """``("accepted", Forward)``; ``("unreachable", None)`` or ``("timeout", None)``,
+        and the request never runs; ``("lost", reason)``: the owner took it on and was then
+        found gone, so it may have run; or ``("refused", reason)``."""
     async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
         """The next request relayed here: ``(id, from_node, session, head, body)``. Its
         claim is under way: run nothing of it before :meth:`claimed` says so."""

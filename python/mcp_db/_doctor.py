@@ -14,7 +14,8 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from mcp_db._admin import Deployment, ago, plural, redact
+from mcp_db._admin import Deployment, ago, plural
+from mcp_db._core import redact
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 #: Commands the nodes run: streams, scripts, pub/sub.

@@ -33,9 +33,9 @@ from mcp_db._admin import (
     Progress,
     ago,
     plural,
-    redact,
     unreachable,
 )
+from mcp_db._core import redact
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "mcp"

@@ -67,6 +67,8 @@ _UNAVAILABLE = (
 _MOVED = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session moved; retry"}}'
 #: How many sessions owned elsewhere a node remembers the owner of.
 _MAX_OWNER_HINTS = 100_000
+#: How often a request is relayed again to an owner that heard nothing but holds its lease.
+_SILENT_OWNER_RETRY = 0.05
 _OWNER_BUSY = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session owner not answering"}}'
 )
@@ -766,12 +768,15 @@ class SessionMiddleware:
             # A relayed request travels whole, so it is bounded like the SDK bounds its own.
             await _respond(scope, send, 413, _TOO_LARGE)
             return
-        for _ in range(3):
+        moves = 0
+        patience: float | None = None  # until when a silent owner is asked again
+        while moves < 3:
             try:
                 outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
                 if outcome in ("sent", "failed"):
                     return
                 if outcome == "moved":
+                    moves += 1
                     fresh = await self.records.lookup(session_id, self.ttl_ms)
                     if fresh is None or fresh.get("state") == "CLOSED":
                         await self._not_found(scope, send, "closed" if fresh else "expired")
@@ -786,9 +791,18 @@ class SessionMiddleware:
                         )
                         return
                     continue
-                if not await self._await_owner_gone(owner):
-                    await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
-                    return
+                if await self._own.alive(owner):
+                    # Nobody heard the request, yet the owner's lease holds: its
+                    # subscription is coming back (Redis restarted, a cluster's pub/sub hub
+                    # moved), or it crashed and the lease has yet to run out. Ask again
+                    # until the lease has had time to lapse. Nothing ran: nobody heard it.
+                    now = time.monotonic()
+                    patience = patience or now + self.lease_ms / 1000 + 0.5
+                    if now >= patience:
+                        await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
+                        return
+                    await anyio.sleep(_SILENT_OWNER_RETRY)
+                    continue
                 claimed, owner, epoch, why = await self._own.claim(
                     session_id, owner, epoch, self.ttl_ms
                 )
@@ -813,6 +827,7 @@ class SessionMiddleware:
                 await self._not_found(scope, send, "closed" if why == "closed" else "expired")
                 return
             # "moved": another node took it over first; relay to that one.
+            moves += 1
             self.lock_waits["claim"] += 1
         await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
 
@@ -832,8 +847,8 @@ class SessionMiddleware:
     ) -> str:
         """Relays the request to ``owner`` once: ``"sent"`` (answered, maybe with an error
         the owner gave), ``"failed"`` (answered 503 here), ``"moved"`` (the owner no longer
-        owns the session and ran nothing) or ``"gone"`` (nobody took it; the owner may be
-        gone). Raises McpDbError when Redis is unreachable."""
+        owns the session and ran nothing) or ``"gone"`` (nobody took it, and nobody will;
+        the owner may be gone). Raises McpDbError when Redis is unreachable."""
         outcome, forward = await self._relay.forward(
             owner, session_id, encode_head(scope), body, self.relay_timeout_ms
         )
@@ -854,6 +869,13 @@ class SessionMiddleware:
                 scope[_PATH] = "relayed"
                 return "sent"
             return "moved"
+        if outcome == "lost":
+            # The owner took the request on and was then found gone: it may have run, so it
+            # is not sent again anywhere. The client decides.
+            logger.warning("owner %s of session %s was lost mid-request: %s", owner,
+                           session_id[:8], forward)  # fmt: skip
+            await _respond(scope, send, 503, _OWNER_LOST, retry_after=True)
+            return "failed"
         if outcome == "timeout" and await self._own.alive(owner):
             logger.warning(
                 "owner %s of session %s did not take a request within %d ms",
@@ -871,16 +893,6 @@ class SessionMiddleware:
         if session_id not in owners and len(owners) >= _MAX_OWNER_HINTS:
             del owners[next(iter(owners))]
         owners[session_id] = owner
-
-    async def _await_owner_gone(self, owner: str) -> bool:
-        """Whether ``owner``'s lease is gone, waiting for it to lapse (at most a lease): an
-        owner that stopped listening has crashed or is shutting down."""
-        deadline = time.monotonic() + self.lease_ms / 1000 + 0.5
-        while await self._own.alive(owner):
-            if time.monotonic() >= deadline:
-                return False
-            await anyio.sleep(0.05)
-        return True
 
     async def _take_relayed(self) -> None:
         """Serves requests other nodes relay to this one, each in its own task."""
