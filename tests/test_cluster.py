@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from mcp_db._core import key_of
 from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
 from tests._cluster import Cluster
@@ -169,6 +170,39 @@ async def test_the_creating_node_killed_mid_session_survivors_carry_on(cluster: 
             )
         answers = {result_text(await session.call_tool("whoami", {})) for _ in range(4)}
         assert all(int(a.split(" on ")[1]) != creator_pid for a in answers)
+
+
+async def test_survivors_racing_to_take_over_one_session_agree_on_one_owner(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    """Twelve requests for a killed owner's session, six on each survivor at once: they
+    all wait out the lease, then race for the session (the claim in Redis between nodes,
+    the rehydration lock within one). One takeover wins; every request is answered by the
+    winner, and only the winner rebuilt the session."""
+    victim, *survivors = cluster.nodes
+    async with httpx.AsyncClient(timeout=30) as http:
+        session = await RawSession(http, victim.url).open()
+        victim.stop(kill=True)  # kill -9
+
+        answers = await asyncio.gather(
+            *(session.answered_by(survivors[n % 2].url) for n in range(12))
+        )
+    (winner,) = set(answers)
+    assert winner in {str(n.process.pid) for n in survivors}  # type: ignore[union-attr]
+    record = await _record(redis_server, prefix, session.id)
+    assert record["epoch"] == "2", record  # created at epoch 1, taken over once
+    counts = [
+        httpx.get(f"http://127.0.0.1:{n.port}/debug/sessions").json()["sessions"] for n in survivors
+    ]
+    assert sorted(counts) == [0, 1], counts
+
+
+async def _record(redis_server: RedisServer, prefix: str, session_id: str) -> dict[str, str]:
+    client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        return await client.hgetall(key_of(prefix, "session", session_id))  # type: ignore[no-any-return]
+    finally:
+        await client.aclose()
 
 
 async def test_many_sessions_round_robin_without_failures(cluster: Cluster) -> None:

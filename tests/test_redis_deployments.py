@@ -137,24 +137,6 @@ def _relay_channels(port: int, prefix: str) -> list[str]:
         return sorted(redis.execute_command("PUBSUB", "CHANNELS", f"{prefix}:r:*"))
 
 
-async def _answered_by(
-    http: httpx.AsyncClient, url: str, session: RawSession, *, retry_for: float = 0
-) -> str:
-    """The pid of the node that ran ``whoami`` for ``session``, sent to ``url``; a 503 with
-    Retry-After (Redis still recovering) is retried for ``retry_for`` seconds."""
-    body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call",
-            "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
-    deadline = asyncio.get_running_loop().time() + retry_for
-    while True:
-        reply = await http.post(url, json=body, headers=session.headers())
-        if reply.status_code != 503 or asyncio.get_running_loop().time() > deadline:
-            break
-        assert reply.headers.get("retry-after"), reply.headers
-        await asyncio.sleep(0.2)
-    assert reply.status_code == 200, (url, reply.status_code, reply.text)
-    return reply.text.rsplit(" on ", 1)[1].split('"', 1)[0]
-
-
 async def _await_relays_on(port: int, prefix: str, nodes: int, seconds: float = 15) -> None:
     deadline = asyncio.get_running_loop().time() + seconds
     while len(channels := _relay_channels(port, prefix)) < 2 * nodes:
@@ -177,7 +159,7 @@ async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefi
         async with httpx.AsyncClient(timeout=30) as http:
             first = await RawSession(http, nodes[0].url).open()
             pids = [str(n.process.pid) for n in nodes]  # type: ignore[union-attr]
-            assert await _answered_by(http, nodes[1].url, first) == pids[0]
+            assert await first.answered_by(nodes[1].url) == pids[0]
             old_hub = redis.hub()
             assert len(_relay_channels(old_hub, prefix)) == 4  # two nodes, two channels each
 
@@ -189,15 +171,15 @@ async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefi
             await _await_relays_on(new_hub, prefix, nodes=3)
             assert _relay_channels(old_hub, prefix) == []
             third = await RawSession(http, nodes[2].url).open()
-            assert await _answered_by(http, nodes[0].url, third) == pids[2]
-            assert await _answered_by(http, nodes[1].url, third) == pids[2]
-            assert await _answered_by(http, nodes[2].url, first) == pids[0]
+            assert await third.answered_by(nodes[0].url) == pids[2]
+            assert await third.answered_by(nodes[1].url) == pids[2]
+            assert await first.answered_by(nodes[2].url) == pids[0]
 
             redis.kill_the_hub()
             assert redis.hub() == old_hub  # its replica again, promoted back
             await _await_relays_on(old_hub, prefix, nodes=3)
-            assert await _answered_by(http, nodes[1].url, third, retry_for=10) == pids[2]
-            assert await _answered_by(http, nodes[2].url, first, retry_for=10) == pids[0]
+            assert await third.answered_by(nodes[1].url, retry_for=10) == pids[2]
+            assert await first.answered_by(nodes[2].url, retry_for=10) == pids[0]
     finally:
         for node in nodes:
             node.stop()

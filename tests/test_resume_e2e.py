@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,6 +142,7 @@ class RawSession:
 
     def __init__(self, http: httpx.AsyncClient, url: str) -> None:
         self.http, self.url, self.id = http, url, ""
+        self.request_ids = itertools.count(1000)  # for calls in flight at once
 
     def headers(self, **extra: str) -> dict[str, str]:
         return {
@@ -178,6 +181,21 @@ class RawSession:
         await self.initialize()
         await self.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
         return self
+
+    async def answered_by(self, url: str, *, retry_for: float = 0) -> str:
+        """The pid of the node that ran ``whoami`` for this session, sent to ``url``; a 503
+        with Retry-After (Redis still recovering) is retried for ``retry_for`` seconds."""
+        body = {"jsonrpc": "2.0", "id": next(self.request_ids), "method": "tools/call",
+                "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+        deadline = time.monotonic() + retry_for
+        while True:
+            reply = await self.http.post(url, json=body, headers=self.headers())
+            if reply.status_code != 503 or time.monotonic() > deadline:
+                break
+            assert reply.headers.get("retry-after"), reply.headers
+            await asyncio.sleep(0.2)
+        assert reply.status_code == 200, (url, reply.status_code, reply.text)
+        return reply.text.rsplit(" on ", 1)[1].split('"', 1)[0]
 
     async def event_ids_of_call(self) -> list[str]:
         response = await self.post(
