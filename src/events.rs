@@ -246,6 +246,8 @@ impl RedisEvents {
             ("redis_errors", &s.redis_errors),
             ("replayed", &s.replayed),
             ("fenced", &s.fenced),
+            ("write_batches", &s.write_batches),
+            ("write_micros", &s.write_micros),
         ] {
             dict.set_item(name, counter.load(Ordering::Relaxed))?;
         }

@@ -64,6 +64,10 @@ pub struct Stats {
     pub redis_errors: AtomicU64,
     pub replayed: AtomicU64,
     pub fenced: AtomicU64,
+    /// Pipelines of appends Redis answered, and the time they took in total (µs): the
+    /// mean write latency is one over the other.
+    pub write_batches: AtomicU64,
+    pub write_micros: AtomicU64,
 }
 
 /// An event that has its position but is not in Redis yet.
@@ -208,7 +212,17 @@ impl Writer {
             waiters.push((append.waiter, append.session, append.stream));
             pending.push(Pending { key: append.key, tag: append.tag, data: append.data, fence: append.fence, position });
         }
-        let sent = if self.buffer.is_empty() { Some(self.send(&mut pending).await) } else { None };
+        let sent = if self.buffer.is_empty() {
+            let began = Instant::now();
+            let sent = self.send(&mut pending).await;
+            if sent.is_ok() {
+                self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.write_micros.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+            }
+            Some(sent)
+        } else {
+            None
+        };
         // The SDK gets its IDs whether or not Redis has the events yet: delivery goes on.
         let done = waiters
             .into_iter()

@@ -96,6 +96,10 @@ async def test_prometheus_example_counts_what_happens(nodes: list[Node]) -> None
     seconds = "mcp_db_request_duration_seconds_count"
 
     assert value(at_owner, "mcp_db_events_stored_total", store="redis") >= 4
+    batches = value(at_owner, "mcp_db_events_write_batches_total", store="redis")
+    assert 1 <= batches <= value(at_owner, "mcp_db_events_stored_total", store="redis")
+    # Each batch is a round trip to the redis-server on loopback: well under a second.
+    assert 0 < value(at_owner, "mcp_db_events_write_time_seconds_total", store="redis") < batches
     assert value(at_owner, "mcp_db_sessions_admitted_total") == 2
     assert value(at_other, "mcp_db_sessions_admitted_total") == 0
     assert value(at_owner, "mcp_db_sessions_not_found_total", reason="unknown") == 1

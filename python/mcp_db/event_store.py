@@ -369,7 +369,8 @@ class RedisEventStore(_Base):
 
     def stats(self) -> dict[str, int]:
         """Counters: stored, buffered, flushed, dropped, fenced, redis_errors (failed
-        writes), replayed, replay_errors (replays that could not read Redis)."""
+        writes), replayed, replay_errors (replays that could not read Redis), write_batches
+        and write_micros (pipelines of appends Redis answered, and their total time)."""
         return {**self._core.stats(), "replay_errors": self._replay_errors}
 
     async def __aenter__(self) -> Self:

@@ -189,14 +189,16 @@ def record_replay(seconds: float, attributes: Mapping[str, str]) -> None:
 
 
 def _observations(
-    family: str, key: str, attributes: Mapping[str, str] | None = None
+    family: str, key: str, attributes: Mapping[str, str] | None = None, *, scale: float = 1
 ) -> Callable[[Any], Iterable[Any]]:
-    """A callback reporting one counter of a family."""
+    """A callback reporting one counter of a family (times ``scale``: µs to seconds)."""
     from opentelemetry.metrics import Observation
 
     def observe(_options: Any) -> Iterable[Any]:
-        value = _FAMILIES[family].totals().get(key)
-        return [] if value is None else [Observation(value, attributes)]
+        value: float | None = _FAMILIES[family].totals().get(key)
+        if value is None:
+            return []
+        return [Observation(value * scale if scale != 1 else value, attributes)]
 
     return observe
 
@@ -268,6 +270,19 @@ def register(meter: Any) -> None:
         callbacks=_store_counter("flushed", "redis"),
         unit="{event}",
         description="Events buffered while Redis was unreachable, written once it was back",
+    )
+    counter(
+        "mcp_db.events.write.batches",
+        callbacks=_store_counter("write_batches", "redis"),
+        unit="{batch}",
+        description="Pipelines of appends Redis answered (one round trip each, carrying the"
+        " events of every session that had some waiting)",
+    )
+    counter(
+        "mcp_db.events.write.time",
+        callbacks=[_observations("redis", "write_micros", {"store": "redis"}, scale=1e-6)],
+        unit="s",
+        description="Time those pipelines took: over write.batches, the mean write latency",
     )
     level(
         "mcp_db.events.buffered",
