@@ -604,7 +604,8 @@ impl Relay {
 
     /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)` (it
     /// never runs), `("timeout", None)` (it never runs), `("lost", reason)` (the owner took
-    /// it on and was then found gone: it may have run) or `("refused", reason)`.
+    /// it on and was then found gone: it may have run) or `("refused", reason)`. An error
+    /// means Redis failed with the request maybe heard: do not send it again.
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -800,10 +801,10 @@ async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: Str
 
 /// Takes a forwarded request's claim for this node: if that succeeds, the owner never runs
 /// the request (its own claim fails).
-async fn give_up(shared: &Shared, session: &str, id: &ReqId) -> bool {
+async fn give_up(shared: &Shared, session: &str, id: &ReqId) -> Result<bool> {
     let mut pipe = redis::pipe();
     pipe.cmd("SET").arg(claim_key(&shared.prefix, session, id)).arg("gave-up").arg("NX").arg("PX").arg(CLAIM_TTL_MS);
-    matches!(shared.connector.query(&pipe).await, Ok(r) if matches!(r.first(), Some(redis::Value::Okay)))
+    Ok(matches!(shared.connector.query(&pipe).await?.first(), Some(redis::Value::Okay)))
 }
 
 async fn forward(
@@ -825,10 +826,17 @@ async fn forward(
     pipe.cmd("PUBLISH").arg(inbox_channel(&shared.prefix, &owner)).arg(request.encode());
     let heard = match shared.connector.query(&pipe).await {
         Ok(reply) => matches!(reply.first(), Some(redis::Value::Int(n)) if *n > 0),
-        Err(e) => {
-            forget(&shared);
-            return Err(e);
-        }
+        // Only the answer may be lost: the owner may have heard the request. The claim
+        // settles it: taken here, the request never runs; taken by the owner, its answer
+        // is on the way. If that fails too, nobody can know: the caller must not send the
+        // request again.
+        Err(e) => match give_up(&shared, &session, &id).await {
+            Ok(won) => !won,
+            Err(_) => {
+                forget(&shared);
+                return Err(e);
+            }
+        },
     };
     if !heard {
         forget(&shared);
@@ -839,7 +847,7 @@ async fn forward(
     let first = match tokio::time::timeout(bound, rx.recv()).await {
         Ok(frame) => frame,
         Err(_) => {
-            if give_up(&shared, &session, &id).await {
+            if give_up(&shared, &session, &id).await.unwrap_or(false) {
                 forget(&shared);
                 shared.stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 return Ok(Forwarded::Timeout);
@@ -869,7 +877,7 @@ async fn forward(
         }
         // The sweep found the owner gone before it answered. It heard the request, though:
         // unless this node takes the claim, the owner may yet run it.
-        Some(Frame { kind: kind::LOST, payload, .. }) => Ok(if give_up(&shared, &session, &id).await {
+        Some(Frame { kind: kind::LOST, payload, .. }) => Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
             Forwarded::Unreachable
         } else {
             Forwarded::Lost(String::from_utf8_lossy(&payload).into_owned())

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis as redis_py
 
-from mcp_db import RedisEventStore
+from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
 from mcp_db._redis_server import RedisServer
 
@@ -180,3 +180,26 @@ async def test_an_owner_found_gone_after_it_heard_a_request_can_never_run_it(
             pattern = dict(key_layout(prefix))["claim"]
             claims = [redis.get(key) for key in redis.scan_iter(match=pattern)]
         assert claims == ["gave-up"], claims
+
+
+async def test_a_request_whose_publish_failed_is_settled_by_its_claim(prefix: str) -> None:
+    """The PUBLISH of a request went out but its answer did not come back in time (Redis
+    paused past the timeout): the owner hears the request later. The relayer cannot know
+    whether it will run, so it takes the request's claim (queued behind the PUBLISH) and
+    raises. The owner, hearing the request once Redis resumes, loses the claim: the request
+    never runs, and the caller may not send it again either."""
+    redis = RedisServer().start()
+    try:
+        async with RedisEventStore(redis.url, prefix=prefix, timeout_seconds=0.3) as store:
+            owner, relayer = await _pair(store)
+            with redis_py.Redis.from_url(redis.url) as admin:
+                admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
+            with pytest.raises(McpDbError):
+                await relayer.forward("owner", "s", "{}", b"", 2000)
+            request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+            claimed = owner.claimed(request_id)
+            if not isinstance(claimed, bool):
+                claimed = await asyncio.wait_for(claimed, 5)
+            assert claimed is False
+    finally:
+        redis.cleanup()

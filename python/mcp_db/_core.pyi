@@ -218,7 +218,9 @@ class Relay:
     ) -> tuple[str, Forward | str | None]:
         """``("accepted", Forward)``; ``("unreachable", None)`` or ``("timeout", None)``,
         and the request never runs; ``("lost", reason)``: the owner took it on and was then
-        found gone, so it may have run; or ``("refused", reason)``."""
+        found gone, so it may have run; or ``("refused", reason)``. Raises
+        ``RedisUnavailableError`` when Redis failed and the owner may have heard the
+        request: it must not be sent again."""
     async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
         """The next request relayed here: ``(id, from_node, session, head, body)``. Its
         claim is under way: run nothing of it before :meth:`claimed` says so."""

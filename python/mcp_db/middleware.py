@@ -589,9 +589,13 @@ class SessionMiddleware:
             if complete:
                 try:
                     outcome = await self._relay_once(scope, receive, send, session_id, owner, body)
-                except McpDbError:
+                except McpDbError as exc:
+                    # The owner may have heard the request: sending it again could run it
+                    # twice. The client retries.
                     self.redis_errors["relay"] += 1
-                    outcome = "gone"  # the record lookup below tells the client what to do
+                    logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
+                    await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+                    return
                 if outcome in ("sent", "failed"):
                     return
                 self._owners.pop(session_id, None)
