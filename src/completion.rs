@@ -1,51 +1,34 @@
-//! Hands results back to asyncio futures, one event-loop wake-up per batch.
+//! Hands the writer's results back to asyncio futures, one event-loop wake-up per batch.
 //!
-//! `future_into_py` wakes the event loop once per future. On the append path that is one
-//! `call_soon_threadsafe` per event, which costs more Python CPU than the write itself at
-//! high concurrency, so appends carry a plain asyncio future and a writer batch resolves
-//! all of its futures with a single call into the loop.
+//! Each append carries a plain asyncio future and its loop's [`Wakeup`]. A writer batch
+//! queues all of its results at once and wakes each loop once, without taking the GIL on
+//! the I/O thread (see `wakeup.rs`): the loop sets the results on its own thread.
+
+use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyList;
+use pyo3::types::PyString;
 
-/// An asyncio future waiting for one result, with the loop that owns it.
+use crate::wakeup::{Done, Finish, Inner};
+
+/// An asyncio future waiting for one event ID, with the wake-up of the loop that owns it.
 pub struct Waiter {
-    pub event_loop: Py<PyAny>,
+    pub wakeup: Arc<Inner>,
     pub future: Py<PyAny>,
 }
 
-static RESOLVE_BATCH: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn resolve_batch(py: Python<'_>) -> PyResult<&Py<PyAny>> {
-    RESOLVE_BATCH.get_or_try_init(py, || {
-        Ok(py.import("mcp_db._resolve")?.getattr("resolve_batch")?.unbind())
-    })
-}
-
 /// Resolves every waiter with its event ID. Waiters are grouped by loop; normally there
-/// is one loop, so this is one `call_soon_threadsafe` for the whole batch.
+/// is one loop, so this is one wake-up for the whole batch.
 pub fn resolve_all(done: Vec<(Waiter, String)>) {
-    if done.is_empty() {
-        return;
+    let mut groups: Vec<(Arc<Inner>, Vec<Done>)> = Vec::new();
+    for (waiter, id) in done {
+        let finish: Finish = Box::new(move |py| Ok(PyString::new(py, &id).into_any().unbind()));
+        match groups.iter_mut().find(|(inner, _)| Arc::ptr_eq(inner, &waiter.wakeup)) {
+            Some((_, items)) => items.push((waiter.future, finish)),
+            None => groups.push((waiter.wakeup, vec![(waiter.future, finish)])),
+        }
     }
-    // `try_attach`: during interpreter shutdown there is nobody left to tell.
-    let _ = Python::try_attach(|py| {
-        let Ok(resolve) = resolve_batch(py) else { return };
-        let mut groups: Vec<(Py<PyAny>, Bound<'_, PyList>, Bound<'_, PyList>)> = Vec::new();
-        for (waiter, result) in done {
-            let index = groups.iter().position(|(lp, _, _)| lp.is(&waiter.event_loop));
-            let index = index.unwrap_or_else(|| {
-                groups.push((waiter.event_loop.clone_ref(py), PyList::empty(py), PyList::empty(py)));
-                groups.len() - 1
-            });
-            let (_, futures, results) = &groups[index];
-            let _ = futures.append(waiter.future);
-            let _ = results.append(result);
-        }
-        for (event_loop, futures, results) in groups {
-            // A closed loop raises RuntimeError: its coroutines are gone, nothing to resolve.
-            let _ = event_loop.call_method1(py, "call_soon_threadsafe", (resolve, futures, results));
-        }
-    });
+    for (inner, items) in groups {
+        inner.push_all(items);
+    }
 }

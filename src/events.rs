@@ -16,6 +16,7 @@ use pyo3::types::PyDict;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::completion::Waiter;
+use crate::wakeup::Wakeup;
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::event_id::{EventId, Position};
@@ -176,11 +177,11 @@ impl RedisEvents {
         })
     }
 
-    /// Queues one event; `future` (of `event_loop`) gets its event ID once Redis has it,
-    /// or at once, buffered, while Redis is unreachable.
+    /// Queues one event; `future` (of the loop `wakeup` serves) gets its event ID once Redis
+    /// has it, or at once, buffered, while Redis is unreachable.
     fn append(
         &self,
-        event_loop: Py<PyAny>,
+        wakeup: PyRef<'_, Wakeup>,
         future: Py<PyAny>,
         session: String,
         stream: String,
@@ -198,7 +199,7 @@ impl RedisEvents {
             tag,
             data: data.map(<[u8]>::to_vec),
             fence,
-            waiter: Waiter { event_loop, future },
+            waiter: Waiter { wakeup: wakeup.handle(), future },
         };
         self.inner.tx.send(Command::Append(append)).map_err(|_| Error::Closed.into())
     }

@@ -18,6 +18,7 @@ pub mod ownership;
 pub mod page;
 pub mod relay;
 pub mod sessions;
+pub mod wakeup;
 pub mod writer;
 
 /// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.
@@ -100,5 +101,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ownership::Ownership>()?;
     m.add_class::<relay::Relay>()?;
     m.add_class::<relay::Forward>()?;
+    m.add_class::<wakeup::Wakeup>()?;
     Ok(())
 }

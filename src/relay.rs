@@ -39,6 +39,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::keys::{claim_key, inbox_channel, node_key, reply_channel};
+use crate::wakeup;
 
 pub type ReqId = [u8; 16];
 
@@ -616,16 +617,14 @@ impl Relay {
         accept_timeout_ms: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let outcome = forward(shared, owner, session, head, body, accept_timeout_ms).await?;
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                Ok(match outcome {
-                    Forwarded::Accepted(f) => ("accepted", Py::new(py, f)?).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
-                    Forwarded::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
-                })
+        let work = async move { Ok(forward(shared, owner, session, head, body, accept_timeout_ms).await?) };
+        wakeup::spawn(py, work, |py, outcome| {
+            Ok(match outcome {
+                Forwarded::Accepted(f) => ("accepted", Py::new(py, f)?).into_pyobject(py)?.into_any().unbind(),
+                Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
+                Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
+                Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
+                Forwarded::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
             })
         })
     }
@@ -637,7 +636,7 @@ impl Relay {
     /// it before `claimed(id)` says it is this node's.
     fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let work = async move {
             loop {
                 let incoming = shared.requests.lock().await.recv().await;
                 let Some(incoming) = incoming else { return Ok(None) };
@@ -649,12 +648,14 @@ impl Relay {
                 // The claim's round trip to Redis overlaps with waking Python up.
                 let served = register(&shared, &incoming);
                 tokio::spawn(claim(shared.clone(), served, incoming.id, incoming.session.clone()));
-                return Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
-                    let id = PyBytes::new(py, &incoming.id);
-                    let body = PyBytes::new(py, &incoming.body);
-                    Ok(Some((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind()))
-                });
+                return Ok(Some(incoming));
             }
+        };
+        wakeup::spawn(py, work, |py, incoming: Option<Incoming>| {
+            let Some(incoming) = incoming else { return Ok(py.None()) };
+            let id = PyBytes::new(py, &incoming.id);
+            let body = PyBytes::new(py, &incoming.body);
+            Ok((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind())
         })
     }
 
@@ -667,7 +668,7 @@ impl Relay {
             CLAIM_PENDING => {}
             decided => return Ok(PyBool::new(py, decided == CLAIM_WON).to_owned().into_any()),
         }
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        let work = async move {
             loop {
                 let notified = served.wake.notified();
                 match served.claim.load(Ordering::SeqCst) {
@@ -675,7 +676,8 @@ impl Relay {
                     decided => return Ok(decided == CLAIM_WON),
                 }
             }
-        })
+        };
+        wakeup::spawn(py, work, |py, won: bool| Ok(PyBool::new(py, won).to_owned().into_any().unbind()))
     }
 
     /// Sends the response's status and headers.
@@ -987,15 +989,15 @@ impl Forward {
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let (shared, state, rx, owner) = (self.shared.clone(), self.state.clone(), self.rx.clone(), self.owner.clone());
         let first = self.first.lock().unwrap().take();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let frame = match first {
+        let work = async move {
+            Ok(match first {
                 Some(frame) => Some(frame),
                 None => rx.lock().await.recv().await,
-            };
-            Python::attach(|py| match frame {
-                Some(frame) => accept_frame(py, &shared, &state, &owner, frame),
-                None => Ok(("lost", "relay closed").into_pyobject(py)?.into_any().unbind()),
             })
+        };
+        wakeup::spawn(py, work, move |py, frame| match frame {
+            Some(frame) => accept_frame(py, &shared, &state, &owner, frame),
+            None => Ok(("lost", "relay closed").into_pyobject(py)?.into_any().unbind()),
         })
     }
 

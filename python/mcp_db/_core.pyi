@@ -84,15 +84,16 @@ class RedisEvents:
         """Opens the connection; ``mcp_db.RedisUnavailableError`` if Redis is unreachable."""
     def append(
         self,
-        event_loop: asyncio.AbstractEventLoop,
+        wakeup: Wakeup,
         future: asyncio.Future[str],
         session: str,
         stream: str,
         tag: str,
         data: bytes | None,
     ) -> None:
-        """Queues one event (``data`` None: priming). ``future`` gets its event ID once
-        Redis has it, or at once while Redis is unreachable (the event is buffered)."""
+        """Queues one event (``data`` None: priming). ``future`` (of the loop ``wakeup``
+        serves, see ``mcp_db._wake``) gets its event ID once Redis has it, or at once while
+        Redis is unreachable (the event is buffered)."""
     async def replay(
         self, last_event_id: str, session: str | None
     ) -> tuple[str, list[str], list[Run], ReplayPages | None] | None:
@@ -240,3 +241,13 @@ class Relay:
         """Ends the response (``ok=False``: it broke off) and forgets the request."""
     async def disconnected(self, id: bytes) -> None:
         """Resolves when the relaying side went away."""
+
+class Wakeup:
+    """One event loop's end of the core's completions: the I/O thread queues results and
+    writes a byte to a socket the loop watches (``mcp_db._wake``)."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int:
+        """The socket the loop watches for readability."""
+    def drain(self) -> None:
+        """Completes every future whose result has come (the loop's reader callback)."""

@@ -17,7 +17,7 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mcp_db import _core, metrics
+from mcp_db import _core, _wake, metrics
 from mcp_db._sdk import (
     EventCallback,
     EventId,
@@ -351,10 +351,9 @@ class RedisEventStore(_Base):
         return f"<RedisEventStore {self._core.server} prefix={self.prefix!r}>"
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[str] = loop.create_future()
-        self._core.append(loop, future, session, stream, tag, data)
-        return await future
+        wakeup, future = _wake.start()
+        self._core.append(wakeup, future, session, stream, tag, data)
+        return await future  # type: ignore[no-any-return]
 
     async def _replay(self, session: str, last_event_id: str) -> Replay | None:
         return await self._core.replay(last_event_id, session)

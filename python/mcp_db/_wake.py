@@ -1,0 +1,24 @@
+"""The event loop's end of ``src/wakeup.rs``: one socket per loop, watched with
+``add_reader``, through which the Rust core's I/O thread says results are in. Called by
+the core when it starts a piece of work; not public."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from typing import Any
+
+from mcp_db._core import Wakeup
+
+_wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeup] = weakref.WeakKeyDictionary()
+
+
+def start() -> tuple[Wakeup, asyncio.Future[Any]]:
+    """The running loop's :class:`Wakeup` (made and watched on first use) and a new future
+    of that loop."""
+    loop = asyncio.get_running_loop()
+    wakeup = _wakeups.get(loop)
+    if wakeup is None:
+        wakeup = _wakeups[loop] = Wakeup()
+        loop.add_reader(wakeup.fileno(), wakeup.drain)
+    return wakeup, loop.create_future()

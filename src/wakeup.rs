@@ -1,0 +1,123 @@
+//! Completes asyncio futures from the I/O thread without taking the GIL there.
+//!
+//! `future_into_py` completes a future by attaching to the interpreter on the I/O thread
+//! and calling `loop.call_soon_threadsafe`. The I/O thread waits for the GIL whenever the
+//! event loop is busy, and the loop, woken by that call, then waits for the I/O thread to
+//! let the GIL go: two hand-offs per result. Here the I/O thread only queues the result and
+//! writes a byte to a socket the loop watches (`loop.add_reader`, one per loop, see
+//! `mcp_db._wake`); the loop turns the results into Python objects itself, on its own
+//! thread, already holding the GIL. Used on the relay's hot path.
+
+use std::future::Future;
+use std::io::{Read, Write};
+use std::os::unix::io::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+
+/// Builds a finished piece of work's result (or error) as a Python object, on the loop.
+pub type Finish = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+
+/// A future of the loop, and how to build its result.
+pub type Done = (Py<PyAny>, Finish);
+
+/// What the I/O thread holds of a loop's [`Wakeup`].
+pub struct Inner {
+    reader: UnixStream,
+    writer: UnixStream,
+    done: Mutex<Vec<Done>>,
+    /// A byte is on its way to the loop, or the loop has yet to drain: no need for another.
+    signalled: AtomicBool,
+}
+
+impl Inner {
+    fn push(&self, future: Py<PyAny>, finish: Finish) {
+        self.push_all(vec![(future, finish)]);
+    }
+
+    /// Queues results for the loop and wakes it (once, however many).
+    pub fn push_all(&self, items: Vec<Done>) {
+        self.done.lock().unwrap().extend(items);
+        if !self.signalled.swap(true, Ordering::SeqCst) {
+            // Full socket buffer: a wake-up is pending anyway.
+            let _ = (&self.writer).write(&[1]);
+        }
+    }
+}
+
+/// One event loop's end: the socket it watches and the results waiting for it.
+#[pyclass(frozen, module = "mcp_db._core")]
+pub struct Wakeup {
+    inner: Arc<Inner>,
+}
+
+impl Wakeup {
+    /// What the I/O thread needs to complete this loop's futures.
+    pub fn handle(&self) -> Arc<Inner> {
+        self.inner.clone()
+    }
+}
+
+#[pymethods]
+impl Wakeup {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (reader, writer) = UnixStream::pair()?;
+        reader.set_nonblocking(true)?;
+        writer.set_nonblocking(true)?;
+        let inner = Inner { reader, writer, done: Mutex::new(Vec::new()), signalled: AtomicBool::new(false) };
+        Ok(Wakeup { inner: Arc::new(inner) })
+    }
+
+    /// The file descriptor the loop watches for readability.
+    fn fileno(&self) -> i32 {
+        self.inner.reader.as_raw_fd()
+    }
+
+    /// Completes every future whose result has come (the loop's reader callback). A
+    /// future already done (its caller was cancelled) is skipped, and its result dropped.
+    fn drain(&self, py: Python<'_>) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.inner.reader).read(&mut buf), Ok(n) if n > 0) {}
+        // Cleared before taking the queue: a result queued after this point signals again.
+        self.inner.signalled.store(false, Ordering::SeqCst);
+        let done = std::mem::take(&mut *self.inner.done.lock().unwrap());
+        for (future, finish) in done {
+            let future = future.bind(py);
+            if future.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true) {
+                continue;
+            }
+            let outcome = match finish(py) {
+                Ok(value) => future.call_method1("set_result", (value,)),
+                Err(e) => future.call_method1("set_exception", (e.into_value(py),)),
+            };
+            if let Err(e) = outcome {
+                tracing::warn!("cannot complete an asyncio future: {e}");
+            }
+        }
+    }
+}
+
+static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Runs `work` on the I/O thread and returns an asyncio future of the running loop that
+/// completes with `finish(result)`, built on the loop's thread.
+pub fn spawn<'py, T, W, F>(py: Python<'py>, work: W, finish: F) -> PyResult<Bound<'py, PyAny>>
+where
+    T: Send + 'static,
+    W: Future<Output = PyResult<T>> + Send + 'static,
+    F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    let start = START.get_or_try_init(py, || Ok::<_, PyErr>(py.import("mcp_db._wake")?.getattr("start")?.unbind()))?;
+    let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
+    let inner = wakeup.get().handle();
+    let target = future.clone().unbind();
+    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        let result = work.await;
+        inner.push(target, Box::new(move |py| finish(py, result?)));
+    });
+    Ok(future)
+}
