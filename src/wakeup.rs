@@ -115,9 +115,26 @@ where
     let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
     let inner = wakeup.get().handle();
     let target = future.clone().unbind();
-    pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+    let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
         let result = work.await;
         inner.push(target, Box::new(move |py| finish(py, result?)));
     });
+    // A caller that is cancelled stops the work too (as with `future_into_py`): a wait
+    // for the next relayed request, say, must not take one for nobody.
+    future.call_method1("add_done_callback", (Abort(task.abort_handle()),))?;
     Ok(future)
+}
+
+/// Aborts a piece of work once its future is cancelled (a done callback).
+#[pyclass(frozen, module = "mcp_db._core")]
+struct Abort(tokio::task::AbortHandle);
+
+#[pymethods]
+impl Abort {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.0.abort();
+        }
+        Ok(())
+    }
 }

@@ -203,3 +203,19 @@ async def test_a_request_whose_publish_failed_is_settled_by_its_claim(prefix: st
             assert claimed is False
     finally:
         redis.cleanup()
+
+
+async def test_a_cancelled_wait_for_a_request_takes_none(store: RedisEventStore) -> None:
+    """A node that stops waiting for relayed requests (its task cancelled) must not leave a
+    wait behind that would take, and claim, the next request for nobody."""
+    owner, relayer = await _pair(store)
+    waiting = asyncio.ensure_future(owner.next_request())
+    await asyncio.sleep(0.05)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"next", 2000))
+    _, _, _, _, body = await _take(owner)
+    assert body == b"next"
+    outcome, _ = await forwarding
+    assert outcome == "accepted"
