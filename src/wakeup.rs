@@ -6,7 +6,7 @@
 //! let the GIL go: two hand-offs per result. Here the I/O thread only queues the result and
 //! writes a byte to a socket the loop watches (`loop.add_reader`, one per loop, see
 //! `mcp_db._wake`); the loop turns the results into Python objects itself, on its own
-//! thread, already holding the GIL. Used on the relay's hot path.
+//! thread, already holding the GIL. Used by the relay and by the writer (`completion.rs`).
 
 use std::future::Future;
 use std::io::{Read, Write};
