@@ -243,24 +243,21 @@ impl Connector {
     /// A new dedicated connection for SUBSCRIBE (pub/sub cannot share the multiplexed one),
     /// with the hub it is on (`None` on one server).
     pub async fn pubsub(&self) -> Result<(redis::aio::PubSub, Option<(String, u16)>)> {
-        let (client, hub) = match self.link().await? {
-            Link::Single(_) => (self.client.clone(), None),
-            Link::Cluster(mut conn) => {
-                *self.hub.lock().unwrap() = None;
-                let (host, port) = self.hub(&mut conn).await?;
-                let hub = Some((host.clone(), port));
+        let hub = self.hub_now().await?;
+        let client = match hub.clone() {
+            None => self.client.clone(),
+            Some((host, port)) => {
                 let info = self.client.get_connection_info().clone();
                 let addr = match info.addr().clone() {
                     ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host, port, insecure, tls_params },
                     _ => ConnectionAddr::Tcp(host, port),
                 };
                 let info = info.set_addr(addr).into_connection_info().map_err(|e| Error::from_redis(&e, &self.server))?;
-                let client = match &self.tls {
+                match &self.tls {
                     Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
                     None => redis::Client::open(info),
                 }
-                .map_err(|e| Error::from_redis(&e, &self.server))?;
-                (client, hub)
+                .map_err(|e| Error::from_redis(&e, &self.server))?
             }
         };
         Ok((self.timed(client.get_async_pubsub()).await?, hub))

@@ -16,12 +16,12 @@ use pyo3::types::PyDict;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::completion::Waiter;
-use crate::wakeup::Wakeup;
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::event_id::{EventId, Position};
 use crate::keys::{events_key, validate_prefix};
 use crate::page::{Page, PageBuilder};
+use crate::wakeup::Wakeup;
 use crate::writer::{Append, Command, Limits, Stats, Writer};
 
 /// Checks a one-byte message tag coming from Python.

@@ -859,6 +859,7 @@ async fn forward(
                 Some(frame) => Some(frame),
                 None => {
                     forget(&shared);
+                    shared.stats.lost.fetch_add(1, Ordering::Relaxed);
                     return Ok(Forwarded::Lost("the owner took the request on, then fell silent".into()));
                 }
             }

@@ -9,10 +9,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from mcp_db._redis_server import free_port, wait_listening
+from mcp_db._redis_server import free_port, wait_listening, wait_until
 
 CONFIG = """\
 worker_processes 1;
@@ -52,15 +51,6 @@ http {{
 """
 
 
-def _appears(path: Path, process: subprocess.Popen[bytes], seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return process.poll() is None
-
-
 class Nginx:
     """Round-robins every request over ``backends`` (``host:port`` strings)."""
 
@@ -94,7 +84,11 @@ class Nginx:
         # nginx writes its pid file once it holds its sockets: that, not just "something
         # listens on the port", says this process is the one listening.
         pid = self.prefix / "nginx.pid"
-        if not wait_listening(self.port, self.process, 10) or not _appears(pid, self.process, 10):
+        if not (
+            wait_listening(self.port, self.process, 10)
+            and wait_until(pid.exists, self.process, 10)
+            and self.process.poll() is None
+        ):
             log = (self.prefix / "stderr.log").read_text(errors="replace")
             self.stop()
             raise RuntimeError(f"nginx did not start:\n{log}")

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _handed_out: set[int] = set()
@@ -24,7 +24,7 @@ def free_port() -> int:
     """A loopback port nothing listens on, never the same twice in one process: two servers
     given ports before either binds must not get one port (nginx would then fail to bind,
     and a check for "something listens" would find the other server there)."""
-    while True:
+    for _ in range(10 * len(_PORTS)):
         port = random.choice(_PORTS)
         if port in _handed_out:
             continue
@@ -35,20 +35,35 @@ def free_port() -> int:
                 continue
         _handed_out.add(port)
         return port
+    raise RuntimeError(
+        f"no free loopback port left in {_PORTS.start}-{_PORTS.stop - 1}"
+        f" ({len(_handed_out)} handed out by this process)"
+    )
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], seconds: float) -> bool:
+    """Polls ``ready()`` until it holds; ``False`` if ``process`` exits or ``seconds`` pass
+    first."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+        return True
+    except OSError:
+        return False
 
 
 def wait_listening(port: int, process: subprocess.Popen[bytes], seconds: float) -> bool:
     """Waits until something accepts connections on ``port``; ``False`` if ``process``
     exits or ``seconds`` pass first."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return True
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+    return wait_until(lambda: _accepts(port), process, seconds)
 
 
 def _ping(port: int) -> bool:
@@ -123,12 +138,9 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while not _ping(self.port):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
-            time.sleep(0.02)
+        if not wait_until(lambda: _ping(self.port), self.process, 10):
+            log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"redis-server on port {self.port} did not start:\n{log}")
         return self
 
     def stop(self) -> None:

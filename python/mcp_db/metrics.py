@@ -241,66 +241,38 @@ def register(meter: Any) -> None:
     test may pass its own)."""
     counter = meter.create_observable_counter
     level = meter.create_observable_up_down_counter
-    counter(
-        "mcp_db.events.stored",
-        callbacks=_store_counter("stored", "redis", "memory"),
-        unit="{event}",
-        description="Events the store wrote (Redis: that Redis confirmed)",
-    )
-    counter(
-        "mcp_db.events.replayed",
-        callbacks=_store_counter("replayed", "redis", "memory"),
-        unit="{event}",
-        description="Events read back to resume a stream",
-    )
-    counter(
-        "mcp_db.events.dropped",
-        callbacks=_store_counter("dropped", "redis"),
-        unit="{event}",
-        description="Events delivered live but not stored, so not replayable",
-    )
-    counter(
-        "mcp_db.events.fenced",
-        callbacks=_store_counter("fenced", "redis"),
-        unit="{event}",
-        description="Dropped events written after another node took the session over",
-    )
-    counter(
-        "mcp_db.events.flushed",
-        callbacks=_store_counter("flushed", "redis"),
-        unit="{event}",
-        description="Events buffered while Redis was unreachable, written once it was back",
-    )
-    counter(
-        "mcp_db.events.write.batches",
-        callbacks=_store_counter("write_batches", "redis"),
-        unit="{batch}",
-        description="Pipelines of appends Redis answered (one round trip each, carrying the"
-        " events of every session that had some waiting)",
-    )
+    both, redis, memory = ("redis", "memory"), ("redis",), ("memory",)
+    # (instrument, name under mcp_db.events, stats key, stores, unit, description)
+    for make, name, key, stores, unit, description in [
+        (counter, "stored", "stored", both, "{event}",
+         "Events the store wrote (Redis: that Redis confirmed)"),
+        (counter, "replayed", "replayed", both, "{event}", "Events read back to resume a stream"),
+        (counter, "dropped", "dropped", redis, "{event}",
+         "Events delivered live but not stored, so not replayable"),
+        (counter, "fenced", "fenced", redis, "{event}",
+         "Dropped events written after another node took the session over"),
+        (counter, "flushed", "flushed", redis, "{event}",
+         "Events buffered while Redis was unreachable, written once it was back"),
+        (counter, "write.batches", "write_batches", redis, "{batch}",
+         "Pipelines of appends Redis answered (one round trip each, carrying the events of"
+         " every session that had some waiting)"),
+        (level, "buffered", "buffered", redis, "{event}",
+         "Events held in memory now, waiting for Redis"),
+        (level, "streams", "streams", memory, "{stream}", "Streams a memory store holds now"),
+        (counter, "streams_evicted", "evicted_streams", memory, "{stream}",
+         "Streams a memory store dropped to stay within max_streams"),
+    ]:  # fmt: skip
+        make(
+            f"mcp_db.events.{name}",
+            callbacks=_store_counter(key, *stores),
+            unit=unit,
+            description=description,
+        )
     counter(
         "mcp_db.events.write.time",
         callbacks=[_observations("redis", "write_micros", {"store": "redis"}, scale=1e-6)],
         unit="s",
         description="Time those pipelines took: over write.batches, the mean write latency",
-    )
-    level(
-        "mcp_db.events.buffered",
-        callbacks=_store_counter("buffered", "redis"),
-        unit="{event}",
-        description="Events held in memory now, waiting for Redis",
-    )
-    level(
-        "mcp_db.events.streams",
-        callbacks=_store_counter("streams", "memory"),
-        unit="{stream}",
-        description="Streams a memory store holds now",
-    )
-    counter(
-        "mcp_db.events.streams_evicted",
-        callbacks=_store_counter("evicted_streams", "memory"),
-        unit="{stream}",
-        description="Streams a memory store dropped to stay within max_streams",
     )
     for key, description in [
         ("admitted", "New sessions this node created (answered initialize)"),
