@@ -21,6 +21,8 @@ pub struct Position {
 
 impl Position {
     pub const ZERO: Position = Position { ms: 0, seq: 0 };
+    /// The largest ID Redis accepts: nothing can follow it.
+    pub const MAX: Position = Position { ms: u64::MAX, seq: u64::MAX };
 
     /// Parses a Redis stream entry ID such as `1700000000000-3`.
     pub fn parse(text: &str) -> Option<Position> {
@@ -28,11 +30,11 @@ impl Position {
         Some(Position { ms: parse_u64(ms)?, seq: parse_u64(seq)? })
     }
 
-    /// The position right after this one in Redis' ordering.
-    pub fn next(self) -> Position {
+    /// The position right after this one in Redis' ordering; `None` after [`Position::MAX`].
+    pub fn next(self) -> Option<Position> {
         match self.seq.checked_add(1) {
-            Some(seq) => Position { ms: self.ms, seq },
-            None => Position { ms: self.ms + 1, seq: 0 },
+            Some(seq) => Some(Position { ms: self.ms, seq }),
+            None => Some(Position { ms: self.ms.checked_add(1)?, seq: 0 }),
         }
     }
 }
@@ -190,7 +192,8 @@ mod tests {
     #[test]
     fn positions_order_like_redis() {
         assert!(pos(1, 9) < pos(2, 0));
-        assert_eq!(pos(5, u64::MAX).next(), pos(6, 0));
+        assert_eq!(pos(5, u64::MAX).next(), Some(pos(6, 0)));
+        assert_eq!(Position::MAX.next(), None);
         assert_eq!(Position::parse("17-3"), Some(pos(17, 3)));
         assert_eq!(pos(17, 3).to_string(), "17-3");
     }

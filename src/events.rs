@@ -72,6 +72,26 @@ fn build_page(reply: redis::Value, session: &str, stream: &str, page_size: usize
 }
 
 impl Inner {
+    /// Events still waiting in the writer's buffer (Redis was unreachable) would be
+    /// missing from a replay, and the SDK would then mint the resumed stream's priming
+    /// event after them: every later resume would skip them for good. So a replay first
+    /// has the buffer written, and fails like Redis being down if it cannot be.
+    async fn settle_buffer(&self) -> Result<()> {
+        if self.stats.buffered.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        let (reply, written) = oneshot::channel();
+        self.tx.send(Command::Flush(reply)).map_err(|_| Error::Closed)?;
+        match written.await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Unavailable(format!(
+                "Redis at {} has not yet taken the events buffered while it was unreachable",
+                self.connector.server()
+            ))),
+            Err(_) => Err(Error::Closed),
+        }
+    }
+
     /// Reads the page after `after`; when `must_exist`, first checks that `after` itself is
     /// still stored (an unknown, trimmed or expired ID replays nothing).
     async fn page(&self, id: &EventId, must_exist: bool) -> Result<Option<Page>> {
@@ -81,7 +101,11 @@ impl Inner {
         if must_exist {
             pipe.cmd("XRANGE").arg(&key).arg(&at).arg(&at);
         }
-        pipe.cmd("XRANGE").arg(&key).arg(format!("({at}")).arg("+").arg("COUNT").arg(self.page_size);
+        // Nothing can follow the largest ID (and Redis refuses an exclusive start there).
+        let first = id.position.next();
+        if let Some(first) = first {
+            pipe.cmd("XRANGE").arg(&key).arg(first.to_string()).arg("+").arg("COUNT").arg(self.page_size);
+        }
         let mut values = self.connector.query(&pipe).await?;
         if let Some(redis::Value::ServerError(e)) = values.iter().find(|v| matches!(v, redis::Value::ServerError(_))) {
             return Err(Error::Redis(format!("replay of {key} failed: {e}")));
@@ -89,7 +113,8 @@ impl Inner {
         if must_exist && !matches!(values.first(), Some(redis::Value::Array(found)) if !found.is_empty()) {
             return Ok(None);
         }
-        let page = build_page(values.pop().unwrap_or_default(), &id.session, &id.stream, self.page_size);
+        let after = if first.is_some() { values.pop().unwrap_or_default() } else { redis::Value::Nil };
+        let page = build_page(after, &id.session, &id.stream, self.page_size);
         self.stats.replayed.fetch_add(page.len() as u64, Ordering::Relaxed);
         Ok(Some(page))
     }
@@ -213,6 +238,7 @@ impl RedisEvents {
         let decoded = EventId::decode(last_event_id).filter(|id| session.as_ref().is_none_or(|s| *s == id.session));
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let Some(id) = decoded else { return Ok(None) };
+            inner.settle_buffer().await?;
             let Some(page) = inner.page(&id, true).await? else { return Ok(None) };
             let pages = page.cursor.clone().map(|cursor| ReplayPages::spawn(inner, cursor));
             Python::attach(|py| {

@@ -43,6 +43,9 @@ pub struct Append {
 
 pub enum Command {
     Append(Append),
+    /// Write the buffer now, whatever the backoff says, and answer whether it is empty:
+    /// a replay must not read a stream while some of its events still wait here.
+    Flush(oneshot::Sender<bool>),
     Close(oneshot::Sender<()>),
 }
 
@@ -109,7 +112,9 @@ impl Clock {
 
     fn next(&mut self) -> Position {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next() };
+        // At `Position::MAX` (only reachable by observing a forged ID) stay there: Redis
+        // then places the event itself (see `place`).
+        self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next().unwrap_or(Position::MAX) };
         self.last
     }
 }
@@ -177,23 +182,25 @@ impl Writer {
                 }
             };
             let mut closing = None;
+            let mut flushes = Vec::new();
             match first {
-                Some(Command::Append(a)) => batch.push(a),
-                Some(Command::Close(reply)) => closing = Some(reply),
+                Some(command) => self.take(command, &mut batch, &mut flushes, &mut closing),
                 None => break,
             }
-            while closing.is_none() && batch.len() < self.limits.batch_max {
+            while closing.is_none() && flushes.is_empty() && batch.len() < self.limits.batch_max {
                 match rx.try_recv() {
-                    Ok(Command::Append(a)) => batch.push(a),
-                    Ok(Command::Close(reply)) => closing = Some(reply),
+                    Ok(command) => self.take(command, &mut batch, &mut flushes, &mut closing),
                     Err(_) => break,
                 }
             }
             if !batch.is_empty() {
                 self.write(std::mem::take(&mut batch)).await;
             }
-            if !self.buffer.is_empty() && Instant::now() >= self.next_flush {
+            if !self.buffer.is_empty() && (!flushes.is_empty() || Instant::now() >= self.next_flush) {
                 self.flush().await;
+            }
+            for reply in flushes {
+                let _ = reply.send(self.buffer.is_empty());
             }
             if let Some(reply) = closing {
                 self.shutdown().await;
@@ -202,6 +209,20 @@ impl Writer {
             }
         }
         self.shutdown().await;
+    }
+
+    fn take(
+        &mut self,
+        command: Command,
+        batch: &mut Vec<Append>,
+        flushes: &mut Vec<oneshot::Sender<bool>>,
+        closing: &mut Option<oneshot::Sender<()>>,
+    ) {
+        match command {
+            Command::Append(a) => batch.push(a),
+            Command::Flush(reply) => flushes.push(reply),
+            Command::Close(reply) => *closing = Some(reply),
+        }
     }
 
     async fn write(&mut self, batch: Vec<Append>) {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -210,3 +211,69 @@ async def test_with_redis_down_an_owner_serves_its_session_and_refuses_what_it_c
             assert record["state"] == "CLOSED", record
     finally:
         node.stop()
+
+
+async def test_a_replay_as_redis_returns_includes_the_buffered_events_and_later_ones_follow_them(
+    persistent_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Defect 1 of issue 11, at its root. Events stored while Redis was down wait in the
+    writer's buffer, written on the writer's backoff. A replay that came between Redis
+    returning and that write found none of them, and the priming event the SDK stores for
+    the resumed stream then sorted after them: every later resume skipped them for good.
+    A replay now has the buffer written first."""
+    from mcp_db import RedisEventStore
+
+    caplog.set_level(logging.DEBUG, logger="mcp_db")
+    async with RedisEventStore(persistent_redis.url, prefix="settle", timeout_seconds=1) as store:
+        view = store.for_session("s")
+        first = await view.store_event("1", msgs.notification(0))
+        persistent_redis.stop()
+        for i in range(1, 8):
+            await view.store_event("1", msgs.notification(i))
+        # Four failed attempts to write the buffer double the writer's backoff to 1.6 s:
+        # its next attempt comes well after Redis is back and the replay below has run.
+        for _ in range(200):
+            if sum("still unavailable" in r.getMessage() for r in caplog.records) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        persistent_redis.start()
+        assert store.stats()["buffered"] == 7, "the writer has not written the buffer yet"
+
+        got: list[int] = []
+
+        async def collect(event: Any) -> None:
+            got.append(msgs.unwrap(event.message).params["progress"])
+
+        assert await view.replay_events_after(first, collect) == "1"
+        assert got == list(range(1, 8)), "the replay carries every buffered event"
+        assert store.stats()["buffered"] == 0
+
+        # What the resumed stream stores next (its priming event first) comes after them.
+        priming = await view.store_event("1", None)
+        await view.store_event("1", msgs.notification(8))
+        got.clear()
+        assert await view.replay_events_after(priming, collect) == "1"
+        assert got == [8]
+
+
+async def test_a_replay_while_events_wait_for_redis_fails_like_redis_being_down(
+    persistent_redis: RedisServer,
+) -> None:
+    """A replay that cannot have the buffer written raises, within the store's timeout, so
+    the client retries rather than resuming past events that are not in Redis yet."""
+    from mcp_db import RedisEventStore
+    from mcp_db.errors import RedisUnavailableError
+
+    async with RedisEventStore(persistent_redis.url, prefix="settle", timeout_seconds=1) as store:
+        view = store.for_session("s")
+        first = await view.store_event("1", msgs.notification(0))
+        persistent_redis.stop()
+        await view.store_event("1", msgs.notification(1))
+
+        async def never(event: Any) -> None:
+            raise AssertionError("nothing may be replayed")
+
+        with pytest.raises(RedisUnavailableError):
+            await asyncio.wait_for(view.replay_events_after(first, never), timeout=3)
+        assert store.stats()["replay_errors"] == 1
+        persistent_redis.start()

@@ -30,10 +30,11 @@ http {{
 {servers}
         keepalive 64;
     }}
+{opening}
     server {{
         listen 127.0.0.1:{port};
         location / {{
-            proxy_pass http://mcp;
+            proxy_pass http://{target};
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;
@@ -51,10 +52,28 @@ http {{
 """
 
 
-class Nginx:
-    """Round-robins every request over ``backends`` (``host:port`` strings)."""
+# Requests without a session (initialize) go to one backend, every other to the pool: the
+# session's owner is then known and every request in it is relayed, which makes a relayed
+# path deterministic for fault tests.
+OPENING = """\
+    upstream opening {{
+        server {backend} max_fails=0;
+        keepalive 16;
+    }}
+    map $http_mcp_session_id $pool {{
+        "" opening;
+        default mcp;
+    }}
+"""
 
-    def __init__(self, backends: list[str]) -> None:
+
+class Nginx:
+    """Round-robins every request over ``backends`` (``host:port`` strings).
+
+    With ``opening``, requests that carry no ``Mcp-Session-Id`` go to that backend instead.
+    """
+
+    def __init__(self, backends: list[str], *, opening: str | None = None) -> None:
         binary = shutil.which("nginx") or (
             "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
         )
@@ -65,7 +84,13 @@ class Nginx:
         self.prefix = Path(tempfile.mkdtemp(prefix="mcp-db-nginx-"))
         servers = "\n".join(f"        server {b} max_fails=0;" for b in backends)
         (self.prefix / "nginx.conf").write_text(
-            CONFIG.format(prefix=self.prefix, servers=servers, port=self.port)
+            CONFIG.format(
+                prefix=self.prefix,
+                servers=servers,
+                port=self.port,
+                opening=OPENING.format(backend=opening) if opening else "",
+                target="$pool" if opening else "mcp",
+            )
         )
         self.process: subprocess.Popen[bytes] | None = None
 

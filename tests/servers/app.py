@@ -4,6 +4,7 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 
 - ``MCP_DB_STORE``: ``redis`` (default) or ``memory``
 - ``MCP_DB_REDIS_URL`` and ``MCP_DB_PREFIX`` for the Redis store
+- ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
   ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
 """
@@ -31,7 +32,7 @@ else:
     )
 
 # Clients reconnect after this many milliseconds once the server cuts a stream.
-RETRY_MS = 100
+RETRY_MS = int(os.environ.get("MCP_RETRY_MS", "100"))
 # The SDK's idle timeout (1.2x and 2.x), to see reaped sessions come back.
 IDLE_TIMEOUT = float(os.environ["MCP_IDLE_TIMEOUT"]) if "MCP_IDLE_TIMEOUT" in os.environ else None
 

@@ -1,0 +1,149 @@
+"""A fault-injection layer: the faults operators and attackers produce, on real processes.
+
+``Faults`` wraps a persistent ``redis-server`` (append-only, fsync always: a kill -9 loses
+nothing) and some test-server nodes, and offers what can go wrong with them: kill,
+restart, pause and fill Redis; kill, stop and terminate a node. ``Paths`` puts nginx in
+front of the nodes in two ways, so that one test runs over both paths a request can take:
+
+- ``direct``: every request goes to the session's owner (node 0);
+- ``relayed``: ``initialize`` goes to node 0, which then owns the session, and every
+  other request to the other nodes, which relay it to the owner through Redis.
+
+Extend it by adding a method here and a test that uses it (tests/test_faults.py).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis as redis_py
+
+from mcp_db._nginx import Nginx
+from mcp_db._redis_server import RedisServer
+from tests._nodes import Node
+
+PATHS = ("direct", "relayed")
+
+
+class Faults:
+    def __init__(self, redis: RedisServer, nodes: list[Node]) -> None:
+        self.redis = redis
+        self.nodes = nodes
+
+    # -- Redis ---------------------------------------------------------------------------
+
+    def kill_redis(self) -> None:
+        """kill -9: connections drop at once; what was written is on disk."""
+        self.redis.stop()
+
+    def restart_redis(self) -> None:
+        self.redis.start()
+
+    @contextmanager
+    def redis_down(self, seconds: float) -> Iterator[threading.Thread]:
+        """Kills Redis now and restarts it ``seconds`` later, in the background; on exit,
+        waits until it is back."""
+        self.kill_redis()
+        timer = threading.Timer(seconds, self.restart_redis)
+        timer.start()
+        try:
+            yield timer
+        finally:
+            timer.join()
+
+    def pause_redis(self, milliseconds: int, mode: str = "ALL") -> None:
+        """``CLIENT PAUSE``: Redis stays up, but holds every command (or every write)."""
+        self.client().execute_command("CLIENT", "PAUSE", milliseconds, mode)
+
+    def fill_redis(self, maxmemory: str = "4mb") -> None:
+        """Sets ``maxmemory`` with ``noeviction`` and writes filler keys until Redis
+        refuses writes with OOM."""
+        r = self.client()
+        r.config_set("maxmemory-policy", "noeviction")
+        r.config_set("maxmemory", maxmemory)
+        chunk = b"x" * 65536
+        for i in range(100_000):
+            try:
+                r.set(f"filler:{i}", chunk)
+            except redis_py.exceptions.ResponseError as exc:
+                assert "OOM" in str(exc), exc
+                return
+        raise AssertionError("Redis never filled up")
+
+    def client(self) -> redis_py.Redis:
+        return redis_py.Redis.from_url(self.redis.url)
+
+    # -- nodes ---------------------------------------------------------------------------
+
+    def kill_node(self, i: int) -> None:
+        self.nodes[i].stop(kill=True)
+
+    def terminate_node(self, i: int) -> None:
+        self.nodes[i].stop()
+
+    def freeze_node(self, i: int) -> None:
+        """SIGSTOP: the process holds its sockets and state but answers nothing."""
+        self._signal(i, signal.SIGSTOP)
+
+    def thaw_node(self, i: int) -> None:
+        self._signal(i, signal.SIGCONT)
+
+    def _signal(self, i: int, sig: signal.Signals) -> None:
+        process = self.nodes[i].process
+        assert process is not None, f"node {i} is not running"
+        os.kill(process.pid, sig)
+
+
+class Paths:
+    """``size`` nodes with SessionMiddleware on one Redis, and nginx in front of them,
+    routing as ``path`` says (see the module docstring)."""
+
+    def __init__(
+        self, redis: RedisServer, path: str, *, prefix: str, size: int = 2, **env: str
+    ) -> None:
+        assert path in PATHS, path
+        assert size >= 2, "the relayed path needs a node besides the owner"
+        self.path = path
+        base = {
+            "MCP_DB_REDIS_URL": redis.url,
+            "MCP_DB_PREFIX": prefix,
+            "MCP_DB_MIDDLEWARE": "1",
+            **env,
+        }
+        self.nodes = [Node(env=base) for _ in range(size)]
+        owner = f"127.0.0.1:{self.nodes[0].port}"
+        others = [f"127.0.0.1:{n.port}" for n in self.nodes[1:]]
+        self.lb = Nginx([owner] if path == "direct" else others, opening=owner)
+        self.faults = Faults(redis, self.nodes)
+
+    @property
+    def url(self) -> str:
+        return self.lb.url
+
+    def start(self) -> Paths:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.lb.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        self.lb.stop()
+        for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                os.kill(node.process.pid, signal.SIGCONT)  # a frozen node must not hang stop()
+            node.stop()
+
+    def served_by(self) -> list[str]:
+        """The node port that served each request so far, in order."""
+        return [upstream.rsplit(":", 1)[-1] for upstream in self.lb.upstreams()]
+
+    def logs(self) -> str:
+        return "\n".join(f"--- node {n.port}\n{n.output()}" for n in self.nodes)
