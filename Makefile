@@ -25,7 +25,7 @@ PIN_2.3.0 := "uvicorn[standard]"
 TEST_DEPS := "pytest>=8,<10" "pytest-asyncio>=0.24,<2" "pytest-timeout>=2.3,<3" \
              "uvicorn>=0.30" "redis>=5,<9" "httpx>=0.27" \
              "opentelemetry-sdk>=1.28,<2" "opentelemetry-exporter-prometheus>=0.49b0,<1" \
-             "prometheus-client>=0.20,<1" "pyyaml>=6,<7"
+             "prometheus-client>=0.20,<1" "pyyaml>=6,<7" "hypothesis>=6.100,<7"
 
 RUST_SOURCES := $(wildcard src/*.rs) Cargo.toml Cargo.lock
 PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')

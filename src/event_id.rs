@@ -197,4 +197,48 @@ mod tests {
         assert_eq!(Position::parse("17-3"), Some(pos(17, 3)));
         assert_eq!(pos(17, 3).to_string(), "17-3");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_position() -> impl Strategy<Value = Position> {
+            let edge = prop_oneof![Just(0u64), Just(1u64), Just(u64::MAX - 1), Just(u64::MAX), any::<u64>()];
+            (edge.clone(), edge).prop_map(|(ms, seq)| Position { ms, seq })
+        }
+
+        proptest! {
+            /// Whatever a client sends as `Last-Event-ID`, decoding never panics, and what
+            /// decodes names the same event once encoded again.
+            #[test]
+            fn decode_never_panics_and_round_trips(text in "\\PC{0,80}|[a-c0-9%:~._-]{0,40}") {
+                if let Some(id) = EventId::decode(&text) {
+                    let again = EventId::encode(&id.session, &id.stream, id.position);
+                    prop_assert_eq!(EventId::decode(&again), Some(id));
+                }
+            }
+
+            #[test]
+            fn every_encoded_id_decodes_to_itself(session in "\\PC{0,40}", stream in "\\PC{1,20}", position in any_position()) {
+                let text = EventId::encode(&session, &stream, position);
+                prop_assert!(text.bytes().all(|b| (0x21..=0x7e).contains(&b)));
+                if text.len() <= MAX_EVENT_ID_LEN {
+                    let id = EventId::decode(&text).expect("decodes");
+                    prop_assert_eq!((id.session, id.stream, id.position), (session, stream, position));
+                }
+            }
+
+            /// `next` is the successor in Redis' order, and only the largest ID has none.
+            #[test]
+            fn next_is_the_successor(position in any_position()) {
+                match position.next() {
+                    Some(next) => {
+                        prop_assert!(next > position);
+                        prop_assert_eq!(Position::parse(&next.to_string()), Some(next));
+                    }
+                    None => prop_assert_eq!(position, Position::MAX),
+                }
+            }
+        }
+    }
 }
