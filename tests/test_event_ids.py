@@ -24,7 +24,9 @@ streams = st.one_of(st.sampled_from(["1", "_GET_stream", "2"]), st.text(min_size
 
 
 def own_ids(session: str) -> st.SearchStrategy[str]:
-    return st.builds(lambda stream, position: f"{session}:{_escape(stream)}:{position}", streams, positions)
+    return st.builds(
+        lambda stream, position: f"{session}:{_escape(stream)}:{position}", streams, positions
+    )
 
 
 def _escape(text: str) -> str:
@@ -61,7 +63,9 @@ async def test_the_largest_position_of_ones_own_stream_replays_nothing_without_r
     assert store.stats().get("replay_errors", 0) == 0
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(last_event_id=st.one_of(own_ids("s"), own_ids("other"), st.text(max_size=64)))
 async def test_replay_of_any_last_event_id_answers_and_never_raises(
     seeded: tuple[Any, Any], last_event_id: str
