@@ -276,6 +276,7 @@ def register(meter: Any) -> None:
     )
     for key, description in [
         ("admitted", "New sessions this node created (answered initialize)"),
+        ("refused_initialize", "initialize requests refused for invalid params: no session"),
         ("rehydrated", "Sessions this node rebuilt from their Redis record"),
         ("taken_over", "Sessions this node took over from an owner that was gone"),
     ]:

@@ -43,6 +43,7 @@ import anyio
 # Imported up front: on mcp 1.x this also installs the session class every session of this
 # process is built from (see ``_sdk/session_v1.py``), rehydrated or not.
 from mcp_db._relay import MOVED_HEADER, RELAYED, encode_head, pump, serve
+from mcp_db._sdk import valid_initialize_params
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
@@ -270,6 +271,8 @@ class SessionMiddleware:
         self._lifespan_state: dict[str, Any] | None = None
         #: Counters for tests and operators (see ``stats()``).
         self.admissions = 0
+        #: ``initialize`` requests refused for params the SDK would not accept.
+        self.refused_initialize = 0
         self.rehydrations = 0
         self.takeovers = 0
         self.relayed_out = 0
@@ -288,12 +291,13 @@ class SessionMiddleware:
             watch(self)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``admitted``, ``rehydrated``, ``taken_over``, ``not_found.<reason>``,
+        """Counters: ``admitted``, ``refused_initialize``, ``rehydrated``, ``taken_over``, ``not_found.<reason>``,
         ``lock_waits.<lock>``, ``redis_errors.<operation>`` and ``relay.<counter>`` (the
         relay's own). What the ``mcp_db.sessions.*``, ``mcp_db.relay.*``,
         ``mcp_db.locks.contended`` and ``mcp_db.redis.errors`` instruments report."""
         counts = {
             "admitted": self.admissions,
+            "refused_initialize": self.refused_initialize,
             "rehydrated": self.rehydrations,
             "taken_over": self.takeovers,
         }
@@ -498,10 +502,17 @@ class SessionMiddleware:
             # so none can go unrecorded.
             await _respond(scope, send, 413, _TOO_LARGE)
             return
-        init = _initialize_params(body) if complete else None
-        if init is None:
+        request = _initialize_request(body) if complete else None
+        if request is None:
             scope[_PATH] = "passthrough"
             await self._inner(scope, replay, send)
+            return
+        init = request.get("params")
+        if not valid_initialize_params(init):
+            # The SDK would create a session and only then refuse its params: a session
+            # with an ID and no record, that no node could serve. Refused here, on any node.
+            self.refused_initialize += 1
+            await _respond(scope, send, 400, _invalid_initialize(request.get("id")))
             return
         scope[_PATH] = "initialize"
         principal = _principal(scope)
@@ -988,15 +999,27 @@ class _Replay:
         return await self.receive()
 
 
-def _initialize_params(body: bytes) -> dict[str, Any] | None:
+def _initialize_request(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON-RPC ``initialize`` request, or ``None`` for anything else (the SDK
+    answers that itself, a malformed body included)."""
     try:
         payload = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
         return None
-    if isinstance(payload, dict) and payload.get("method") == "initialize":
-        params = payload.get("params")
-        return params if isinstance(params, dict) else None
+    if isinstance(payload, dict) and payload.get("method") == "initialize" and "id" in payload:
+        return payload
     return None
+
+
+def _invalid_initialize(request_id: Any) -> bytes:
+    if not isinstance(request_id, (str, int)) or isinstance(request_id, bool):
+        request_id = None
+    error = {
+        "code": -32602,
+        "message": "Invalid params: initialize needs protocolVersion, capabilities and "
+        "clientInfo; no session was created",
+    }
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": error}).encode()
 
 
 def _response_header(message: Message, name: bytes) -> str | None:

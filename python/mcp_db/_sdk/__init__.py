@@ -35,6 +35,19 @@ else:
     from mcp_db._sdk.v1 import decode, decode_run, encode
 
 
+def valid_initialize_params(params: object) -> bool:
+    """Whether the SDK's own model accepts ``params`` of an ``initialize`` request. The SDK
+    creates a transport for any ``initialize`` and only then finds its params invalid,
+    leaving a session nobody can use."""
+    from mcp.types import InitializeRequestParams  # both lines; 2.x re-exports mcp_types
+
+    try:
+        InitializeRequestParams.model_validate(params)
+    except ValueError:  # pydantic's ValidationError
+        return False
+    return True
+
+
 __all__ = [
     "SDK_MAJOR",
     "SDK_VERSION",
@@ -46,4 +59,5 @@ __all__ = [
     "decode",
     "decode_run",
     "encode",
+    "valid_initialize_params",
 ]
