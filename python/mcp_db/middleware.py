@@ -291,8 +291,9 @@ class SessionMiddleware:
             watch(self)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``admitted``, ``refused_initialize``, ``rehydrated``, ``taken_over``, ``not_found.<reason>``,
-        ``lock_waits.<lock>``, ``redis_errors.<operation>`` and ``relay.<counter>`` (the
+        """Counters: ``admitted``, ``refused_initialize``, ``rehydrated``, ``taken_over``,
+        ``not_found.<reason>``, ``lock_waits.<lock>``, ``redis_errors.<operation>`` and
+        ``relay.<counter>`` (the
         relay's own). What the ``mcp_db.sessions.*``, ``mcp_db.relay.*``,
         ``mcp_db.locks.contended`` and ``mcp_db.redis.errors`` instruments report."""
         counts = {
