@@ -113,6 +113,18 @@ if redis.call('HGET', KEYS[1], 'state') ~= 'CLOSED' then redis.call('PEXPIRE', K
 return record
 "#;
 
+/// KEYS[1] record; ARGV node. Deletes a record whose creation this node gave up on (Redis
+/// did not answer in time, so the client got 503 and never learned the session ID), if it
+/// was written after all: only while it is still this node's first epoch and unused.
+/// 1 deleted, 0 absent, -1 left alone (used, or another node's).
+const FORGET_UNLEARNED: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
+if not r[1] then return 0 end
+if r[2] ~= ARGV[1] or r[3] ~= '1' or (r[1] ~= 'INITIALIZING' and r[1] ~= 'INITIALIZED') then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -149,6 +161,7 @@ pub struct Records {
     create: redis::Script,
     transition: redis::Script,
     lookup: redis::Script,
+    forget_unlearned: redis::Script,
 }
 
 impl Records {
@@ -159,6 +172,7 @@ impl Records {
             create: redis::Script::new(CREATE),
             transition: redis::Script::new(&TRANSITION.replace("RULES", &lua_rules())),
             lookup: redis::Script::new(LOOKUP),
+            forget_unlearned: redis::Script::new(FORGET_UNLEARNED),
         }
     }
 
@@ -202,6 +216,15 @@ impl Records {
     }
 
     /// The record's fields, or `None` if there is no record (unknown or expired).
+    /// See [`FORGET_UNLEARNED`]: `true` if a record was deleted.
+    pub async fn forget_unlearned(&self, session: &str, node: &str) -> Result<bool> {
+        let key = record_key(&self.prefix, session);
+        let mut call = self.forget_unlearned.key(&key);
+        call.arg(node);
+        let deleted: i64 = self.connector.invoke(&call).await?;
+        Ok(deleted == 1)
+    }
+
     pub async fn lookup(&self, session: &str, ttl_ms: u64) -> Result<Option<Vec<(String, String)>>> {
         let key = record_key(&self.prefix, session);
         let mut call = self.lookup.key(&key);
@@ -271,6 +294,13 @@ impl SessionRecords {
                 Ok(tuple.unbind())
             })
         })
+    }
+
+    /// Deletes the record of a session whose creation this node gave up on, if Redis wrote
+    /// it after all and it is still this node's and unused; `True` if one was deleted.
+    fn forget_unlearned<'py>(&self, py: Python<'py>, session: String, node: String) -> PyResult<Bound<'py, PyAny>> {
+        let records = self.records.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(records.forget_unlearned(&session, &node).await?) })
     }
 
     /// The record as a dict (and its idle TTL slid forward), or `None`.

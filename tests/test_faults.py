@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._faults import PATHS, Paths
+from tests.test_resume_e2e import RawSession
 
 # The SSE ``retry`` of the servers here: clients resume this long after a stream breaks.
 RETRY_MS = "500"
@@ -101,3 +104,33 @@ async def test_resume_across_redis_outages_ten_times(paths: Paths, outage: float
         text, seen = await call_across_a_redis_outage(paths, outage=outage)
         assert text == "done 80", f"run {run}: {paths.logs()}"
         assert seen == list(range(80)), f"run {run}: {seen}"
+
+
+async def test_a_redis_pause_longer_than_the_timeout_fails_in_time_and_leaves_no_orphan(
+    persistent_redis: RedisServer,
+) -> None:
+    """Defect 9 of issue 11: under ``CLIENT PAUSE``, ``initialize`` got its 503 only after
+    two round trips' timeouts, and the create Redis ran once the pause ended left an
+    INITIALIZING record of a session the client never learned (``mcp-db sessions list``
+    showed it)."""
+    timeout, pause = 1.0, 4.0
+    deployment = Paths(
+        persistent_redis, "direct", prefix="pause", MCP_DB_TIMEOUT_SECONDS=str(timeout)
+    ).start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            kept = await RawSession(http, deployment.url).open()
+            deployment.faults.pause_redis(int(pause * 1000))
+            started = time.monotonic()
+            refused = await RawSession(http, deployment.url).send_initialize("paused")
+            took = time.monotonic() - started
+            assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+            assert took < timeout + 0.5, f"503 after {took:.2f} s, the bound is {timeout} s"
+            assert "mcp-session-id" not in refused.headers
+
+            await asyncio.sleep(pause - took + 1.5)  # the pause ends; queued writes run
+            r = deployment.faults.client()
+            states = {k: r.hget(k, "state") for k in r.keys("pause:s:*")}
+            assert states == {f"pause:s:{{{kept.id}}}".encode(): b"ACTIVE"}, states
+    finally:
+        deployment.stop()

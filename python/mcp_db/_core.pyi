@@ -153,6 +153,10 @@ class SessionRecords:
         ``fenced`` (``epoch`` given and another node owns the session now)."""
     async def lookup(self, session: str, ttl_ms: int) -> dict[str, str] | None:
         """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
+    async def forget_unlearned(self, session: str, node: str) -> bool:
+        """Deletes the record of a session whose creation ``node`` gave up on (the client
+        got 503 and never learned the ID), if Redis wrote it after all and it is still
+        ``node``'s first epoch, INITIALIZING or INITIALIZED; ``True`` if one was deleted."""
 
 class Bus:
     """Pub/sub on ``{prefix}:bus``: news every node must hear (a session was closed)."""

@@ -340,6 +340,8 @@ class RedisEventStore(_Base):
             page_size=_number("replay_page_size", replay_page_size, integer=True),
         )
         self.prefix = prefix
+        #: The bound on one Redis operation, which the middleware also holds its own to.
+        self.timeout_seconds = float(timeout_seconds)
         metrics.watch(self)
 
     @property

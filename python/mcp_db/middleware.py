@@ -251,6 +251,7 @@ class SessionMiddleware:
         self.ttl_ms = _positive_ms("session_ttl_seconds", ttl)
         self.lease_ms = _positive_ms("lease_seconds", lease_seconds)
         self.relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
+        self._redis_timeout = store.timeout_seconds
         self.release_on_sigterm = release_on_sigterm
         # Past this idle time the owner asks Redis again (the record may have expired).
         self._idle_limit = self.ttl_ms / 1000 * 0.9
@@ -529,17 +530,24 @@ class SessionMiddleware:
                 if session_id:
                     # Recorded before the client can learn the ID (it travels in this message).
                     try:
-                        await self.records.create(
-                            session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
+                        # Both writes within one operation's bound, as documented.
+                        await asyncio.wait_for(
+                            self._record(session_id, principal, init), self._redis_timeout
                         )
-                        await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
-                    except McpDbError as exc:
+                    except (McpDbError, asyncio.TimeoutError) as exc:
                         # A session no other node could find (and that this one would
                         # answer 404 for once Redis is back) is worse than none: refuse it,
                         # and the client opens one again later.
                         self.redis_errors["session_record"] += 1
-                        logger.error("cannot record session %s: %s", session_id[:8], exc)
+                        logger.error(
+                            "cannot record session %s: %s",
+                            session_id[:8],
+                            exc or "Redis did not answer in time",
+                        )
                         unrecorded = session_id
+                        # Redis may still run the queued writes (it was paused, say): then
+                        # the record of a session nobody learned must not stay behind.
+                        self._spawn(self._forget_unlearned(session_id))
                         return
                     self.admissions += 1
                     self._adopt(session_id, 1, principal)
@@ -550,6 +558,31 @@ class SessionMiddleware:
             # The transport goes before the client hears, so nothing of it outlives the 503.
             await self._let_go(unrecorded, "its record could not be written")
             await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+
+    async def _record(self, session_id: str, principal: str, init: Any) -> None:
+        await self.records.create(
+            session_id, self.node_id, principal, json.dumps(init), self.ttl_ms
+        )
+        await self.records.transition(session_id, "INITIALIZED", self.ttl_ms)
+
+    async def _forget_unlearned(self, session_id: str) -> None:
+        """Deletes the record of a session refused with 503, should Redis write it late;
+        retried (Redis executes a connection's commands in order, so this comes after the
+        create if that ran at all) until Redis answers, for up to a minute."""
+        delay, deadline = 0.5, time.monotonic() + 60
+        while True:
+            try:
+                if await self.records.forget_unlearned(session_id, self.node_id):
+                    logger.warning("deleted the late record of refused session %s", session_id[:8])
+                return
+            except McpDbError as exc:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "cannot delete the record of refused session %s: %s", session_id[:8], exc
+                    )
+                    return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     async def _read_body(self, receive: Receive) -> tuple[bytes, bool]:
         """The request body, up to the SDK's size limit; ``complete`` is False past it (the

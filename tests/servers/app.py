@@ -3,7 +3,7 @@
 Run by the tests under uvicorn in a subprocess. Configured by environment:
 
 - ``MCP_DB_STORE``: ``redis`` (default) or ``memory``
-- ``MCP_DB_REDIS_URL`` and ``MCP_DB_PREFIX`` for the Redis store
+- ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX`` and ``MCP_DB_TIMEOUT_SECONDS`` for the Redis store
 - ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
   ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
@@ -29,6 +29,7 @@ else:
     store = RedisEventStore(
         os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0"),
         prefix=os.environ.get("MCP_DB_PREFIX", "mcp"),
+        timeout_seconds=float(os.environ.get("MCP_DB_TIMEOUT_SECONDS", "5")),
     )
 
 # Clients reconnect after this many milliseconds once the server cuts a stream.
