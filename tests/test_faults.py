@@ -134,3 +134,33 @@ async def test_a_redis_pause_longer_than_the_timeout_fails_in_time_and_leaves_no
             assert states == {f"pause:s:{{{kept.id}}}".encode(): b"ACTIVE"}, states
     finally:
         deployment.stop()
+
+
+async def test_a_redis_outage_longer_than_the_lease_leaves_sessions_with_their_live_owners(
+    persistent_redis: RedisServer,
+) -> None:
+    """Defect 8 of issue 11: every heartbeat key expired during the outage, so the first
+    request relayed after Redis came back found the owner "dead" and took its session
+    over (epoch 1 -> 2 -> 3 as nodes fought), fencing the live owner's events. A node
+    that could not reach Redis is not dead: for a lease after its own outage a node does
+    not count a missing heartbeat as death."""
+    lease = 2.0
+    deployment = Paths(
+        persistent_redis, "relayed", prefix="lapse", MCP_DB_LEASE_SECONDS=str(lease)
+    ).start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            session = await RawSession(http, deployment.url).open()
+            owner = deployment.nodes[0].process
+            assert owner is not None
+            assert await session.answered_by(deployment.url) == str(owner.pid), "relayed"
+
+            with deployment.faults.redis_down(lease * 2):
+                pass  # every heartbeat key expires meanwhile
+            answered = [await session.answered_by(deployment.url, retry_for=15) for _ in range(8)]
+            assert set(answered) == {str(owner.pid)}, deployment.logs()
+            record = deployment.faults.client().hgetall(f"lapse:s:{{{session.id}}}")
+            assert record[b"owner"].endswith(str(owner.pid).encode()), record
+            assert record[b"epoch"] == b"1", record
+    finally:
+        deployment.stop()

@@ -266,6 +266,9 @@ class SessionMiddleware:
         #: older generation must be confirmed again in Redis before it is trusted.
         self._gen = 0
         self._lease_until = 0.0
+        #: When this node's heartbeat reached Redis again after failing (None while it
+        #: fails): see ``_recovering``. A node that never lost Redis counts from its start.
+        self._redis_back_at: float | None = float("-inf")
         self._released = False
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -411,7 +414,10 @@ class SessionMiddleware:
         except McpDbError as exc:
             self.redis_errors["lease"] += 1
             logger.warning("node %s cannot renew its lease: %s", self.node_id, exc)
+            self._redis_back_at = None
             return
+        if self._redis_back_at is None:
+            self._redis_back_at = started
         if self._released:  # released while the beat was in flight
             await self._own.release()
             return
@@ -464,6 +470,14 @@ class SessionMiddleware:
 
     def _lease_valid(self) -> bool:
         return time.monotonic() < self._lease_until
+
+    def _recovering(self) -> bool:
+        """Whether this node lost Redis less than a lease ago. Every heartbeat key may have
+        expired during an outage while its node lived on, and a live node renews its key
+        within a third of a lease once Redis is back: until a whole lease has passed, a
+        missing heartbeat is no evidence of death."""
+        back = self._redis_back_at
+        return back is None or time.monotonic() < back + self.lease_ms / 1000
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -840,16 +854,22 @@ class SessionMiddleware:
                         )
                         return
                     continue
-                if await self._own.alive(owner):
+                alive = await self._own.alive(owner)
+                if alive or self._recovering():
                     # Nobody heard the request, yet the owner's lease holds: its
                     # subscription is coming back (Redis restarted, a cluster's pub/sub hub
-                    # moved), or it crashed and the lease has yet to run out. Ask again
-                    # until the lease has had time to lapse. Nothing ran: nobody heard it.
+                    # moved), or it crashed and the lease has yet to run out. Or this node
+                    # itself just got Redis back, and the owner's lease may have lapsed in
+                    # the outage while it lived on. Ask again until the lease has had time
+                    # to lapse (or to be renewed). Nothing ran: nobody heard it.
                     now = time.monotonic()
                     patience = patience or now + self.lease_ms / 1000 + 0.5
                     if now >= patience:
-                        await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
-                        return
+                        if not alive:
+                            patience = now + self.lease_ms / 1000  # still recovering: wait on
+                        else:
+                            await _respond(scope, send, 503, _OWNER_BUSY, retry_after=True)
+                            return
                     await anyio.sleep(_SILENT_OWNER_RETRY)
                     continue
                 claimed, owner, epoch, why = await self._own.claim(
