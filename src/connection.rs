@@ -172,6 +172,7 @@ impl Connector {
                 // does on one server.
                 let values = self.query_cluster(conn, pipe).await?;
                 match values.iter().find_map(|v| if let Value::ServerError(e) = v { Some(e) } else { None }) {
+                    Some(e) if e.code() == "OOM" => Err(Error::out_of_memory(&self.server, e)),
                     Some(e) => Err(Error::Redis(format!("Redis at {} answered with an error: {e}", self.server))),
                     None => Ok(values),
                 }

@@ -18,11 +18,21 @@ pub enum Error {
     Timeout(String),
     /// Redis answered with an error: `McpDbError`.
     Redis(String),
+    /// Redis refused a write because it is at `maxmemory` (the `OOM` error):
+    /// `RedisOutOfMemoryError`. Not transient: it lasts until Redis has room again.
+    OutOfMemory(String),
     /// The store was closed: `McpDbError`.
     Closed,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
+
+/// Whether Redis refused with `OOM` (at `maxmemory`, nothing it may evict), alone or as
+/// one of a pipeline's failures.
+fn is_oom(err: &redis::RedisError) -> bool {
+    err.code() == Some("OOM")
+        || err.clone().into_server_errors().is_some_and(|errors| errors.iter().any(|(_, e)| e.code() == "OOM"))
+}
 
 impl Error {
     /// Classifies a redis-rs error, naming the server (without credentials) for the user.
@@ -37,9 +47,19 @@ impl Error {
             Error::Unavailable(format!(
                 "cannot reach Redis at {server}: {err}; check that redis-server is running and the URL is right"
             ))
+        } else if is_oom(err) {
+            Error::out_of_memory(server, err)
         } else {
             Error::Redis(format!("Redis at {server} answered with an error: {err}"))
         }
+    }
+
+    /// Redis at `server` refused a write with `OOM`: it is at `maxmemory` and may not evict.
+    pub fn out_of_memory(server: &str, err: impl std::fmt::Display) -> Error {
+        Error::OutOfMemory(format!(
+            "Redis at {server} is out of memory (maxmemory) and refused a write: {err}; \
+             give it more memory or shorter TTLs (see docs/redis.md)"
+        ))
     }
 
     /// A fault that goes away when Redis comes back (as opposed to a refused command).
@@ -49,7 +69,9 @@ impl Error {
 
     pub fn message(&self) -> String {
         match self {
-            Error::Config(m) | Error::Unavailable(m) | Error::Timeout(m) | Error::Redis(m) => m.clone(),
+            Error::Config(m) | Error::Unavailable(m) | Error::Timeout(m) | Error::Redis(m) | Error::OutOfMemory(m) => {
+                m.clone()
+            }
             Error::Closed => "the event store is closed".to_owned(),
         }
     }
@@ -70,6 +92,7 @@ impl From<Error> for PyErr {
                 Error::Config(_) => "ConfigError",
                 Error::Unavailable(_) => "RedisUnavailableError",
                 Error::Timeout(_) => "StoreTimeoutError",
+                Error::OutOfMemory(_) => "RedisOutOfMemoryError",
                 Error::Redis(_) | Error::Closed => "McpDbError",
             };
             let module = ERRORS_MODULE.get_or_try_init(py, || {
@@ -83,5 +106,28 @@ impl From<Error> for PyErr {
                 Err(_) => PyRuntimeError::new_err(err.message()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &[u8]) -> redis::RedisError {
+        redis::parse_redis_value(reply).unwrap().extract_error().unwrap_err()
+    }
+
+    #[test]
+    fn oom_is_its_own_error_naming_the_server() {
+        let err = Error::from_redis(&server_error(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"), "redis://r:6379/0");
+        let Error::OutOfMemory(message) = &err else { panic!("not OutOfMemory: {err:?}") };
+        assert!(message.contains("Redis at redis://r:6379/0 is out of memory"), "{message}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn other_refusals_stay_plain_redis_errors() {
+        let err = Error::from_redis(&server_error(b"-ERR wrong number of arguments\r\n"), "r");
+        assert!(matches!(err, Error::Redis(_)), "{err:?}");
     }
 }

@@ -261,7 +261,8 @@ impl RedisEvents {
         })
     }
 
-    /// Counters: stored, buffered, flushed, dropped, redis_errors, replayed.
+    /// Counters: stored, buffered, flushed, dropped, redis_errors, replayed, fenced,
+    /// dropped_full, write_batches, write_micros.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = &self.inner.stats;
         let dict = PyDict::new(py);
@@ -273,6 +274,7 @@ impl RedisEvents {
             ("redis_errors", &s.redis_errors),
             ("replayed", &s.replayed),
             ("fenced", &s.fenced),
+            ("dropped_full", &s.dropped_full),
             ("write_batches", &s.write_batches),
             ("write_micros", &s.write_micros),
         ] {

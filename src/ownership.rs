@@ -29,7 +29,11 @@ use crate::sessions::{now_ms, reply_int as int, reply_text as text};
 
 /// KEYS[1] record; ARGV node expected_owner expected_epoch ttl_ms now_ms.
 /// Returns {claimed (0/1), owner, epoch, why}.
-const CLAIM: &str = r#"
+///
+/// `allow-oom`: a takeover must work while Redis is at `maxmemory` with `noeviction` (it
+/// overwrites three fields of a record that exists; it never makes a record). The control
+/// keys stay writable; events are what Redis refuses first (see docs/redis.md).
+const CLAIM: &str = r#"#!lua flags=allow-oom
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
 if not r[1] then return {0, '', 0, 'missing'} end
 local owner, epoch = r[2] or '', tonumber(r[3]) or 0
@@ -42,8 +46,18 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1, ARGV[1], epoch, 'claimed'}
 "#;
 
+/// KEYS[1] node heartbeat; ARGV info lease_ms. Renews the lease; returns the previous
+/// heartbeat (nil if it had lapsed). A script, not a plain `SET ... PX`, only for
+/// `allow-oom`: Redis refuses `SET` at `maxmemory`, and a node whose lease could not be
+/// renewed would look dead to every other node while it serves its sessions. The key is
+/// one small string per node, overwritten in place.
+const HEARTBEAT: &str = r#"#!lua flags=allow-oom
+return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
+"#;
+
 /// KEYS[1] record; ARGV epoch ttl_ms. Slides the idle TTL of a session its owner used:
 /// 1 done, 0 the record is gone (expired), -1 closed, -2 another node owns it now.
+/// Only PEXPIRE writes, which Redis allows at `maxmemory`, so it needs no flags.
 const TOUCH: &str = r#"
 local r = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 if not r[1] then return 0 end
@@ -67,6 +81,7 @@ pub struct Owner {
     lease_ms: u64,
     connector: Arc<Connector>,
     claim: redis::Script,
+    heartbeat: redis::Script,
 }
 
 impl Owner {
@@ -78,16 +93,17 @@ impl Owner {
             lease_ms,
             connector,
             claim: redis::Script::new(CLAIM),
+            heartbeat: redis::Script::new(HEARTBEAT),
         }
     }
 
     /// Renews this node's lease; `false` if the heartbeat had lapsed (or never existed), so
     /// the caller knows another node may have taken its sessions meanwhile.
     pub async fn beat(&self, info: &str) -> Result<bool> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET").arg(&self.heartbeat_key).arg(info).arg("PX").arg(self.lease_ms).arg("GET");
-        let reply = self.connector.query(&pipe).await?;
-        Ok(matches!(reply.first(), Some(redis::Value::BulkString(_))))
+        let mut call = self.heartbeat.key(&self.heartbeat_key);
+        call.arg(info).arg(self.lease_ms);
+        let reply: redis::Value = self.connector.invoke(&call).await?;
+        Ok(matches!(reply, redis::Value::BulkString(_)))
     }
 
     /// Gives up this node's lease at once (graceful shutdown): others take over without

@@ -72,8 +72,9 @@ mod kind {
 /// relaying node, in one round trip. With no channel it only claims: on a Redis Cluster a
 /// script's PUBLISH reaches the hub by the cluster bus, and the response's first frame,
 /// published on the hub directly, could overtake it; there the owner sends ACCEPTED itself,
-/// ahead of the response on its one ordered publisher.
-const CLAIM_AND_ACCEPT: &str = r#"
+/// ahead of the response on its one ordered publisher. `allow-oom`: relaying must go on
+/// while Redis is at `maxmemory` (a claim is a small key that lives 60 s).
+const CLAIM_AND_ACCEPT: &str = r#"#!lua flags=allow-oom
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
   return 1
@@ -804,9 +805,13 @@ async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: Str
 /// Takes a forwarded request's claim for this node: if that succeeds, the owner never runs
 /// the request (its own claim fails).
 async fn give_up(shared: &Shared, session: &str, id: &ReqId) -> Result<bool> {
+    // The claim script with no channel, as EVAL in one command: a plain SET would be refused
+    // at `maxmemory`, and EVALSHA could meet NOSCRIPT and need a second round trip, no
+    // longer queued right behind the request's PUBLISH.
     let mut pipe = redis::pipe();
-    pipe.cmd("SET").arg(claim_key(&shared.prefix, session, id)).arg("gave-up").arg("NX").arg("PX").arg(CLAIM_TTL_MS);
-    Ok(matches!(shared.connector.query(&pipe).await?.first(), Some(redis::Value::Okay)))
+    pipe.cmd("EVAL").arg(CLAIM_AND_ACCEPT).arg(1).arg(claim_key(&shared.prefix, session, id));
+    pipe.arg("gave-up").arg(CLAIM_TTL_MS).arg("").arg("");
+    Ok(matches!(shared.connector.query(&pipe).await?.first(), Some(redis::Value::Int(1))))
 }
 
 async fn forward(

@@ -78,6 +78,11 @@ fn lua_rules() -> String {
 }
 
 /// KEYS[1] record; ARGV ttl_ms now_ms node principal init.
+///
+/// No `allow-oom`, on purpose: at `maxmemory` Redis refuses the HSET, so no new session is
+/// admitted while Redis is full. Each record is small, but new sessions have no bound, and
+/// letting them in would grow memory past `maxmemory` for good; the sessions that exist
+/// go on (their control writes below are allowed).
 const CREATE: &str = r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'INITIALIZING', 'version', 1, 'node', ARGV[3],
@@ -89,7 +94,10 @@ return 1
 /// KEYS[1] record; ARGV to ttl_ms now_ms expected_version ('' for any) epoch ('' for any:
 /// the fencing token of the owner writing), then field/value pairs to set. Returns
 /// {1, new_version} or {0, reason, version, state}.
-const TRANSITION: &str = r#"
+///
+/// `allow-oom`: a session that exists must still move (INITIALIZED, ACTIVE) and close
+/// while Redis is at `maxmemory`; each transition overwrites fields of a record that exists.
+const TRANSITION: &str = r#"#!lua flags=allow-oom
 local rules = RULES
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, 'missing', 0, ''} end
@@ -106,6 +114,8 @@ return {1, version}
 
 /// KEYS[1] record; ARGV ttl_ms. The record, its idle TTL slid forward unless it is CLOSED
 /// (a tombstone keeps the TTL it was closed with).
+/// Only PEXPIRE writes, which Redis allows at `maxmemory`: no flags needed (a `#!lua` line
+/// without `allow-oom` would make Redis refuse it at `maxmemory`).
 const LOOKUP: &str = r#"
 local record = redis.call('HGETALL', KEYS[1])
 if #record == 0 then return record end

@@ -26,6 +26,8 @@ use crate::event_id::{EventId, Position};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// At most one "Redis is out of memory" line per this long, however often it flips.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One event to store.
 pub struct Append {
@@ -67,6 +69,8 @@ pub struct Stats {
     pub redis_errors: AtomicU64,
     pub replayed: AtomicU64,
     pub fenced: AtomicU64,
+    /// The part of `dropped` that Redis refused because it was at `maxmemory` (`OOM`).
+    pub dropped_full: AtomicU64,
     /// Pipelines of appends Redis answered, and the time they took in total (µs): the
     /// mean write latency is one over the other.
     pub write_batches: AtomicU64,
@@ -93,6 +97,10 @@ return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[3], ARGV[4], AR
 
 fn is_noscript(err: &redis::Value) -> bool {
     matches!(err, redis::Value::ServerError(e) if e.code() == "NOSCRIPT")
+}
+
+fn is_oom(err: &redis::Value) -> bool {
+    matches!(err, redis::Value::ServerError(e) if e.code() == "OOM")
 }
 
 fn is_fenced(err: &redis::Value) -> bool {
@@ -149,6 +157,13 @@ pub struct Writer {
     /// Events written from the buffer since the outage began, for the recovery log line.
     recovered: u64,
     dropped_this_outage: u64,
+    /// Events Redis refused as out of memory since it last took one: the episode is logged
+    /// when it begins and when it ends, not once per event.
+    dropped_while_full: u64,
+    /// When the last episode's beginning was logged: a Redis that hovers at its limit
+    /// (some events taken, some refused) is logged at most once a minute.
+    full_logged: Option<Instant>,
+    full_announced: bool,
 }
 
 impl Writer {
@@ -164,6 +179,9 @@ impl Writer {
             next_flush: Instant::now(),
             recovered: 0,
             dropped_this_outage: 0,
+            dropped_while_full: 0,
+            full_logged: None,
+            full_announced: false,
         }
     }
 
@@ -288,9 +306,13 @@ impl Writer {
             match value {
                 redis::Value::ServerError(_) if is_behind_top(value) => behind_top.push(index),
                 redis::Value::ServerError(_) if is_fenced(value) => self.fenced(&pending[index]),
+                redis::Value::ServerError(_) if is_oom(value) => self.full(),
                 redis::Value::ServerError(e) => self.refused(&pending[index], &e.to_string()),
                 _ => {
                     self.stats.stored.fetch_add(1, Ordering::Relaxed);
+                    if self.dropped_while_full > 0 {
+                        self.room_again();
+                    }
                 }
             }
         }
@@ -340,6 +362,35 @@ impl Writer {
             event.position,
             crate::keys::for_log(&event.key)
         );
+    }
+
+    /// Redis is at `maxmemory` and refused an event. Events are what a full Redis gives up
+    /// first (the control keys stay writable: see `ownership.rs`): delivered live, counted
+    /// as dropped, logged once for the whole episode.
+    fn full(&mut self) {
+        self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+        self.dropped_while_full += 1;
+        if self.dropped_while_full == 1 && self.full_logged.is_none_or(|at| at.elapsed() >= FULL_LOG_EVERY) {
+            self.full_logged = Some(Instant::now());
+            self.full_announced = true;
+            tracing::error!(
+                "Redis at {} is out of memory (maxmemory): it refuses new events, which are delivered live but cannot be replayed; sessions go on (logged once until Redis takes events again)",
+                self.connector.server()
+            );
+        }
+    }
+
+    fn room_again(&mut self) {
+        if std::mem::take(&mut self.full_announced) {
+            tracing::warn!(
+                "Redis at {} takes events again: {} events were refused while it was out of memory",
+                self.connector.server(),
+                self.dropped_while_full
+            );
+        }
+        self.dropped_while_full = 0;
     }
 
     fn fenced(&self, event: &Pending) {

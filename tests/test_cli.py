@@ -401,6 +401,42 @@ async def test_doctor_fails_when_redis_lacks_streams() -> None:
     assert ran.out.splitlines()[-1].endswith("1 failed")
 
 
+async def test_doctor_warns_of_a_maxmemory_policy_that_evicts_mcp_db_keys() -> None:
+    """Every mcp-db key has a TTL, so volatile-* evicts records and leases like allkeys-*;
+    noeviction passes until Redis is nearly full."""
+    server = RedisServer().start()
+    admin = redis.Redis.from_url(server.url)
+    try:
+        used = int(admin.info("memory")["used_memory"])
+        found: dict[str, dict[str, Any]] = {}
+        for policy, limit in [
+            ("allkeys-lru", used * 10),
+            ("volatile-ttl", used * 10),
+            ("noeviction", used * 10),
+            ("noeviction", used + 1024),
+        ]:
+            admin.config_set("maxmemory-policy", policy)
+            admin.config_set("maxmemory", limit)
+            ran = await run("doctor", "--json", url=server.url)
+            assert ran.code == 0, ran  # a warning, not a failure
+            (check,) = [c for c in ran.json()["checks"] if c["name"] == "eviction"]
+            found[f"{policy} {'near' if limit < used * 2 else 'room'}"] = check
+        admin.config_set("maxmemory", 0)
+        unlimited = await run("doctor", url=server.url)
+    finally:
+        admin.close()
+        server.cleanup()
+    assert found["allkeys-lru room"]["status"] == "WARN"
+    assert "evicts any key" in found["allkeys-lru room"]["detail"]
+    assert found["volatile-ttl room"]["status"] == "WARN"
+    assert "every mcp-db key has one" in found["volatile-ttl room"]["detail"]
+    assert "node leases" in found["volatile-ttl room"]["detail"]
+    assert found["noeviction room"]["status"] == "PASS", found
+    assert found["noeviction near"]["status"] == "WARN"
+    assert "near the limit" in found["noeviction near"]["detail"]
+    assert "PASS  eviction         no maxmemory limit" in unlimited.out
+
+
 # -- Redis Cluster and TLS ------------------------------------------------------------------
 
 

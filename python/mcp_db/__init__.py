@@ -9,7 +9,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from mcp_db._core import __version__
-from mcp_db.errors import ConfigError, McpDbError, RedisUnavailableError, StoreTimeoutError
+from mcp_db.errors import (
+    ConfigError,
+    McpDbError,
+    RedisOutOfMemoryError,
+    RedisUnavailableError,
+    StoreTimeoutError,
+)
 
 if TYPE_CHECKING:
     from mcp_db.event_store import (
@@ -47,6 +53,7 @@ __all__ = [
     "McpDbError",
     "MemoryEventStore",
     "RedisEventStore",
+    "RedisOutOfMemoryError",
     "RedisUnavailableError",
     "SessionEventStore",
     "SessionMiddleware",

@@ -114,7 +114,9 @@ class RedisEvents:
     async def close(self) -> None:
         """Writes what is queued, tries once more to write the buffer, then stops."""
     def stats(self) -> dict[str, int]:
-        """stored, buffered, flushed, dropped, redis_errors, replayed, fenced."""
+        """stored, buffered, flushed, dropped, redis_errors, replayed, fenced, dropped_full
+        (the part of dropped that Redis refused at ``maxmemory``), write_batches,
+        write_micros."""
 
 class MemoryEvents:
     """In-process backend with the Redis backend's semantics, bounded in memory."""

@@ -25,6 +25,8 @@ PINGS = 7
 SLOW_PING_MS = 10.0
 #: A node clock further than this from Redis's skews record times and metrics.
 SKEW_WARN_MS = 500
+#: Past this share of ``maxmemory`` in use, Redis is about to refuse events and new sessions.
+NEAR_FULL = 0.9
 
 
 def _check(name: str, status: str, detail: str, **data: Any) -> dict[str, Any]:
@@ -139,20 +141,50 @@ def _latency(client: Any) -> dict[str, Any]:
     )
 
 
+def _mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.1f} MiB"
+
+
 def _memory(client: Any) -> dict[str, Any]:
+    """``maxmemory`` and its policy. Every mcp-db key has a TTL, so ``volatile-*`` evicts
+    session records, leases and claims just as ``allkeys-*`` does. ``noeviction`` is safe:
+    at the limit Redis refuses events and new sessions, while mcp-db's control writes
+    (leases, claims, record changes) are scripts flagged ``allow-oom``."""
     memory = client.info("memory")
     limit = int(memory.get("maxmemory", 0) or 0)
+    used = int(memory.get("used_memory", 0) or 0)
     policy = str(memory.get("maxmemory_policy", "noeviction"))
-    if limit and policy != "noeviction":
+    data = {"policy": policy, "maxmemory": limit, "used_memory": used}
+    if not limit:
+        return _check("eviction", PASS, "no maxmemory limit", **data)
+    usage = f"{_mib(used)} of maxmemory {_mib(limit)} in use ({used / limit:.0%})"
+    if policy != "noeviction":
+        which = (
+            "keys with a TTL, and every mcp-db key has one"
+            if policy.startswith("volatile-")
+            else "any key"
+        )
         return _check(
             "eviction",
             WARN,
-            f"maxmemory {limit} with {policy}: under memory pressure Redis may evict session "
-            "records and events (clients then get 404 or miss events); prefer noeviction",
-            policy=policy,
+            f"{usage}, policy {policy}: at the limit Redis evicts {which}: session records "
+            "(clients get 404), node leases (live owners look dead and lose their sessions), "
+            "relay claims and events; set maxmemory-policy noeviction",
+            **data,
         )
-    detail = "noeviction" if limit else "no maxmemory limit"
-    return _check("eviction", PASS, detail, policy=policy)
+    if used >= limit * NEAR_FULL:
+        return _check(
+            "eviction",
+            WARN,
+            f"{usage}, noeviction: near the limit. There Redis refuses new events (delivered "
+            "live, not replayable) and new sessions (503); sessions that exist go on. Give "
+            "Redis more memory or lower the store's ttl_seconds / max_events_per_stream",
+            **data,
+        )
+    detail = (
+        f"{usage}, noeviction: when full, Redis refuses events and new sessions, and evicts nothing"
+    )
+    return _check("eviction", PASS, detail, **data)
 
 
 def _nodes(dep: Deployment, nodes: list[dict[str, Any]]) -> dict[str, Any]:

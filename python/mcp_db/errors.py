@@ -3,7 +3,13 @@ from the builtin it refines, so ``except ConnectionError`` works as expected."""
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "McpDbError", "RedisUnavailableError", "StoreTimeoutError"]
+__all__ = [
+    "ConfigError",
+    "McpDbError",
+    "RedisOutOfMemoryError",
+    "RedisUnavailableError",
+    "StoreTimeoutError",
+]
 
 
 class McpDbError(Exception):
@@ -16,6 +22,12 @@ class ConfigError(McpDbError, ValueError):
 
 class RedisUnavailableError(McpDbError, ConnectionError):
     """Redis could not be reached at the URL named in the message."""
+
+
+class RedisOutOfMemoryError(McpDbError):
+    """Redis refused a write with ``OOM``: it is at ``maxmemory`` and may evict nothing
+    (``noeviction``). It lasts until Redis has room again: give it more memory, or let
+    events expire sooner (``ttl_seconds``, ``max_events_per_stream``). See docs/redis.md."""
 
 
 class StoreTimeoutError(McpDbError, TimeoutError):

@@ -369,8 +369,9 @@ class RedisEventStore(_Base):
         await self._core.close()
 
     def stats(self) -> dict[str, int]:
-        """Counters: stored, buffered, flushed, dropped, fenced, redis_errors (failed
-        writes), replayed, replay_errors (replays that could not read Redis), write_batches
+        """Counters: stored, buffered, flushed, dropped, fenced, dropped_full (the part of
+        dropped that Redis refused at ``maxmemory``), redis_errors (failed writes),
+        replayed, replay_errors (replays that could not read Redis), write_batches
         and write_micros (pipelines of appends Redis answered, and their total time)."""
         return {**self._core.stats(), "replay_errors": self._replay_errors}
 

@@ -251,6 +251,8 @@ def register(meter: Any) -> None:
          "Events delivered live but not stored, so not replayable"),
         (counter, "fenced", "fenced", redis, "{event}",
          "Dropped events written after another node took the session over"),
+        (counter, "dropped_full", "dropped_full", redis, "{event}",
+         "Dropped events that Redis refused because it was out of memory (maxmemory)"),
         (counter, "flushed", "flushed", redis, "{event}",
          "Events buffered while Redis was unreachable, written once it was back"),
         (counter, "write.batches", "write_batches", redis, "{batch}",
@@ -279,6 +281,7 @@ def register(meter: Any) -> None:
         ("refused_initialize", "initialize requests refused for invalid params: no session"),
         ("rehydrated", "Sessions this node rebuilt from their Redis record"),
         ("taken_over", "Sessions this node took over from an owner that was gone"),
+        ("refused_full", "initialize answered 503 because Redis was out of memory"),
     ]:
         counter(
             f"mcp_db.sessions.{key}",

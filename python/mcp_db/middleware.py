@@ -45,7 +45,7 @@ import anyio
 from mcp_db._relay import MOVED_HEADER, RELAYED, encode_head, pump, serve
 from mcp_db._sdk import valid_initialize_params
 from mcp_db._sdk.rehydrate import TooManySessions, forget, rehydrate
-from mcp_db.errors import ConfigError, McpDbError
+from mcp_db.errors import ConfigError, McpDbError, RedisOutOfMemoryError
 from mcp_db.event_store import RedisEventStore
 from mcp_db.metrics import request_duration, watch
 
@@ -64,6 +64,11 @@ HANDSHAKE_VERSIONS = frozenset({"2024-11-05", "2025-03-26", "2025-06-18", "2025-
 _NOT_FOUND = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"Session not found"}}'
 _UNAVAILABLE = (
     b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session store unavailable"}}'
+)
+#: Redis is at ``maxmemory`` with ``noeviction``: no new session can be recorded.
+_FULL = (
+    b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,'
+    b'"message":"Session store full: Redis is out of memory (maxmemory); try again later"}}'
 )
 _MOVED = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session moved; retry"}}'
 #: How many sessions owned elsewhere a node remembers the owner of.
@@ -281,6 +286,10 @@ class SessionMiddleware:
         self.takeovers = 0
         self.relayed_out = 0
         self.relayed_in = 0
+        #: ``initialize`` answered 503 because Redis was out of memory, and when that was
+        #: last logged (``None`` once a session was recorded again).
+        self.refused_full = 0
+        self._full_logged: float | None = None
         #: 404 answers by reason; waits for a lock or claim by lock; Redis faults by operation.
         self.not_found: Counter[str] = Counter()
         self.lock_waits: Counter[str] = Counter()
@@ -295,16 +304,18 @@ class SessionMiddleware:
             watch(self)
 
     def stats(self) -> dict[str, int]:
-        """Counters: ``admitted``, ``refused_initialize``, ``rehydrated``, ``taken_over``,
+        """Counters: ``admitted``, ``refused_initialize``, ``refused_full`` (``initialize``
+        answered 503: Redis out of memory), ``rehydrated``, ``taken_over``,
         ``not_found.<reason>``, ``lock_waits.<lock>``, ``redis_errors.<operation>`` and
-        ``relay.<counter>`` (the
-        relay's own). What the ``mcp_db.sessions.*``, ``mcp_db.relay.*``,
-        ``mcp_db.locks.contended`` and ``mcp_db.redis.errors`` instruments report."""
+        ``relay.<counter>`` (the relay's own). What the ``mcp_db.sessions.*``,
+        ``mcp_db.relay.*``, ``mcp_db.locks.contended`` and ``mcp_db.redis.errors``
+        instruments report."""
         counts = {
             "admitted": self.admissions,
             "refused_initialize": self.refused_initialize,
             "rehydrated": self.rehydrations,
             "taken_over": self.takeovers,
+            "refused_full": self.refused_full,
         }
         for prefix, counter in (
             ("not_found.", self.not_found),
@@ -534,9 +545,10 @@ class SessionMiddleware:
         principal = _principal(scope)
 
         unrecorded: str | None = None
+        full = False
 
         async def record_then_send(message: Message) -> None:
-            nonlocal unrecorded
+            nonlocal unrecorded, full
             if unrecorded is not None:
                 return  # the SDK's answer is replaced by the 503 below
             if message["type"] == "http.response.start" and message["status"] == 200:
@@ -553,16 +565,23 @@ class SessionMiddleware:
                         # answer 404 for once Redis is back) is worse than none: refuse it,
                         # and the client opens one again later.
                         self.redis_errors["session_record"] += 1
-                        logger.error(
-                            "cannot record session %s: %s",
-                            session_id[:8],
-                            exc or "Redis did not answer in time",
-                        )
+                        full = isinstance(exc, RedisOutOfMemoryError)
+                        if full:
+                            self._redis_full(exc)
+                        else:
+                            logger.error(
+                                "cannot record session %s: %s",
+                                session_id[:8],
+                                exc or "Redis did not answer in time",
+                            )
                         unrecorded = session_id
                         # Redis may still run the queued writes (it was paused, say): then
                         # the record of a session nobody learned must not stay behind.
                         self._spawn(self._forget_unlearned(session_id))
                         return
+                    if self._full_logged is not None:
+                        self._full_logged = None
+                        logger.warning("Redis has room again: new sessions are admitted")
                     self.admissions += 1
                     self._adopt(session_id, 1, principal)
             await send(message)
@@ -571,7 +590,21 @@ class SessionMiddleware:
         if unrecorded is not None:
             # The transport goes before the client hears, so nothing of it outlives the 503.
             await self._let_go(unrecorded, "its record could not be written")
-            await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+            await _respond(scope, send, 503, _FULL if full else _UNAVAILABLE, retry_after=True)
+
+    def _redis_full(self, exc: McpDbError) -> None:
+        """Counts an ``initialize`` refused because Redis is out of memory; logs the first
+        of an episode (until a session is recorded again; at most once a minute), not every
+        request."""
+        self.refused_full += 1
+        now = time.monotonic()
+        if self._full_logged is None or now - self._full_logged >= 60:
+            self._full_logged = now
+            logger.error(
+                "Redis is out of memory (maxmemory): new sessions get 503 until it has room;"
+                " sessions that exist go on. %s",
+                exc,
+            )
 
     async def _record(self, session_id: str, principal: str, init: Any) -> None:
         await self.records.create(

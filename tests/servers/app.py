@@ -233,6 +233,11 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
 
         return StreamingResponse(body(), media_type="text/plain")
 
+    async def stats(request: Request) -> JSONResponse:
+        """Test-only: this node's counters (the middleware's and the store's)."""
+        return JSONResponse({"middleware": app.stats(), "store": store.stats()})
+
+    app.router.routes.append(Route("/debug/stats", stats))
     app.router.routes.append(Route("/debug/sessions", sessions))
     app.router.routes.append(Route("/debug/pid", pid))
     app.router.routes.append(Route("/debug/hold", hold))

@@ -1,0 +1,135 @@
+"""Redis at ``maxmemory`` with ``noeviction``: the sessions that exist go on, on every node;
+new sessions get a 503 that says Redis is full."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import OutOfMemoryError
+
+from mcp_db._redis_server import RedisServer
+from tests._nodes import Node
+from tests.test_resume_e2e import RawSession
+
+#: Lease of the nodes: short, so the test outlives several leases while Redis is full.
+LEASE_SECONDS = 1.0
+
+
+@pytest.fixture
+def full_redis() -> Iterator[RedisServer]:
+    server = RedisServer(args=["--maxmemory-policy", "noeviction"]).start()
+    yield server
+    server.cleanup()
+
+
+async def fill(admin: aioredis.Redis) -> None:
+    """Fills Redis until it refuses writes, as a big key written by something else would,
+    then sets ``maxmemory`` a little under what it uses, so that Redis stays full however
+    its own buffers breathe."""
+    used = int((await admin.info("memory"))["used_memory"])
+    await admin.config_set("maxmemory", used + 512 * 1024)
+    chunk = b"x" * 64 * 1024
+    for _ in range(100):
+        try:
+            await admin.append("someone-else:big", chunk)
+        except OutOfMemoryError:
+            break
+    else:
+        raise AssertionError("Redis never filled up")
+    used = int((await admin.info("memory"))["used_memory"])
+    await admin.config_set("maxmemory", used - 256 * 1024)
+    with pytest.raises(OutOfMemoryError):
+        await admin.set("probe", "x", px=1000)
+
+
+async def whoami(http: httpx.AsyncClient, url: str, session: RawSession, n: int) -> httpx.Response:
+    body = {"jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+    return await http.post(url, json=body, headers=session.headers())
+
+
+async def test_a_full_redis_keeps_sessions_going_and_refuses_new_ones_with_503(
+    full_redis: RedisServer, prefix: str
+) -> None:
+    env = {
+        "MCP_DB_REDIS_URL": full_redis.url,
+        "MCP_DB_PREFIX": prefix,
+        "MCP_DB_MIDDLEWARE": "1",
+        "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS),
+    }
+    # Addressed directly: the load balancer plays no part in this.
+    owner, other = Node(env=env), Node(env=env)
+    admin = aioredis.Redis.from_url(full_redis.url)
+    try:
+        owner.start()
+        other.start()
+        async with httpx.AsyncClient(timeout=30) as http:
+            session = await RawSession(http, owner.url).open()
+            spare = await RawSession(http, owner.url).open()
+            first = await whoami(http, other.url, session, 2)
+            assert first.status_code == 200, first.text
+            owner_pid = first.text.rsplit(" on ", 1)[1].split('"', 1)[0]
+
+            await fill(admin)
+            # Several leases pass while Redis is full: the owner must have renewed its own.
+            await asyncio.sleep(2.5 * LEASE_SECONDS)
+            assert await admin.exists(f"{prefix}:n:node-{owner.process.pid}") == 1  # type: ignore[union-attr]
+
+            # Requests in the session, relayed through the other node and sent straight to
+            # the owner, are all served by the owner.
+            for n in range(3, 9):
+                url = other.url if n % 3 else owner.url
+                reply = await whoami(http, url, session, n)
+                assert reply.status_code == 200, (url, reply.status_code, reply.text)
+                assert reply.text.rsplit(" on ", 1)[1].split('"', 1)[0] == owner_pid
+
+            # A new session is refused on either node, saying why, and none is created.
+            for url in (other.url, owner.url, other.url):
+                refused = await RawSession(http, url).send_initialize()
+                assert refused.status_code == 503, refused.text
+                assert refused.headers["retry-after"] == "1"
+                assert "mcp-session-id" not in refused.headers
+                error = refused.json()["error"]
+                assert "Redis is out of memory" in error["message"], error
+            records = {f"{prefix}:s:{{{s.id}}}".encode() for s in (session, spare)}
+            assert set(await admin.keys(f"{prefix}:s:*")) == records
+
+            stats = [
+                (await http.get(f"http://127.0.0.1:{n.port}/debug/stats")).json()
+                for n in (owner, other)
+            ]
+            assert stats[0]["middleware"]["refused_full"] == 1
+            assert stats[1]["middleware"]["refused_full"] == 2
+            # The owner's events were refused: delivered live, counted as dropped.
+            assert stats[0]["store"]["dropped_full"] > 0
+            assert stats[0]["store"]["dropped"] >= stats[0]["store"]["dropped_full"]
+
+            # DELETE still closes the session everywhere.
+            deleted = await http.delete(other.url, headers=session.headers())
+            assert deleted.status_code == 200, deleted.text
+            gone = await whoami(http, owner.url, session, 9)
+            assert gone.status_code == 404, gone.text
+
+            # The owner dies: once its lease lapses, the other node takes its session over.
+            owner.stop(kill=True)
+            assert await spare.answered_by(other.url, retry_for=5) == str(other.process.pid)  # type: ignore[union-attr]
+
+            # Once Redis has room, new sessions are admitted again.
+            await admin.config_set("maxmemory", 0)
+            again = await RawSession(http, other.url).open()
+            assert again.id
+        # Logged once per episode on each node, not once per request: the node that refused
+        # two initializes logged the episode once, and its end once.
+        log = other.output()
+        assert log.count("new sessions get 503") == 1, log
+        assert log.count("has room again") == 1, log
+        assert log.count("cannot record session") == 0, log
+        assert "Session owner went away" not in log
+    finally:
+        await admin.aclose()
+        owner.stop()
+        other.stop()
