@@ -565,8 +565,8 @@ class SessionMiddleware:
                         # answer 404 for once Redis is back) is worse than none: refuse it,
                         # and the client opens one again later.
                         self.redis_errors["session_record"] += 1
-                        full = isinstance(exc, RedisOutOfMemoryError)
-                        if full:
+                        if isinstance(exc, RedisOutOfMemoryError):
+                            full = True
                             self._redis_full(exc)
                         else:
                             logger.error(
