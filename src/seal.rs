@@ -85,8 +85,9 @@ impl Rejected {
                  same relay_secret (or MCP_DB_RELAY_SECRET) on every node"
             }
             Rejected::Forged => {
-                "the sending node uses another relay secret (every node must share one), or \
-                 someone with write access to Redis forges or alters frames"
+                "the sending node has another relay secret: set the same relay_secret (or \
+                 MCP_DB_RELAY_SECRET) on every node; else someone with write access to Redis forges \
+                 or alters frames"
             }
             Rejected::Stale => "the clocks of the nodes disagree by more than the allowed age, or a captured frame was re-published",
             Rejected::Replayed => "a captured frame was re-published on Redis",
@@ -149,6 +150,13 @@ pub struct Seal {
     counter: AtomicU64,
     max_age_ms: u64,
     peers: Mutex<HashMap<[u8; SALT], Peer>>,
+}
+
+/// The sender a sealed frame names, unverified: for logs about frames that did not open.
+pub fn claimed_sender(bytes: &[u8]) -> Option<String> {
+    let len = u16::from_be_bytes(bytes.get(FIXED - 2..FIXED)?.try_into().ok()?) as usize;
+    let name = bytes.get(FIXED..FIXED + len)?;
+    Some(String::from_utf8_lossy(name).chars().take(100).collect())
 }
 
 fn derive(secret: &[u8], salt: &[u8; SALT]) -> LessSafeKey {

@@ -1,0 +1,340 @@
+"""Sealed relay frames (a secret shared by the nodes) and the relay's byte window, against a
+real redis-server, with two nodes' ends of the relay in one process (as in
+test_relay_core.py). An attacker here is a plain Redis client: it reads frames on the
+relay's channels and publishes its own."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from mcp_db import ConfigError, RedisEventStore
+from mcp_db._redis_server import RedisServer
+
+SECRET = b"a secret all the nodes share, 32+"
+OTHER = b"another secret, of another deployment"
+#: A plain frame is kind, request ID (16 bytes), sequence number; a sealed one starts with
+#: '#' and then the same.
+SEALED = ord("#")
+
+
+@pytest.fixture
+async def store(redis_server: RedisServer, prefix: str) -> AsyncIterator[RedisEventStore]:
+    async with RedisEventStore(redis_server.url, prefix=prefix) as s:
+        yield s
+
+
+@pytest.fixture
+async def spy(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """Someone with read and write access to the relay's channels."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+async def _relay(store: RedisEventStore, node: str, secret: bytes | None, **options: Any) -> Any:
+    await store._core.ownership(node, 60_000).beat("{}")  # alive: the sweep keeps its requests
+    if secret is not None:
+        options["secret"] = secret
+    relay = store._core.relay(node, sweep_ms=100, **options)
+    assert await relay.ready(2000)
+    return relay
+
+
+async def _pair(
+    store: RedisEventStore, owner_secret: bytes | None, relayer_secret: bytes | None, **options: Any
+) -> tuple[Any, Any]:
+    owner = await _relay(store, "owner", owner_secret, **options)
+    relayer = await _relay(store, "relayer", relayer_secret, **options)
+    return owner, relayer
+
+
+async def _runs(owner: Any, wait: float = 0.5) -> list[bytes]:
+    """IDs of the requests the owner would run (taken and claimed) within ``wait``."""
+    ran = []
+    while True:
+        try:
+            item = await asyncio.wait_for(owner.next_request(), wait)
+        except asyncio.TimeoutError:
+            return ran
+        claimed = owner.claimed(item[0])
+        if not isinstance(claimed, bool):
+            claimed = await asyncio.wait_for(claimed, 5)
+        if claimed:
+            ran.append(item[0])
+            owner.respond(item[0], 200, [], b"ran")
+
+
+class Capture:
+    """Frames published on one channel, as a subscriber of it sees them."""
+
+    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+        self.pubsub = client.pubsub()
+
+    async def __aenter__(self) -> Capture:
+        await self.pubsub.subscribe(self.channel)
+        assert (await self.pubsub.get_message(timeout=2))["type"] == "subscribe"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.pubsub.aclose()
+
+    async def next(self) -> bytes:
+        while True:
+            message = await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=2)
+            if message is not None:
+                return bytes(message["data"])
+
+    async def publish(self, frame: bytes) -> None:
+        await self.client.publish(self.channel, frame)
+
+
+def _with_id(frame: bytes, request_id: bytes) -> bytes:
+    """The frame with another request ID, whether sealed or not."""
+    at = 2 if frame[0] == SEALED else 1
+    return frame[:at] + request_id + frame[at + 16 :]
+
+
+async def _one_request(owner: Any, relayer: Any, body: bytes = b"pay 10") -> bytes:
+    """Relays one request that the owner runs and answers; its ID."""
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", body, 2000))
+    ran = await _runs(owner, wait=2)
+    assert len(ran) == 1
+    outcome, forward = await forwarding
+    assert outcome == "accepted"
+    assert await asyncio.wait_for(forward.next(), 5) == ("whole", 200, [], b"ran")
+    return bytes(ran[0])
+
+
+# -- replays -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no-secret", "secret"])
+async def test_a_captured_request_republished_with_a_fresh_id(
+    store: RedisEventStore, spy: aioredis.Redis, prefix: str, secret: bytes | None
+) -> None:
+    """Without a secret, a request frame re-published with another request ID runs a second
+    time (documented: the relay then trusts whoever can publish on Redis). With the secret,
+    the altered frame does not open: it runs nothing."""
+    owner, relayer = await _pair(store, secret, secret)
+    async with Capture(spy, f"{prefix}:r:owner:q") as inbox:
+        first = await _one_request(owner, relayer)
+        captured = await inbox.next()
+        await inbox.publish(_with_id(captured, b"\x01" * 16))
+        again = await _runs(owner)
+    if secret is None:
+        assert b"pay 10" in captured, "the request travels in clear"
+        assert again == [b"\x01" * 16], "without a secret the forged copy runs"
+    else:
+        assert b"pay 10" not in captured, "the request travels encrypted"
+        assert again == [], "the altered frame ran"
+        assert owner.stats()["rejected_forged"] == 1
+    assert first != b"\x01" * 16
+
+
+async def test_a_captured_request_republished_as_is_runs_nothing(
+    store: RedisEventStore, spy: aioredis.Redis, prefix: str
+) -> None:
+    owner, relayer = await _pair(store, SECRET, SECRET)
+    async with Capture(spy, f"{prefix}:r:owner:q") as inbox:
+        await _one_request(owner, relayer)
+        captured = await inbox.next()
+        for _ in range(3):
+            await inbox.publish(captured)
+        assert await _runs(owner) == []
+    stats = owner.stats()
+    assert (stats["rejected_replayed"], stats["rejected"], stats["served"]) == (3, 3, 1)
+
+
+async def test_a_stale_request_frame_is_refused(
+    store: RedisEventStore, spy: aioredis.Redis, prefix: str
+) -> None:
+    """A frame captured while the owner was away and re-published later, to an owner that
+    has never seen it, is refused as too old."""
+    relayer = await _relay(store, "relayer", SECRET)
+    async with Capture(spy, f"{prefix}:r:owner:q") as inbox:
+        # Only the spy listens on the owner's inbox: nobody takes the request on.
+        outcome = await relayer.forward("owner", "s", "{}", b"late", 200)
+        assert outcome in (("timeout", None), ("unreachable", None))
+        captured = await inbox.next()
+        await asyncio.sleep(0.6)
+        owner = await _relay(store, "owner", SECRET, max_age_ms=500)
+        await inbox.publish(captured)
+        assert await _runs(owner) == []
+    assert owner.stats()["rejected_stale"] == 1
+
+
+async def test_frames_injected_into_a_live_stream_are_dropped(
+    store: RedisEventStore, spy: aioredis.Redis, prefix: str
+) -> None:
+    """A duplicated data frame, a forged cancel and a forged credit, injected while a
+    response streams: none of them changes the stream."""
+    owner, relayer = await _pair(store, SECRET, SECRET, window=4)
+    async with (
+        Capture(spy, f"{prefix}:r:relayer") as to_relayer,
+        Capture(spy, f"{prefix}:r:owner") as to_owner,
+    ):
+        forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+        (request_id,) = await _runs_streaming(owner)
+        outcome, forward = await forwarding
+        assert outcome == "accepted"
+        assert (await to_relayer.next())[1:2] == b"A"
+        owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
+        assert owner.send(request_id, b"data: 0\n\n") is None
+        await to_relayer.next()  # the start
+        chunk = await to_relayer.next()
+        await to_relayer.publish(chunk)  # the same chunk again
+        # A cancel and a credit, unsealed, as anyone could write them.
+        await to_owner.publish(b"X" + request_id + b"\0\0\0\0")
+        credit = (1000).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big")
+        await to_owner.publish(b"C" + request_id + credit)
+        disconnected = asyncio.ensure_future(owner.disconnected(request_id))
+        waits = [owner.send(request_id, f"data: {i}\n\n".encode()) for i in range(1, 4)]
+        assert waits[:2] == [None, None]
+        assert waits[2] is not None, "the forged credit opened the window"
+        await asyncio.sleep(0.3)
+        assert not disconnected.done(), "the forged cancel reached the handler"
+        frames = [await asyncio.wait_for(forward.next(), 5) for _ in range(5)]
+        assert frames[0][0] == "start"
+        assert [f[1] for f in frames[1:]] == [f"data: {i}\n\n".encode() for i in range(4)]
+        assert await asyncio.wait_for(waits[2], 5) is True, "real credit still flows"
+        owner.end(request_id, True)
+        assert await asyncio.wait_for(forward.next(), 5) == ("end", True)
+        disconnected.cancel()
+    assert relayer.stats()["rejected_replayed"] == 1
+    assert owner.stats()["rejected_unsealed"] == 2
+
+
+async def _runs_streaming(owner: Any) -> list[bytes]:
+    item = await asyncio.wait_for(owner.next_request(), 5)
+    claimed = owner.claimed(item[0])
+    if not isinstance(claimed, bool):
+        claimed = await asyncio.wait_for(claimed, 5)
+    assert claimed
+    return [bytes(item[0])]
+
+
+# -- nodes that do not share the secret ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("owner_secret", "relayer_secret", "cause"),
+    [(SECRET, OTHER, "forged"), (SECRET, None, "unsealed"), (None, SECRET, "sealed")],
+    ids=["another-secret", "relayer-without", "owner-without"],
+)
+async def test_nodes_without_the_same_secret_run_nothing_and_say_why(
+    store: RedisEventStore,
+    caplog: pytest.LogCaptureFixture,
+    owner_secret: bytes | None,
+    relayer_secret: bytes | None,
+    cause: str,
+) -> None:
+    owner, relayer = await _pair(store, owner_secret, relayer_secret)
+    with caplog.at_level(logging.WARNING, logger="mcp_db"):
+        forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 300))
+        assert await _runs(owner) == []
+        assert await forwarding == ("timeout", None), "the relayer hears no answer and says so"
+    assert owner.stats()[f"rejected_{cause}"] == 1
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(f"dropped 1 {cause} frame" in w and "relay_secret" in w for w in warnings), warnings
+
+
+async def test_a_short_secret_is_refused(store: RedisEventStore) -> None:
+    with pytest.raises(ConfigError, match="at least 16"):
+        store._core.relay("node", secret=b"short")
+
+
+# -- with the secret, the relay works as before ---------------------------------------------
+
+
+async def test_a_streamed_response_through_sealed_frames(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store, SECRET, SECRET, window=4)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
+    item = await asyncio.wait_for(owner.next_request(), 5)
+    assert tuple(item[1:]) == ("relayer", "s", '{"m":1}', b"body")
+    outcome, forward = await forwarding
+    assert outcome == "accepted"
+    request_id = item[0]
+
+    async def produce() -> None:
+        owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
+        for i in range(20):  # five times the window: credit must come back, sealed
+            waiting = owner.send(request_id, f"data: {i}\n\n".encode())
+            if waiting is not None:
+                assert await asyncio.wait_for(waiting, 5) is True
+        owner.end(request_id, True)
+
+    producing = asyncio.ensure_future(produce())
+    frames = [await asyncio.wait_for(forward.next(), 5)]
+    while frames[-1][0] not in ("end", "lost"):
+        frames.append(await asyncio.wait_for(forward.next(), 5))
+    await producing
+    assert frames[0] == ("start", 200, [(b"content-type", b"text/event-stream")])
+    assert [f[1] for f in frames[1:-1]] == [f"data: {i}\n\n".encode() for i in range(20)]
+    assert frames[-1] == ("end", True)
+    assert owner.stats()["rejected"] == relayer.stats()["rejected"] == 0
+
+
+# -- the byte window -------------------------------------------------------------------------
+
+CHUNK = 256 * 1024
+WINDOW_BYTES = 1 << 20
+
+
+@pytest.mark.parametrize("secret", [None, SECRET], ids=["no-secret", "secret"])
+async def test_a_client_that_never_reads_holds_at_most_the_byte_window(
+    store: RedisEventStore, secret: bytes | None
+) -> None:
+    """The owner streams large chunks to a relaying node whose client reads nothing: the
+    owner is held once a window's worth of bytes is unacknowledged, so the relaying node
+    buffers at most the window plus one chunk, not 64 chunks of any size."""
+    owner, relayer = await _pair(store, secret, secret)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    (request_id,) = await _runs_streaming(owner)
+    outcome, forward = await forwarding
+    assert outcome == "accepted"
+    owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
+    sent = 0
+    blocked = None
+    while blocked is None and sent < 64:
+        blocked = owner.send(request_id, b"x" * CHUNK)
+        sent += 1
+    bound = WINDOW_BYTES + CHUNK
+    assert sent * CHUNK <= bound, f"{sent} chunks of {CHUNK} bytes went out unacknowledged"
+    stalled = asyncio.ensure_future(blocked)
+    for _ in range(50):  # until every frame sent has arrived
+        if relayer.stats()["buffered_bytes"] == sent * CHUNK:
+            break
+        await asyncio.sleep(0.05)
+    assert relayer.stats()["buffered_bytes"] == sent * CHUNK <= bound
+    await asyncio.sleep(0.2)
+    assert not stalled.done(), "the owner goes on although the client reads nothing"
+    # The client reads half the window: credit comes back and the owner goes on.
+    assert (await asyncio.wait_for(forward.next(), 5))[0] == "start"
+    for _ in range(WINDOW_BYTES // 2 // CHUNK):
+        assert (await asyncio.wait_for(forward.next(), 5))[0] == "data"
+    assert await asyncio.wait_for(stalled, 5) is True
+    owner.end(request_id, False)
+    forward.cancel()
+
+
+async def test_one_chunk_larger_than_the_window_still_goes(store: RedisEventStore) -> None:
+    owner, relayer = await _pair(store, None, None, window_bytes=1000)
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
+    (request_id,) = await _runs_streaming(owner)
+    _, forward = await forwarding
+    owner.start(request_id, 200, [])
+    waiting = owner.send(request_id, b"y" * 5000)
+    assert waiting is not None, "the window is exceeded by the one chunk"
+    assert (await asyncio.wait_for(forward.next(), 5))[0] == "start"
+    assert await asyncio.wait_for(forward.next(), 5) == ("data", b"y" * 5000)
+    assert await asyncio.wait_for(waiting, 5) is True
+    owner.end(request_id, True)
+    assert await asyncio.wait_for(forward.next(), 5) == ("end", True)
