@@ -7,14 +7,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import httpx
 import pytest
 import redis.asyncio as aioredis
 
 from mcp_db import ConfigError, RedisEventStore
 from mcp_db._redis_server import RedisServer
+from tests._nodes import Node
+from tests.test_resume_e2e import RawSession
 
 SECRET = b"a secret all the nodes share, 32+"
 OTHER = b"another secret, of another deployment"
@@ -338,3 +342,50 @@ async def test_one_chunk_larger_than_the_window_still_goes(store: RedisEventStor
     assert await asyncio.wait_for(waiting, 5) is True
     owner.end(request_id, True)
     assert await asyncio.wait_for(forward.next(), 5) == ("end", True)
+
+
+# -- through SessionMiddleware, on real nodes ------------------------------------------------
+
+
+@contextmanager
+def _nodes(redis_url: str, prefix: str, *secrets: str | None) -> Iterator[list[Node]]:
+    """One node per secret (``None``: no ``MCP_DB_RELAY_SECRET``), all with the middleware."""
+    base = {"MCP_DB_REDIS_URL": redis_url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
+    nodes = []
+    try:
+        for secret in secrets:
+            env = {**base, **({"MCP_DB_RELAY_SECRET": secret} if secret else {})}
+            nodes.append(Node(env=env).start())
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+async def test_nodes_sharing_the_secret_relay_to_each_other(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    with _nodes(redis_server.url, prefix, SECRET.decode(), SECRET.decode()) as (a, b):
+        async with httpx.AsyncClient(timeout=30) as http:
+            session = await RawSession(http, a.url).open()
+            owner = await session.answered_by(a.url)
+            assert await session.answered_by(b.url) == owner, "relayed to the owner"
+
+
+async def test_a_node_with_another_secret_gets_503_and_the_owner_says_why(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """Nodes that do not share the secret cannot relay: the client gets 503 once the
+    relay's timeout has passed, rather than a hang, and both logs name the likely cause."""
+    with _nodes(redis_server.url, prefix, SECRET.decode(), OTHER.decode()) as (a, b):
+        async with httpx.AsyncClient(timeout=30) as http:
+            session = await RawSession(http, a.url).open()
+            await session.answered_by(a.url)
+            body = {"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                    "params": {"name": "whoami", "arguments": {}}}  # fmt: skip
+            reply = await http.post(b.url, json=body, headers=session.headers())
+            assert reply.status_code == 503, reply.text
+            assert reply.headers.get("retry-after")
+        assert "dropped 1 forged frame" in a.output(), a.output()
+        assert "relay_secret" in a.output()
+        assert "relay secrets differ" in b.output(), b.output()
