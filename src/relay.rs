@@ -292,7 +292,7 @@ struct Shared {
     pending: Mutex<HashMap<ReqId, Pending>>,
     served: Mutex<HashMap<ReqId, Arc<Served>>>,
     requests: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
-    out: mpsc::UnboundedSender<(String, Vec<u8>, Unheard)>,
+    out: mpsc::UnboundedSender<(String, Frame, Unheard)>,
     claim: redis::Script,
     draining: AtomicBool,
     closed: AtomicBool,
@@ -455,9 +455,9 @@ impl Shared {
         }
     }
 
+    /// Queues a frame; the publisher task encodes (and seals) it, off the caller's thread.
     fn publish(&self, channel: String, frame: Frame, unheard: Unheard) {
-        let bytes = self.encode(&channel, &frame);
-        let _ = self.out.send((channel, bytes, unheard));
+        let _ = self.out.send((channel, frame, unheard));
     }
 }
 
@@ -528,12 +528,12 @@ async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
 }
 
 /// Sends every queued frame, in order, one pipeline per batch.
-async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>, Unheard)>) {
+async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Frame, Unheard)>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
-        for (channel, payload, _) in &batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice());
+        for (channel, frame, _) in &batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(shared.encode(channel, frame));
         }
         match shared.connector.query(&pipe).await {
             Ok(counts) => {

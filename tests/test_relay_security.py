@@ -9,10 +9,12 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis as redis_py
 import redis.asyncio as aioredis
 
 from mcp_db import ConfigError, RedisEventStore
@@ -389,3 +391,39 @@ async def test_a_node_with_another_secret_gets_503_and_the_owner_says_why(
         assert "dropped 1 forged frame" in a.output(), a.output()
         assert "relay_secret" in a.output()
         assert "relay secrets differ" in b.output(), b.output()
+
+
+def _documented_acl_user(prefix: str, password: str) -> list[str]:
+    """The ``ACL SETUSER`` line of docs/security.md, for ``prefix`` and ``password``."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "security.md").read_text()
+    (line,) = [x.strip() for x in page.splitlines() if x.strip().startswith("ACL SETUSER")]
+    line = line.replace("~mcp:*", f"~{prefix}:*").replace("&mcp:*", f"&{prefix}:*")
+    return line.replace(">CHANGE-ME", f">{password}").split()
+
+
+async def test_the_documented_acl_user_runs_a_deployment(prefix: str) -> None:
+    """Two nodes logged in as the ACL user docs/security.md recommends, the default user
+    off: they relay, hand a session over on SIGTERM and close it, and Redis refused them
+    nothing."""
+    server = RedisServer().start()
+    try:
+        with redis_py.Redis.from_url(server.url) as setup:
+            setup.execute_command(*_documented_acl_user(prefix, "node-pw"))
+            setup.execute_command("ACL", "SETUSER", "admin", "on", ">admin-pw", "~*", "&*", "+@all")
+            setup.execute_command("ACL", "SETUSER", "default", "off")
+        url = server.url.replace("redis://", "redis://mcp-node:node-pw@")
+        with _nodes(url, prefix, SECRET.decode(), SECRET.decode()) as (a, b):
+            async with httpx.AsyncClient(timeout=30) as http:
+                session = await RawSession(http, a.url).open()
+                owner = await session.answered_by(a.url)
+                assert await session.answered_by(b.url) == owner, "relayed to the owner"
+                a.stop()  # SIGTERM: the session moves to b at once
+                assert await session.answered_by(b.url, retry_for=5) != owner
+                deleted = await http.delete(b.url, headers=session.headers())
+                assert deleted.status_code == 200, deleted.text
+            assert "NOPERM" not in a.output() + b.output()
+        admin_url = server.url.replace("redis://", "redis://admin:admin-pw@")
+        with redis_py.Redis.from_url(admin_url) as admin:
+            assert admin.execute_command("ACL", "LOG") == [], "Redis refused the nodes something"
+    finally:
+        server.cleanup()
