@@ -12,11 +12,14 @@ path talks to A, the relayed path to B, in alternating blocks so both see the sa
 
 All of it twice, on a pair of nodes without a relay secret and on a pair with one (every
 relay frame sealed: ChaCha20-Poly1305, see src/seal.rs), in alternating blocks, and the
-two relayed hops as a ratio.
+two relayed hops as a ratio. The hop alone, without HTTP and the SDK, is measured first: a
+round trip between two ends of the relay in this process, a request of a typical size
+out and a JSON reply back, with and without the secret.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import statistics
 import time
@@ -24,6 +27,7 @@ from typing import Any
 
 import httpx
 
+from mcp_db import RedisEventStore
 from tests._nodes import Node
 from tests.test_resume_e2e import RawSession
 
@@ -81,9 +85,76 @@ async def _stream(
 
 #: The relay secret of the sealed pair of nodes (every frame encrypted and authenticated).
 SECRET = "bench relay secret, 32 bytes long"
+#: What a relayed tools/call carries: its head (scope and headers, a bearer token among
+#: them) and body out, a JSON-RPC result back.
+HEAD = json.dumps(
+    {
+        "method": "POST",
+        "path": "/mcp",
+        "headers": [["authorization", "Bearer " + "t" * 600]] + [["x-header", "v" * 40]] * 8,
+    }
+)
+BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": ECHO}).encode()
+REPLY = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}]}}'
+
+
+async def _round_trips(owner: Any, relayer: Any, owner_name: str, n: int) -> list[float]:
+    """``n`` relayed requests one after another, each answered whole; ms each."""
+    times = []
+    for _ in range(n):
+        begin = time.perf_counter()
+        forwarding = asyncio.ensure_future(relayer.forward(owner_name, "s", HEAD, BODY, 2000))
+        request_id, *_ = await owner.next_request()
+        claimed = owner.claimed(request_id)
+        if not isinstance(claimed, bool):
+            claimed = await claimed
+        owner.respond(request_id, 200, [(b"content-type", b"application/json")], REPLY)
+        outcome, forward = await forwarding
+        frame = forward.try_next() or await forward.next()
+        times.append((time.perf_counter() - begin) * 1000)
+        if outcome != "accepted" or frame[0] != "whole":
+            raise RuntimeError(f"relay round trip failed: {outcome} {frame}")
+    return times
+
+
+async def core_hop(redis_url: str, quick: bool) -> list[str]:
+    """The relay's round trip in one process, without and with the secret, alternating."""
+    n = 300 if quick else 3000
+    times: dict[str, list[float]] = {"plain": [], "sealed": []}
+    async with RedisEventStore(redis_url, prefix="bench-hop") as store:
+        pairs = {}
+        for mode, secret in (("plain", None), ("sealed", SECRET.encode())):
+            ends = []
+            for role in ("owner", "relayer"):
+                name = f"{mode}-{role}"
+                await store._core.ownership(name, 60_000).beat("{}")
+                options = {"secret": secret} if secret else {}
+                ends.append(store._core.relay(name, **options))
+            for end in ends:
+                if not await end.ready(2000):
+                    raise RuntimeError("the relay did not subscribe")
+            pairs[mode] = ends
+        for mode, (owner, relayer) in pairs.items():
+            await _round_trips(owner, relayer, f"{mode}-owner", 50)
+        for _ in range(10):
+            for mode, (owner, relayer) in pairs.items():
+                times[mode] += await _round_trips(owner, relayer, f"{mode}-owner", n // 10)
+        for owner, relayer in pairs.values():
+            owner.close()
+            relayer.close()
+    p50 = {mode: statistics.median(t) for mode, t in times.items()}
+    extra_us = 1000 * (p50["sealed"] - p50["plain"])
+    return [
+        f"relay round trip in one process, no HTTP ({n:,} requests of {len(HEAD) + len(BODY):,}"
+        f" bytes, JSON replies of {len(REPLY)} bytes, each way)",
+        f"  without a secret p50 {p50['plain']:.3f} ms  p99 {_pct(times['plain'], 0.99):.3f} ms",
+        f"  with the secret  p50 {p50['sealed']:.3f} ms  p99 {_pct(times['sealed'], 0.99):.3f} ms"
+        f"   ({p50['sealed'] / p50['plain']:.2f}x, {extra_us:+.0f} us)",
+    ]
 
 
 async def measure(redis_url: str, quick: bool) -> list[str]:
+    lines = await core_hop(redis_url, quick)
     n = 200 if quick else 2000
     events = 100 if quick else 500
     burst = 500 if quick else 5000
@@ -138,7 +209,6 @@ async def measure(redis_url: str, quick: bool) -> list[str]:
         for pair in nodes.values():
             for node in pair:
                 node.stop()
-    lines = []
     added: dict[str, float] = {}
     for mode in ("plain", "sealed"):
         d50, r50 = statistics.median(direct[mode]), statistics.median(relayed[mode])
