@@ -260,7 +260,18 @@ async def test_a_short_secret_is_refused(store: RedisEventStore) -> None:
 # -- with the secret, the relay works as before ---------------------------------------------
 
 
-async def test_a_streamed_response_through_sealed_frames(store: RedisEventStore) -> None:
+@pytest.mark.parametrize("deployment", ["redis-server", "redis-cluster"])
+async def test_a_streamed_response_through_sealed_frames(
+    request: pytest.FixtureRequest, prefix: str, deployment: str
+) -> None:
+    """On one server, and on a Redis Cluster (where the acceptance is not published by the
+    claim's script but by the owner, see src/relay.rs)."""
+    redis = request.getfixturevalue(deployment.replace("-", "_"))
+    async with RedisEventStore(redis.url, prefix=prefix) as store:
+        await _sealed_stream(store)
+
+
+async def _sealed_stream(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store, SECRET, SECRET, window=4)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
     item = await asyncio.wait_for(owner.next_request(), 5)
