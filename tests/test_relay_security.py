@@ -438,3 +438,47 @@ async def test_the_documented_acl_user_runs_a_deployment(prefix: str) -> None:
             assert admin.execute_command("ACL", "LOG") == [], "Redis refused the nodes something"
     finally:
         server.cleanup()
+
+
+@pytest.mark.parametrize("secret", [None, SECRET.decode()], ids=["no-secret", "secret"])
+async def test_a_relayed_call_captured_and_republished_with_a_fresh_id(
+    redis_server: RedisServer, prefix: str, secret: str | None
+) -> None:
+    """Through the middleware: someone subscribed to the relay's channels captures the
+    request frame of a tools/call relayed from B to the owner A, and publishes it again with
+    another request ID. Without a secret, A runs the call a second time (its result is
+    stored twice on the call's stream); with one, A drops the frame and runs nothing."""
+    with _nodes(redis_server.url, prefix, secret, secret) as (a, b):
+        spy = aioredis.Redis.from_url(redis_server.url)
+        pubsub = spy.pubsub()
+        try:
+            await pubsub.psubscribe(f"{prefix}:r:*:q")
+            async with httpx.AsyncClient(timeout=30) as http:
+                session = await RawSession(http, a.url).open()
+                body = {"jsonrpc": "2.0", "id": 77, "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": "pay 10"}}}  # fmt: skip
+                reply = await http.post(b.url, json=body, headers=session.headers())
+                assert reply.status_code == 200 and "pay 10" in reply.text, reply.text
+            # The first message is the subscription's confirmation.
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None and message["type"] == "psubscribe", message
+            message = await pubsub.get_message(timeout=2)
+            assert message is not None, "no relayed request seen"
+            frame = bytes(message["data"])
+            await spy.publish(message["channel"], _with_id(frame, b"\x02" * 16))
+            await asyncio.sleep(1)
+            results = 0
+            async for key in spy.scan_iter(match=f"{prefix}:e:*"):
+                if key.decode().endswith(":77"):
+                    for _, fields in await spy.xrange(key):
+                        results += sum(b'"pay 10"' in value for value in fields.values())
+        finally:
+            await pubsub.aclose()
+            await spy.aclose()
+        if secret is None:
+            assert b"pay 10" in frame
+            assert results == 2, "without a secret, the copy ran again"
+        else:
+            assert results == 1, "the copy ran"
+            assert b"pay 10" not in frame
+            assert "dropped 1 forged frame" in a.output()
