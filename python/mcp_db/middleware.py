@@ -302,10 +302,11 @@ class SessionMiddleware:
         self.redis_errors: Counter[str] = Counter()
         self._durations = request_duration()
         if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
+            # First: a bad secret raises before anything is attached or started.
+            self._relay = store._core.relay(self.node_id, secret=_relay_secret(relay_secret))
             store.attach(self.manager)
             self._bus = store._core.bus()
             self._own = store._core.ownership(self.node_id, self.lease_ms)
-            self._relay = store._core.relay(self.node_id, secret=_relay_secret(relay_secret))
             self._hook()
             watch(self)
 
