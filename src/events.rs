@@ -181,9 +181,19 @@ impl RedisEvents {
     }
 
     /// This node's end of the relay between nodes (its own pub/sub connection).
-    #[pyo3(signature = (node, *, window=64, sweep_ms=1000))]
-    fn relay(&self, node: &str, window: u32, sweep_ms: u64) -> crate::relay::Relay {
-        crate::relay::Relay::spawn(self.inner.connector.clone(), &self.inner.prefix, node, window, sweep_ms)
+    /// With `secret` (shared by every node) every frame is sealed; see `seal.rs`.
+    #[pyo3(signature = (node, *, window=64, window_bytes=crate::relay::WINDOW_BYTES, sweep_ms=1000, secret=None, max_age_ms=crate::relay::MAX_AGE_MS))]
+    fn relay(
+        &self,
+        node: &str,
+        window: u32,
+        window_bytes: u64,
+        sweep_ms: u64,
+        secret: Option<Vec<u8>>,
+        max_age_ms: u64,
+    ) -> PyResult<crate::relay::Relay> {
+        let options = crate::relay::RelayOptions { window, window_bytes, sweep_ms, secret, max_age_ms };
+        Ok(crate::relay::Relay::spawn(self.inner.connector.clone(), &self.inner.prefix, node, options)?)
     }
 
     /// Subscribes to the bus of this store's prefix (a dedicated connection).

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod ownership;
 pub mod page;
 pub mod relay;
+pub mod seal;
 pub mod sessions;
 pub mod wakeup;
 pub mod writer;

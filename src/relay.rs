@@ -18,8 +18,13 @@
 //! sends them) and `E`. Frames from one node travel over one connection, so they arrive in
 //! order; each carries a sequence number, and a gap (the subscriber reconnected and missed
 //! frames) ends the relayed response rather than corrupting it. Flow control is a window:
-//! the owner may have `window` data frames unacknowledged, and the relayer returns credit
-//! (`C`) as its client consumes them. `X` tells the owner the client went away.
+//! the owner may have `window` data frames and `window_bytes` bytes unacknowledged (at
+//! least one frame, however large), and the relayer returns credit (`C`) as its client
+//! consumes them. `X` tells the owner the client went away.
+//!
+//! With a secret shared by all nodes, every frame is sealed (`seal.rs`): encrypted, bound to
+//! its sender, channel and time, and accepted once. Frames that do not open are dropped,
+//! counted and logged, and nothing of them runs.
 //!
 //! A node whose subscriber or heartbeat is gone is found by a sweep (`PUBSUB NUMSUB` and
 //! `EXISTS` for every peer with a request in flight), which ends those requests on both
@@ -29,7 +34,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pyo3::prelude::*;
@@ -39,6 +44,8 @@ use tokio::sync::{mpsc, Notify};
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::keys::{claim_key, inbox_channel, node_key, reply_channel};
+use crate::seal::{Rejected, Seal, SEALED};
+use crate::sessions::now_ms;
 use crate::wakeup;
 
 pub type ReqId = [u8; 16];
@@ -52,6 +59,14 @@ const FIRST_PART_GRACE: Duration = Duration::from_millis(5);
 const HUB_CHECK: Duration = Duration::from_secs(1);
 /// How long a claim key outlives the decision it records.
 const CLAIM_TTL_MS: u64 = 60_000;
+/// Bytes of a response's body the owner may have unacknowledged, by default.
+pub const WINDOW_BYTES: u64 = 1 << 20;
+/// How old a sealed frame may be, by default; also how far the nodes' clocks may disagree.
+pub const MAX_AGE_MS: u64 = 30_000;
+/// Shortest relay secret accepted.
+const MIN_SECRET: usize = 16;
+/// At most one warning per cause of rejected frames in this long.
+const REJECTION_LOG_EVERY: Duration = Duration::from_secs(10);
 
 mod kind {
     pub const REQUEST: u8 = b'Q';
@@ -214,6 +229,7 @@ fn decode_start(payload: &[u8]) -> Option<(u16, Headers)> {
 struct Pending {
     owner: String,
     tx: mpsc::UnboundedSender<Frame>,
+    state: Arc<ForwardState>,
 }
 
 /// What an owner keeps for one request it serves for another node.
@@ -222,6 +238,10 @@ struct Served {
     next_seq: AtomicU32,
     sent: AtomicU32,
     credit: AtomicU32,
+    sent_bytes: AtomicU64,
+    credit_bytes: AtomicU64,
+    /// The relaying node credits chunks only (an older version): no byte window then.
+    chunks_only: AtomicBool,
     cancelled: AtomicBool,
     /// The claim's outcome: `CLAIM_PENDING`, `CLAIM_WON` or `CLAIM_LOST`.
     claim: AtomicU8,
@@ -239,6 +259,14 @@ impl Served {
     fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+    }
+
+    /// Whether another data frame may go: both windows have room.
+    fn has_room(&self, window: u32, window_bytes: u64) -> bool {
+        self.sent.load(Ordering::SeqCst).saturating_sub(self.credit.load(Ordering::SeqCst)) < window
+            && (self.chunks_only.load(Ordering::SeqCst)
+                || self.sent_bytes.load(Ordering::SeqCst).saturating_sub(self.credit_bytes.load(Ordering::SeqCst))
+                    < window_bytes)
     }
 }
 
@@ -258,11 +286,14 @@ struct Shared {
     inbox: String,
     replies: String,
     window: u32,
+    window_bytes: u64,
+    /// Set when the nodes share a relay secret: every frame is sealed and must open.
+    seal: Option<Seal>,
     connector: Arc<Connector>,
     pending: Mutex<HashMap<ReqId, Pending>>,
     served: Mutex<HashMap<ReqId, Arc<Served>>>,
     requests: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
-    out: mpsc::UnboundedSender<(String, Vec<u8>, Unheard)>,
+    out: mpsc::UnboundedSender<(String, Frame, Unheard)>,
     claim: redis::Script,
     draining: AtomicBool,
     closed: AtomicBool,
@@ -270,6 +301,7 @@ struct Shared {
     ready: Notify,
     unsubscribe: Notify,
     stats: RelayStats,
+    rejections: Rejections,
 }
 
 #[derive(Default)]
@@ -279,6 +311,36 @@ struct RelayStats {
     timeouts: AtomicU64,
     lost: AtomicU64,
     dropped_requests: AtomicU64,
+}
+
+/// Frames dropped because they did not open, by cause, and when each cause was last logged.
+#[derive(Default)]
+struct Rejections {
+    counts: [AtomicU64; Rejected::ALL.len()],
+    logged: Mutex<[Option<(Instant, u64)>; Rejected::ALL.len()]>,
+}
+
+impl Rejections {
+    /// Counts a dropped frame, and warns at most once per cause every
+    /// `REJECTION_LOG_EVERY`, naming the likely cause.
+    fn note(&self, why: Rejected, channel: &str, sender: Option<&str>) {
+        let i = Rejected::ALL.iter().position(|r| *r == why).expect("every cause is listed");
+        let total = self.counts[i].fetch_add(1, Ordering::Relaxed) + 1;
+        let mut logged = self.logged.lock().unwrap();
+        let since = match logged[i] {
+            Some((at, _)) if at.elapsed() < REJECTION_LOG_EVERY => return,
+            Some((_, count)) => total - count,
+            None => total,
+        };
+        logged[i] = Some((Instant::now(), total));
+        drop(logged);
+        let from = sender.map_or_else(String::new, |s| format!(", said to be from node {s:?}"));
+        tracing::warn!(
+            "relay: dropped {since} {} frame(s) on {channel}{from}; nothing of them runs. Likely cause: {}",
+            why.name(),
+            why.likely_cause()
+        );
+    }
 }
 
 impl Shared {
@@ -306,13 +368,56 @@ impl Shared {
         }
     }
 
-    fn dispatch(&self, bytes: &[u8], inbox: &mpsc::Sender<Incoming>) {
-        let Some(frame) = Frame::decode(bytes) else {
-            tracing::warn!("relay: ignoring a malformed frame of {} bytes", bytes.len());
-            return;
+    /// Encodes a frame for `channel`, sealed when the nodes share a secret.
+    fn encode(&self, channel: &str, frame: &Frame) -> Vec<u8> {
+        match &self.seal {
+            Some(seal) => seal.seal(channel, &frame.encode(), now_ms()),
+            None => frame.encode(),
+        }
+    }
+
+    /// Opens a frame heard on `channel`: `None` (counted and logged) if it must be dropped.
+    /// With a secret, also the node that sealed it.
+    fn open(&self, channel: &str, bytes: &[u8]) -> Option<(Frame, Option<String>)> {
+        let (plain, sender) = match &self.seal {
+            Some(seal) => match seal.open(channel, bytes, now_ms()) {
+                Ok(opened) => (std::borrow::Cow::Owned(opened.frame), Some(opened.sender)),
+                Err(why) => {
+                    let sender = match why {
+                        Rejected::Unsealed => Frame::decode(bytes)
+                            .filter(|f| f.kind == kind::REQUEST)
+                            .and_then(|f| decode_request(f.id, &f.payload))
+                            .map(|r| r.from),
+                        _ => crate::seal::claimed_sender(bytes),
+                    };
+                    self.rejections.note(why, channel, sender.as_deref());
+                    return None;
+                }
+            },
+            None if bytes.first() == Some(&SEALED) => {
+                self.rejections.note(Rejected::Sealed, channel, crate::seal::claimed_sender(bytes).as_deref());
+                return None;
+            }
+            None => (std::borrow::Cow::Borrowed(bytes), None),
         };
+        match Frame::decode(&plain) {
+            Some(frame) => Some((frame, sender)),
+            None => {
+                tracing::warn!("relay: ignoring a malformed frame of {} bytes", bytes.len());
+                None
+            }
+        }
+    }
+
+    fn dispatch(&self, channel: &str, bytes: &[u8], inbox: &mpsc::Sender<Incoming>) {
+        let Some((frame, sender)) = self.open(channel, bytes) else { return };
+        // A sealed frame names its sender: it must be the peer of the request it is about.
+        let from = |peer: &str| sender.as_deref().is_none_or(|s| s == peer);
         match frame.kind {
             kind::REQUEST => match decode_request(frame.id, &frame.payload) {
+                Some(incoming) if !from(&incoming.from) => {
+                    self.rejections.note(Rejected::Forged, channel, sender.as_deref());
+                }
                 Some(incoming) => {
                     if inbox.try_send(incoming).is_err() {
                         // The claim was never made: the relaying node times out and answers 503.
@@ -323,22 +428,37 @@ impl Shared {
                 None => tracing::warn!("relay: ignoring a malformed request frame"),
             },
             kind::CREDIT => {
-                if let Some(s) = self.served.lock().unwrap().get(&frame.id) {
+                if let Some(s) = self.served.lock().unwrap().get(&frame.id).filter(|s| from(&s.from)) {
                     s.credit.fetch_max(frame.seq, Ordering::SeqCst);
+                    match frame.payload.get(..8) {
+                        Some(bytes) => {
+                            let consumed = u64::from_be_bytes(bytes.try_into().expect("8 bytes"));
+                            s.credit_bytes.fetch_max(consumed, Ordering::SeqCst);
+                        }
+                        None => s.chunks_only.store(true, Ordering::SeqCst),
+                    }
                     s.wake.notify_waiters();
                 }
             }
-            kind::CANCEL => self.cancel_served(&frame.id),
+            kind::CANCEL => {
+                if let Some(s) = self.served.lock().unwrap().get(&frame.id).filter(|s| from(&s.from)) {
+                    s.cancel();
+                }
+            }
             _ => {
-                if let Some(p) = self.pending.lock().unwrap().get(&frame.id) {
+                if let Some(p) = self.pending.lock().unwrap().get(&frame.id).filter(|p| from(&p.owner)) {
+                    if matches!(frame.kind, kind::DATA | kind::WHOLE) {
+                        p.state.buffered.fetch_add(frame.payload.len() as u64, Ordering::SeqCst);
+                    }
                     let _ = p.tx.send(frame);
                 }
             }
         }
     }
 
+    /// Queues a frame; the publisher task encodes (and seals) it, off the caller's thread.
     fn publish(&self, channel: String, frame: Frame, unheard: Unheard) {
-        let _ = self.out.send((channel, frame.encode(), unheard));
+        let _ = self.out.send((channel, frame, unheard));
     }
 }
 
@@ -368,7 +488,7 @@ async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
                         loop {
                             tokio::select! {
                                 message = stream.next() => match message {
-                                    Some(m) => shared.dispatch(m.get_payload_bytes(), &inbox),
+                                    Some(m) => shared.dispatch(m.get_channel_name(), m.get_payload_bytes(), &inbox),
                                     None => break,
                                 },
                                 _ = hub_check.tick(), if hub.is_some() => {
@@ -409,12 +529,12 @@ async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
 }
 
 /// Sends every queued frame, in order, one pipeline per batch.
-async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>, Unheard)>) {
+async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Frame, Unheard)>) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
-        for (channel, payload, _) in &batch {
-            pipe.cmd("PUBLISH").arg(channel).arg(payload.as_slice());
+        for (channel, frame, _) in &batch {
+            pipe.cmd("PUBLISH").arg(channel).arg(shared.encode(channel, frame));
         }
         match shared.connector.query(&pipe).await {
             Ok(counts) => {
@@ -503,7 +623,19 @@ pub struct Relay {
 }
 
 impl Relay {
-    pub fn spawn(connector: Arc<Connector>, prefix: &str, node: &str, window: u32, sweep_ms: u64) -> Relay {
+    /// `secret`: shared by all nodes, it seals every frame (at least 16 bytes); frames older
+    /// than `max_age_ms` are refused then.
+    pub fn spawn(connector: Arc<Connector>, prefix: &str, node: &str, options: RelayOptions) -> Result<Relay> {
+        let RelayOptions { window, window_bytes, sweep_ms, secret, max_age_ms } = options;
+        if let Some(secret) = &secret {
+            if secret.len() < MIN_SECRET {
+                return Err(Error::Config(format!(
+                    "the relay secret has {} bytes; use at least {MIN_SECRET} random bytes, the same on every \
+                     node (e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                    secret.len()
+                )));
+            }
+        }
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_BACKLOG);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
@@ -512,6 +644,8 @@ impl Relay {
             inbox: inbox_channel(prefix, node),
             replies: reply_channel(prefix, node),
             window: window.max(2),
+            window_bytes: window_bytes.max(2),
+            seal: secret.map(|s| Seal::new(&s, node, max_age_ms.max(1))),
             connector,
             pending: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
@@ -524,13 +658,23 @@ impl Relay {
             ready: Notify::new(),
             unsubscribe: Notify::new(),
             stats: RelayStats::default(),
+            rejections: Rejections::default(),
         });
         let runtime = pyo3_async_runtimes::tokio::get_runtime();
         runtime.spawn(listen(shared.clone(), inbox_tx));
         runtime.spawn(publish(shared.clone(), out_rx));
         runtime.spawn(sweep(shared.clone(), Duration::from_millis(sweep_ms.max(10))));
-        Relay { shared }
+        Ok(Relay { shared })
     }
+}
+
+/// How a relay is set up (`RedisEvents.relay`).
+pub struct RelayOptions {
+    pub window: u32,
+    pub window_bytes: u64,
+    pub sweep_ms: u64,
+    pub secret: Option<Vec<u8>>,
+    pub max_age_ms: u64,
 }
 
 fn id_of(id: &[u8]) -> PyResult<ReqId> {
@@ -589,9 +733,19 @@ impl Relay {
         self.shared.forget_everything();
     }
 
-    fn stats(&self) -> HashMap<&'static str, u64> {
+    fn stats(&self) -> HashMap<String, u64> {
         let s = &self.shared.stats;
-        HashMap::from([
+        let rejected = &self.shared.rejections.counts;
+        let buffered: u64 =
+            self.shared.pending.lock().unwrap().values().map(|p| p.state.buffered.load(Ordering::SeqCst)).sum();
+        let mut out: HashMap<String, u64> = Rejected::ALL
+            .iter()
+            .zip(rejected)
+            .map(|(why, n)| (format!("rejected_{}", why.name()), n.load(Ordering::Relaxed)))
+            .collect();
+        out.insert("rejected".into(), rejected.iter().map(|n| n.load(Ordering::Relaxed)).sum());
+        out.insert("buffered_bytes".into(), buffered);
+        out.extend([
             ("forwarded", s.forwarded.load(Ordering::Relaxed)),
             ("served", s.served.load(Ordering::Relaxed)),
             ("timeouts", s.timeouts.load(Ordering::Relaxed)),
@@ -599,7 +753,8 @@ impl Relay {
             ("dropped_requests", s.dropped_requests.load(Ordering::Relaxed)),
             ("in_flight_forwarded", self.shared.pending.lock().unwrap().len() as u64),
             ("in_flight_served", self.shared.served.lock().unwrap().len() as u64),
-        ])
+        ].map(|(k, v)| (k.to_owned(), v)));
+        out
     }
 
     // -- the relaying side ------------------------------------------------------------------
@@ -698,19 +853,21 @@ impl Relay {
     fn send<'py>(&self, py: Python<'py>, id: &[u8], chunk: Vec<u8>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let rid = id_of(id)?;
         let Some(served) = self.shared.served.lock().unwrap().get(&rid).cloned() else { return Ok(None) };
+        let len = chunk.len() as u64;
         self.send_frame(id, kind::DATA, chunk)?;
-        let sent = served.sent.fetch_add(1, Ordering::SeqCst) + 1;
-        if sent.saturating_sub(served.credit.load(Ordering::SeqCst)) < self.shared.window {
+        served.sent.fetch_add(1, Ordering::SeqCst);
+        served.sent_bytes.fetch_add(len, Ordering::SeqCst);
+        let (window, window_bytes) = (self.shared.window, self.shared.window_bytes);
+        if served.has_room(window, window_bytes) {
             return Ok(None);
         }
-        let window = self.shared.window;
         Ok(Some(pyo3_async_runtimes::tokio::future_into_py(py, async move {
             loop {
                 let notified = served.wake.notified();
                 if served.cancelled.load(Ordering::SeqCst) {
                     return Ok(false);
                 }
-                if sent.saturating_sub(served.credit.load(Ordering::SeqCst)) < window {
+                if served.has_room(window, window_bytes) {
                     return Ok(true);
                 }
                 notified.await;
@@ -761,6 +918,9 @@ fn register(shared: &Shared, incoming: &Incoming) -> Arc<Served> {
         next_seq: AtomicU32::new(1),
         sent: AtomicU32::new(0),
         credit: AtomicU32::new(0),
+        sent_bytes: AtomicU64::new(0),
+        credit_bytes: AtomicU64::new(0),
+        chunks_only: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         claim: AtomicU8::new(CLAIM_PENDING),
         wake: Notify::new(),
@@ -779,7 +939,7 @@ async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: Str
     let mut call = shared.claim.key(&key);
     call.arg(&shared.node).arg(CLAIM_TTL_MS);
     if in_script {
-        call.arg(&replies).arg(accepted.encode());
+        call.arg(&replies).arg(shared.encode(&replies, &accepted));
     } else {
         call.arg("").arg("");
     }
@@ -824,13 +984,15 @@ async fn forward(
 ) -> Result<Forwarded> {
     let id = new_id();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    shared.pending.lock().unwrap().insert(id, Pending { owner: owner.clone(), tx });
+    let state = Arc::new(ForwardState::default());
+    shared.pending.lock().unwrap().insert(id, Pending { owner: owner.clone(), tx, state: state.clone() });
     let forget = |shared: &Shared| {
         shared.pending.lock().unwrap().remove(&id);
     };
     let request = Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
+    let inbox = inbox_channel(&shared.prefix, &owner);
     let mut pipe = redis::pipe();
-    pipe.cmd("PUBLISH").arg(inbox_channel(&shared.prefix, &owner)).arg(request.encode());
+    pipe.cmd("PUBLISH").arg(&inbox).arg(shared.encode(&inbox, &request));
     let heard = match shared.connector.query(&pipe).await {
         Ok(reply) => matches!(reply.first(), Some(redis::Value::Int(n)) if *n > 0),
         // Only the answer may be lost: the owner may have heard the request. The claim
@@ -877,7 +1039,7 @@ async fn forward(
             // slower answer is taken with `next()` as usual.
             let first = tokio::time::timeout(FIRST_PART_GRACE, rx.recv()).await.ok().flatten();
             let rx = tokio::sync::Mutex::new(rx).into();
-            Ok(Forwarded::Accepted(Forward { shared, id, owner, rx, first: Mutex::new(first), state: Default::default() }))
+            Ok(Forwarded::Accepted(Forward { shared, id, owner, rx, first: Mutex::new(first), state }))
         }
         Some(Frame { kind: kind::REFUSED, payload, .. }) => {
             forget(&shared);
@@ -904,6 +1066,12 @@ async fn forward(
 struct ForwardState {
     next_seq: AtomicU32,
     consumed: AtomicU32,
+    consumed_bytes: AtomicU64,
+    /// What the last credit returned to the owner said.
+    credited: AtomicU32,
+    credited_bytes: AtomicU64,
+    /// Body bytes received and not yet taken by Python.
+    buffered: AtomicU64,
     finished: AtomicBool,
 }
 
@@ -948,6 +1116,7 @@ fn accept_frame(
             }
         },
         kind::WHOLE => {
+            state.buffered.fetch_sub(frame.payload.len() as u64, Ordering::SeqCst);
             finish(shared, state, &frame.id);
             match decode_whole(&frame.payload) {
                 Some((status, headers, body)) => {
@@ -958,9 +1127,19 @@ fn accept_frame(
             }
         }
         kind::DATA => {
+            let len = frame.payload.len() as u64;
+            state.buffered.fetch_sub(len, Ordering::SeqCst);
             let consumed = state.consumed.fetch_add(1, Ordering::SeqCst) + 1;
-            if consumed % (shared.window / 2).max(1) == 0 {
-                let credit = Frame { kind: kind::CREDIT, id: frame.id, seq: consumed, payload: Vec::new() };
+            let consumed_bytes = state.consumed_bytes.fetch_add(len, Ordering::SeqCst) + len;
+            // Credit every half window, in chunks or in bytes, whichever comes first; the
+            // chunk count stays in `seq`, where nodes that count chunks only read it.
+            if consumed - state.credited.load(Ordering::SeqCst) >= (shared.window / 2).max(1)
+                || consumed_bytes - state.credited_bytes.load(Ordering::SeqCst) >= (shared.window_bytes / 2).max(1)
+            {
+                state.credited.store(consumed, Ordering::SeqCst);
+                state.credited_bytes.store(consumed_bytes, Ordering::SeqCst);
+                let payload = consumed_bytes.to_be_bytes().to_vec();
+                let credit = Frame { kind: kind::CREDIT, id: frame.id, seq: consumed, payload };
                 shared.publish(reply_channel(&shared.prefix, owner), credit, Unheard::Forwarded(frame.id));
             }
             ("data", PyBytes::new(py, &frame.payload)).into_pyobject(py)?.into_any().unbind()

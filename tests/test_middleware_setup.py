@@ -59,12 +59,24 @@ def test_the_manager_is_found_inside_an_sdk_app() -> None:
         ({"store": MemoryEventStore()}, "needs a RedisEventStore"),
         ({"session_ttl_seconds": 0}, "session_ttl_seconds"),
         ({"session_ttl_seconds": "60"}, "session_ttl_seconds"),
+        ({"relay_secret": "short"}, "relay secret has 5 bytes; use at least 16"),
+        ({"relay_secret": 12345}, "relay_secret must be bytes or str"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs: dict[str, Any], match: str) -> None:
     options: dict[str, Any] = {"store": RedisEventStore(URL), "session_manager": manager()}
     with pytest.raises(ValueError, match=match):
         SessionMiddleware(Starlette(), **{**options, **kwargs})
+
+
+def test_the_relay_secret_comes_from_the_environment_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    options: dict[str, Any] = {"store": RedisEventStore(URL), "session_manager": manager()}
+    monkeypatch.setenv("MCP_DB_RELAY_SECRET", "too short")
+    with pytest.raises(ConfigError, match="relay secret has 9 bytes"):
+        SessionMiddleware(Starlette(), **options)
+    SessionMiddleware(Starlette(), relay_secret=b"given, so the environment is not read", **options)
 
 
 def test_an_app_without_a_session_manager_is_refused() -> None:

@@ -106,8 +106,24 @@ class RedisEvents:
         """Session records under this store's prefix, on this store's connection."""
     def ownership(self, node: str, lease_ms: int) -> Ownership:
         """This node's lease on the sessions it owns (``ConfigError`` below 100 ms)."""
-    def relay(self, node: str, *, window: int = 64, sweep_ms: int = 1000) -> Relay:
-        """This node's end of the relay (subscribes on a dedicated connection)."""
+    def relay(
+        self,
+        node: str,
+        *,
+        window: int = 64,
+        window_bytes: int = 1048576,
+        sweep_ms: int = 1000,
+        secret: bytes | None = None,
+        max_age_ms: int = 30000,
+    ) -> Relay:
+        """This node's end of the relay (subscribes on a dedicated connection).
+
+        The owner of a streamed response may have ``window`` body chunks and
+        ``window_bytes`` bytes unacknowledged (at least one chunk, however large).
+        ``secret`` (at least 16 bytes, the same on every node; ``ConfigError`` otherwise)
+        seals every frame: encrypted, bound to its sender, channel and time, accepted once.
+        A frame that does not open, or was sealed more than ``max_age_ms`` ago, is dropped,
+        counted in ``stats()`` and logged."""
     def fence(self, session: str, epoch: int | None) -> None:
         """Appends to ``session`` are written only while its record names ``epoch``
         (``None``: unconditionally)."""
@@ -219,7 +235,11 @@ class Relay:
         """Leaves both channels; requests in flight end."""
     def stats(self) -> dict[str, int]:
         """forwarded, served, timeouts, lost, dropped_requests, in_flight_forwarded,
-        in_flight_served."""
+        in_flight_served; buffered_bytes (body bytes received for forwarded requests and
+        not yet taken by :meth:`Forward.next`); rejected (frames dropped because they did
+        not open) and its causes: rejected_unsealed (not sealed, while this node has a
+        secret), rejected_sealed (sealed, while it has none), rejected_forged (wrong key,
+        altered, or naming another sender), rejected_stale, rejected_replayed."""
     async def forward(
         self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
     ) -> tuple[str, Forward | str | None]:

@@ -308,6 +308,12 @@ def register(meter: Any) -> None:
             unit="{request}",
             description=description,
         )
+    counter(
+        "mcp_db.relay.rejected",
+        callbacks=[_by_attribute("middleware", "relay.rejected_", "cause")],
+        unit="{frame}",
+        description="Relay frames dropped because they did not open (see docs/security.md)",
+    )
     level(
         "mcp_db.relay.in_flight",
         callbacks=[

@@ -73,6 +73,8 @@ _FULL = (
 _MOVED = b'{"jsonrpc":"2.0","id":null,"error":{"code":-32603,"message":"Session moved; retry"}}'
 #: How many sessions owned elsewhere a node remembers the owner of.
 _MAX_OWNER_HINTS = 100_000
+#: The environment variable a node reads its relay secret from when none is passed.
+RELAY_SECRET_ENV = "MCP_DB_RELAY_SECRET"
 #: How often a request is relayed again to an owner that heard nothing but holds its lease.
 _SILENT_OWNER_RETRY = 0.05
 _OWNER_BUSY = (
@@ -158,6 +160,17 @@ def _principal(scope: Scope) -> str:
     return json.dumps(_authorization_context(user), sort_keys=True)
 
 
+def _relay_secret(secret: bytes | str | None) -> bytes | None:
+    """The relay secret as bytes: the argument, else ``MCP_DB_RELAY_SECRET``, else ``None``."""
+    if secret is None:
+        secret = os.environ.get(RELAY_SECRET_ENV) or None
+    if isinstance(secret, str):
+        secret = secret.encode()
+    if secret is not None and not isinstance(secret, bytes):
+        raise ConfigError(f"relay_secret must be bytes or str, got {type(secret).__name__}")
+    return secret
+
+
 def _positive_ms(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -224,6 +237,14 @@ class SessionMiddleware:
             on before the client gets 503 with ``Retry-After``.
         release_on_sigterm: give up this node's sessions as soon as SIGTERM arrives, rather
             than when the server finally stops.
+        relay_secret: a secret shared by every node (at least 16 bytes; ``str`` is taken
+            as UTF-8), default the environment variable ``MCP_DB_RELAY_SECRET``. With it,
+            every relay frame is encrypted and authenticated, and a frame that was altered,
+            forged, replayed or sealed more than 30 s ago is dropped and runs nothing.
+            Without it, anyone who can read the relay's channels on Redis reads relayed
+            requests (``Authorization`` headers included) and responses, and anyone who can
+            publish there can make a node run a request. Nodes with different secrets, or
+            with and without one, cannot relay to each other (see docs/security.md).
     """
 
     def __init__(
@@ -237,6 +258,7 @@ class SessionMiddleware:
         lease_seconds: float = 10.0,
         relay_timeout_seconds: float = 5.0,
         release_on_sigterm: bool = True,
+        relay_secret: bytes | str | None = None,
     ) -> None:
         if not isinstance(store, RedisEventStore):
             raise ConfigError(
@@ -296,10 +318,11 @@ class SessionMiddleware:
         self.redis_errors: Counter[str] = Counter()
         self._durations = request_duration()
         if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
+            # First: a bad secret raises before anything is attached or started.
+            self._relay = store._core.relay(self.node_id, secret=_relay_secret(relay_secret))
             store.attach(self.manager)
             self._bus = store._core.bus()
             self._own = store._core.ownership(self.node_id, self.lease_ms)
-            self._relay = store._core.relay(self.node_id)
             self._hook()
             watch(self)
 
@@ -980,7 +1003,9 @@ class SessionMiddleware:
             return "failed"
         if outcome == "timeout" and await self._own.alive(owner):
             logger.warning(
-                "owner %s of session %s did not take a request within %d ms",
+                "owner %s of session %s did not take a request within %d ms: it is busy, or"
+                " it drops this node's frames because their relay secrets differ (its log"
+                " then says so)",
                 owner,
                 session_id[:8],
                 self.relay_timeout_ms,
