@@ -114,6 +114,11 @@ impl Connector {
         Error::Timeout(format!("Redis at {} did not answer within {:?}", self.server, self.timeout))
     }
 
+    /// How long one operation may take before it counts as a fault.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Runs `work` with the store's timeout, classifying failures.
     async fn timed<T>(&self, work: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.timeout, work).await {

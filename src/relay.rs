@@ -993,19 +993,25 @@ async fn forward(
     let inbox = inbox_channel(&shared.prefix, &owner);
     let mut pipe = redis::pipe();
     pipe.cmd("PUBLISH").arg(&inbox).arg(shared.encode(&inbox, &request));
+    let began = tokio::time::Instant::now();
     let heard = match shared.connector.query(&pipe).await {
         Ok(reply) => matches!(reply.first(), Some(redis::Value::Int(n)) if *n > 0),
         // Only the answer may be lost: the owner may have heard the request. The claim
         // settles it: taken here, the request never runs; taken by the owner, its answer
         // is on the way. If that fails too, nobody can know: the caller must not send the
-        // request again.
-        Err(e) => match give_up(&shared, &session, &id).await {
-            Ok(won) => !won,
-            Err(_) => {
-                forget(&shared);
-                return Err(e);
+        // request again. Publishing and settling share one timeout, so the client hears
+        // within it; the claim, once sent, stays queued right behind the PUBLISH on the
+        // same connection, so it still comes first should a stalled Redis run both later.
+        Err(e) => {
+            let left = shared.connector.timeout().saturating_sub(began.elapsed());
+            match tokio::time::timeout(left, give_up(&shared, &session, &id)).await {
+                Ok(Ok(won)) => !won,
+                Ok(Err(_)) | Err(_) => {
+                    forget(&shared);
+                    return Err(e);
+                }
             }
-        },
+        }
     };
     if !heard {
         forget(&shared);

@@ -109,24 +109,30 @@ async def test_resume_across_redis_outages_ten_times(paths: Paths, outage: float
 async def test_a_redis_pause_longer_than_the_timeout_fails_in_time_and_leaves_no_orphan(
     persistent_redis: RedisServer,
 ) -> None:
-    """Defect 9 of issue 11: under ``CLIENT PAUSE``, ``initialize`` got its 503 only after
-    two round trips' timeouts, and the create Redis ran once the pause ended left an
-    INITIALIZING record of a session the client never learned (``mcp-db sessions list``
-    showed it)."""
-    timeout, pause = 1.0, 4.0
+    """Defect 9 of issue 11: under ``CLIENT PAUSE``, ``initialize`` and a relayed call got
+    their 503 only after two round trips' timeouts, and the create Redis ran once the pause
+    ended left an INITIALIZING record of a session the client never learned (``mcp-db
+    sessions list`` showed it)."""
+    timeout, pause = 1.0, 5.0
     deployment = Paths(
-        persistent_redis, "direct", prefix="pause", MCP_DB_TIMEOUT_SECONDS=str(timeout)
+        persistent_redis, "relayed", prefix="pause", MCP_DB_TIMEOUT_SECONDS=str(timeout)
     ).start()
+    call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}
+    call["params"] = {"name": "echo", "arguments": {"text": "hi"}}
     try:
         async with httpx.AsyncClient(timeout=30) as http:
             kept = await RawSession(http, deployment.url).open()
+            assert (await kept.post(call)).status_code == 200  # relayed: the owner is known
             deployment.faults.pause_redis(int(pause * 1000))
             started = time.monotonic()
-            refused = await RawSession(http, deployment.url).send_initialize("paused")
+            refused, relayed = await asyncio.gather(
+                RawSession(http, deployment.url).send_initialize("paused"), kept.post(call)
+            )
             took = time.monotonic() - started
             assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
-            assert took < timeout + 0.5, f"503 after {took:.2f} s, the bound is {timeout} s"
             assert "mcp-session-id" not in refused.headers
+            assert relayed.status_code == 503 and relayed.headers["retry-after"], relayed.text
+            assert took < timeout + 0.5, f"503s after {took:.2f} s, the bound is {timeout} s"
 
             await asyncio.sleep(pause - took + 1.5)  # the pause ends; queued writes run
             r = deployment.faults.client()
