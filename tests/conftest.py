@@ -5,7 +5,20 @@ from collections.abc import Iterator
 import pytest
 
 from mcp_db._redis_server import RedisServer
+from mcp_db._sdk import SDK_MAJOR
 from tests._redis_deployments import RedisCluster
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``one_sdk_line`` prove what does not touch the SDK (the Rust relay's
+    frames, a Redis Cluster's pub/sub hub, the ``mcp-db`` command): they run on the newest
+    SDK line only, which keeps three virtualenvs' runs inside CI's time."""
+    if SDK_MAJOR >= 2:
+        return
+    skip = pytest.mark.skip(reason="does not depend on the SDK: runs on the newest SDK line")
+    for item in items:
+        if item.get_closest_marker("one_sdk_line"):
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

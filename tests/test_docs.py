@@ -213,6 +213,7 @@ def _check(command: Command, status: int, output: list[str], block: Block) -> No
 
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("block", CONSOLE, ids=[b.name for b in CONSOLE])
+@pytest.mark.one_sdk_line
 def test_console_block_runs(
     block: Block, request: pytest.FixtureRequest, redis_server: RedisServer, tmp_path: Path
 ) -> None:

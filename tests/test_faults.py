@@ -113,7 +113,7 @@ async def test_a_redis_pause_longer_than_the_timeout_fails_in_time_and_leaves_no
     their 503 only after two round trips' timeouts, and the create Redis ran once the pause
     ended left an INITIALIZING record of a session the client never learned (``mcp-db
     sessions list`` showed it)."""
-    timeout, pause = 1.0, 5.0
+    timeout, pause = 1.0, 3.0
     deployment = Paths(
         persistent_redis, "relayed", prefix="pause", MCP_DB_TIMEOUT_SECONDS=str(timeout)
     ).start()

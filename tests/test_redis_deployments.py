@@ -146,6 +146,7 @@ async def _await_relays_on(port: int, prefix: str, nodes: int, seconds: float = 
         await asyncio.sleep(0.1)
 
 
+@pytest.mark.one_sdk_line
 async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefix: str) -> None:
     """The relay's hub is the primary of slot 0. ``CLUSTER FAILOVER`` moves it to a replica
     while the old hub goes on running, so no connection breaks: nodes started before listen

@@ -22,6 +22,8 @@ from mcp_db._redis_server import RedisServer
 from tests._nodes import Node
 from tests.test_resume_e2e import RawSession
 
+pytestmark = pytest.mark.one_sdk_line
+
 SECRET = b"a secret all the nodes share, 32+"
 OTHER = b"another secret, of another deployment"
 #: A plain frame is kind, request ID (16 bytes), sequence number; a sealed one starts with
