@@ -3,6 +3,9 @@ with SessionMiddleware, and nginx round-robining every request over them."""
 
 from __future__ import annotations
 
+import os
+import signal
+
 import httpx
 
 from mcp_db._nginx import Nginx
@@ -19,7 +22,11 @@ class Cluster:
             **env_extra,
         }
         self.nodes = [Node(env=env) for _ in range(size)]
-        self.lb = Nginx([f"127.0.0.1:{n.port}" for n in self.nodes])
+        self.lb = self._balancer()
+
+    def _balancer(self) -> Nginx:
+        """nginx round-robining over every node."""
+        return Nginx([f"127.0.0.1:{n.port}" for n in self.nodes])
 
     @property
     def url(self) -> str:
@@ -38,6 +45,8 @@ class Cluster:
     def stop(self) -> None:
         self.lb.stop()
         for node in self.nodes:
+            if node.process is not None and node.process.poll() is None:
+                os.kill(node.process.pid, signal.SIGCONT)  # a frozen node must not hang stop()
             node.stop()
 
     def session_counts(self) -> list[int]:

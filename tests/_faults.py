@@ -24,6 +24,7 @@ import redis as redis_py
 
 from mcp_db._nginx import Nginx
 from mcp_db._redis_server import RedisServer
+from tests._cluster import Cluster
 from tests._nodes import Node
 
 PATHS = ("direct", "relayed")
@@ -98,7 +99,7 @@ class Faults:
         os.kill(process.pid, sig)
 
 
-class Paths:
+class Paths(Cluster):
     """``size`` nodes with SessionMiddleware on one Redis, and nginx in front of them,
     routing as ``path`` says (see the module docstring)."""
 
@@ -108,40 +109,15 @@ class Paths:
         assert path in PATHS, path
         assert size >= 2, "the relayed path needs a node besides the owner"
         self.path = path
-        base = {
-            "MCP_DB_REDIS_URL": redis.url,
-            "MCP_DB_PREFIX": prefix,
-            "MCP_DB_MIDDLEWARE": "1",
-            **env,
-        }
-        self.nodes = [Node(env=base) for _ in range(size)]
-        owner = f"127.0.0.1:{self.nodes[0].port}"
-        others = [f"127.0.0.1:{n.port}" for n in self.nodes[1:]]
-        self.lb = Nginx([owner] if path == "direct" else others, opening=owner)
+        super().__init__(redis, prefix, size=size, **env)
         self.faults = Faults(redis, self.nodes)
 
-    @property
-    def url(self) -> str:
-        return self.lb.url
+    def _balancer(self) -> Nginx:
+        owner = f"127.0.0.1:{self.nodes[0].port}"
+        others = [f"127.0.0.1:{n.port}" for n in self.nodes[1:]]
+        return Nginx([owner] if self.path == "direct" else others, opening=owner)
 
-    def start(self) -> Paths:
-        try:
-            for node in self.nodes:
-                node.start()
-            self.lb.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def stop(self) -> None:
-        self.lb.stop()
-        for node in self.nodes:
-            if node.process is not None and node.process.poll() is None:
-                os.kill(node.process.pid, signal.SIGCONT)  # a frozen node must not hang stop()
-            node.stop()
-
-    def served_by(self) -> list[str]:
+    def upstream_ports(self) -> list[str]:
         """The node port that served each request so far, in order."""
         return [upstream.rsplit(":", 1)[-1] for upstream in self.lb.upstreams()]
 
