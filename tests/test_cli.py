@@ -39,6 +39,9 @@ from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
 from tests._cluster import Cluster
 from tests._redis_deployments import RedisCluster, TlsRedis
 
+# The mcp-db command and the core, not the SDK: see tests/conftest.py.
+pytestmark = pytest.mark.one_sdk_line
+
 BIN = Path(sys.executable).parent / "mcp-db"
 COMMAND = [str(BIN)] if BIN.exists() else [sys.executable, "-m", "mcp_db.cli"]
 

@@ -8,7 +8,12 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from mcp_db._redis_server import RedisServer
+
+# The core's threads at exit, not the SDK: see tests/conftest.py.
+pytestmark = pytest.mark.one_sdk_line
 
 SCRIPT = """
 import asyncio, sys

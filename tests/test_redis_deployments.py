@@ -59,6 +59,7 @@ async def _store_and_replay(store: RedisEventStore) -> None:
         ]
 
 
+@pytest.mark.one_sdk_line
 async def test_events_of_many_sessions_store_and_replay_on_a_cluster(
     redis_cluster: RedisCluster, prefix: str
 ) -> None:
@@ -190,6 +191,7 @@ async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefi
 # -- TLS and AUTH -------------------------------------------------------------------------
 
 
+@pytest.mark.one_sdk_line
 async def test_the_store_works_over_tls_with_a_user_and_password(
     tls_redis: TlsRedis, prefix: str
 ) -> None:
@@ -197,6 +199,7 @@ async def test_the_store_works_over_tls_with_a_user_and_password(
         await _store_and_replay(store)
 
 
+@pytest.mark.one_sdk_line
 async def test_a_wrong_password_is_refused_clearly_without_showing_it(
     tls_redis: TlsRedis, prefix: str
 ) -> None:
@@ -209,6 +212,7 @@ async def test_a_wrong_password_is_refused_clearly_without_showing_it(
     assert f":{tls_redis.tls_port}" in message
 
 
+@pytest.mark.one_sdk_line
 async def test_an_unknown_certificate_authority_is_refused(
     tls_redis: TlsRedis, prefix: str
 ) -> None:
