@@ -80,6 +80,47 @@ async def call_across_a_redis_outage(
     return result_text(result), seen
 
 
+async def admitting(url: str, seconds: float = 15) -> None:
+    """Waits until ``initialize`` succeeds: a node's first Redis command after an outage
+    may fail while its connection comes back, and the client's ``initialize`` would then
+    get 503 with ``Retry-After``, which SDK clients do not retry."""
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=10) as http:
+        while True:
+            reply = await RawSession(http, url).send_initialize("probe")
+            if reply.status_code == 200 or time.monotonic() > deadline:
+                assert reply.status_code == 200, reply.text
+                return
+            assert reply.headers.get("retry-after"), reply.text
+            await asyncio.sleep(0.2)
+
+
+async def test_with_redis_down_a_resume_on_another_node_ends_at_once_and_the_rest_gets_503(
+    persistent_redis: RedisServer,
+) -> None:
+    """The owner's SDK answers a resumption it cannot replay (Redis down) with a stream that
+    ends at once, and SDK clients reconnect after such a stream however long the outage; a
+    503 counts as a failed try, and they give up after two. So a node that cannot relay a
+    resumption to the owner answers it as the owner would, on any node."""
+    deployment = Paths(persistent_redis, "relayed", prefix="down").start()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            session = await RawSession(http, deployment.url).open()
+            deployment.faults.kill_redis()
+            resume = await http.get(
+                deployment.url,
+                headers=session.headers(accept="text/event-stream", **{"last-event-id": "x"}),
+            )
+            assert resume.status_code == 200, resume.text
+            assert resume.headers["content-type"].startswith("text/event-stream")
+            assert resume.text == ""
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+            refused = await session.post(call)
+            assert refused.status_code == 503 and refused.headers["retry-after"], refused.text
+    finally:
+        deployment.stop()
+
+
 @needs_auto_resume
 async def test_a_call_resumed_while_redis_recovers_gets_every_event_once_in_order(
     paths: Paths,
@@ -101,6 +142,7 @@ async def test_resume_across_redis_outages_ten_times(paths: Paths, outage: float
     """The issue's acceptance run: ten calls per outage length (``pytest -m slow``)."""
     runs = int(os.environ.get("MCP_DB_FAULT_RUNS", "10"))
     for run in range(runs):
+        await admitting(paths.url)
         text, seen = await call_across_a_redis_outage(paths, outage=outage)
         assert text == "done 80", f"run {run}: {paths.logs()}"
         assert seen == list(range(80)), f"run {run}: {seen}"

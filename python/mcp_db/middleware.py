@@ -196,6 +196,26 @@ async def _respond(
     await send({"type": "http.response.body", "body": body})
 
 
+async def _store_unavailable(scope: Scope, send: Send) -> None:
+    """Redis is unreachable and this node cannot serve the request alone: 503 with
+    ``Retry-After``, except for a stream resumption (GET with ``Last-Event-ID``). That one
+    gets what the owner's SDK answers when its replay cannot read Redis: an event stream
+    that ends at once, with nothing in it. SDK clients give a resumption two failed tries
+    (a 503 is one) but reconnect after every stream that ends, so this keeps them coming
+    back, every server ``retry``, until Redis returns and the replay runs, wherever the
+    request lands. Nothing is replayed or changed, and the session is not vouched for."""
+    if scope["method"] != "GET" or _header(scope, b"last-event-id") is None:
+        await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+        return
+    scope[_PATH] = "unavailable"
+    headers = [
+        (b"content-type", b"text/event-stream"),
+        (b"cache-control", b"no-cache, no-transform"),
+    ]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
 @dataclass
 class _Owned:
     """A session this node owns: the fencing epoch it owns it at, and what the fast path
@@ -709,7 +729,7 @@ class SessionMiddleware:
                     # twice. The client retries.
                     self.redis_errors["relay"] += 1
                     logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
-                    await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+                    await _store_unavailable(scope, send)
                     return
                 if outcome in ("sent", "failed"):
                     return
@@ -721,7 +741,7 @@ class SessionMiddleware:
             # Redis is unreachable: keep serving what this node can serve on its own.
             if local is None:
                 logger.error("cannot admit session %s: %s", session_id[:8], exc)
-                await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+                await _store_unavailable(scope, send)
                 return
             if owned is not None and owned.principal != _principal(scope):
                 await self._not_found(scope, send, "other_principal")
@@ -934,7 +954,7 @@ class SessionMiddleware:
             except McpDbError as exc:
                 self.redis_errors["relay"] += 1
                 logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
-                await _respond(scope, send, 503, _UNAVAILABLE, retry_after=True)
+                await _store_unavailable(scope, send)
                 return
             if claimed:  # "claimed", or "held": a concurrent request here claimed it first
                 # Adopted before the next await, so concurrent requests here see the claim.
