@@ -50,7 +50,7 @@ use crate::wakeup;
 
 pub type ReqId = [u8; 16];
 
-const HEADER: usize = 1 + 16 + 4;
+pub(crate) const HEADER: usize = 1 + 16 + 4;
 const INBOX_BACKLOG: usize = 1024;
 /// How long `forward` waits, once the owner took a request on, for the response's first
 /// part to hand over with the acceptance.

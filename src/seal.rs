@@ -30,8 +30,9 @@ use ring::rand::{SecureRandom, SystemRandom};
 
 /// First byte of a sealed frame (a plain frame starts with its kind, an ASCII letter).
 pub const SEALED: u8 = b'#';
-/// Kind, request ID and sequence number: the plain frame's header.
-const FRAME_HEADER: usize = 1 + 16 + 4;
+/// Kind, request ID and sequence number: the plain frame's header, sent in clear and
+/// authenticated.
+const FRAME_HEADER: usize = crate::relay::HEADER;
 const SALT: usize = 16;
 const TAG: usize = 16;
 /// Bytes before the sender's name: marker, frame header, time, salt, counter, name length.
@@ -238,14 +239,19 @@ impl Seal {
             return Err(Rejected::Forged);
         }
         let aad = aad(channel, &bytes[..clear]);
-        let mut body = bytes[clear..].to_vec();
+        // The plain frame is built where the body is decrypted: one copy of it, not two.
+        let mut frame = Vec::with_capacity(FRAME_HEADER + bytes.len() - clear);
+        frame.extend_from_slice(&bytes[1..1 + FRAME_HEADER]);
+        frame.extend_from_slice(&bytes[clear..]);
         // A new sender's key is derived (HKDF, a few microseconds) but kept only once its
         // frame verifies, so forged salts cost time but never memory.
         let known = self.peers.lock().unwrap().get(&salt).map(|p| p.key.clone());
         let key = known.unwrap_or_else(|| Arc::new(derive(&self.secret, &salt)));
-        let opened_len =
-            key.open_in_place(nonce(counter), Aad::from(aad), &mut body).map_err(|_| Rejected::Forged)?.len();
-        body.truncate(opened_len);
+        let opened_len = key
+            .open_in_place(nonce(counter), Aad::from(aad), &mut frame[FRAME_HEADER..])
+            .map_err(|_| Rejected::Forged)?
+            .len();
+        frame.truncate(FRAME_HEADER + opened_len);
         let sender = String::from_utf8(bytes[FIXED..clear].to_vec()).map_err(|_| Rejected::Forged)?;
         if now_ms.abs_diff(sealed_ms) > self.max_age_ms {
             return Err(Rejected::Stale);
@@ -263,9 +269,6 @@ impl Seal {
         }
         peer.last_ms = peer.last_ms.max(now_ms);
         drop(peers);
-        let mut frame = Vec::with_capacity(FRAME_HEADER + body.len());
-        frame.extend_from_slice(&bytes[1..1 + FRAME_HEADER]);
-        frame.extend_from_slice(&body);
         Ok(Opened { frame, sender })
     }
 

@@ -225,7 +225,6 @@ impl Records {
         })
     }
 
-    /// The record's fields, or `None` if there is no record (unknown or expired).
     /// See [`FORGET_UNLEARNED`]: `true` if a record was deleted.
     pub async fn forget_unlearned(&self, session: &str, node: &str) -> Result<bool> {
         let key = record_key(&self.prefix, session);
@@ -235,6 +234,7 @@ impl Records {
         Ok(deleted == 1)
     }
 
+    /// The record's fields, or `None` if there is no record (unknown or expired).
     pub async fn lookup(&self, session: &str, ttl_ms: u64) -> Result<Option<Vec<(String, String)>>> {
         let key = record_key(&self.prefix, session);
         let mut call = self.lookup.key(&key);
