@@ -60,20 +60,27 @@ class Faults:
         """``CLIENT PAUSE``: Redis stays up, but holds every command (or every write)."""
         self.client().execute_command("CLIENT", "PAUSE", milliseconds, mode)
 
-    def fill_redis(self, maxmemory: str = "4mb") -> None:
-        """Sets ``maxmemory`` with ``noeviction`` and writes filler keys until Redis
-        refuses writes with OOM."""
+    def fill_redis(self) -> None:
+        """Fills Redis until it refuses writes with OOM, as a big key written by something
+        else would, then sets ``maxmemory`` a little under what it uses, so that it stays
+        full however its own buffers breathe. The policy must be ``noeviction``."""
         r = self.client()
-        r.config_set("maxmemory-policy", "noeviction")
-        r.config_set("maxmemory", maxmemory)
-        chunk = b"x" * 65536
-        for i in range(100_000):
+        assert r.config_get("maxmemory-policy")["maxmemory-policy"] == "noeviction"
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 512 * 1024)
+        chunk = b"x" * 64 * 1024
+        for _ in range(100):
             try:
-                r.set(f"filler:{i}", chunk)
-            except redis_py.exceptions.ResponseError as exc:
-                assert "OOM" in str(exc), exc
-                return
-        raise AssertionError("Redis never filled up")
+                r.append("someone-else:big", chunk)
+            except redis_py.exceptions.OutOfMemoryError:
+                break
+        else:
+            raise AssertionError("Redis never filled up")
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 256 * 1024)
+        try:
+            r.set("probe", "x", px=1000)
+        except redis_py.exceptions.OutOfMemoryError:
+            return
+        raise AssertionError("Redis took a write after it was filled")
 
     def client(self) -> redis_py.Redis:
         return redis_py.Redis.from_url(self.redis.url)

@@ -30,6 +30,15 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def persistent_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own, append-only with fsync always: one it may kill
+    (kill -9 loses nothing), restart, pause or fill."""
+    server = RedisServer(persistent=True).start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture
 def prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix unique to the test, so tests sharing a Redis never see each other."""
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in request.node.name)

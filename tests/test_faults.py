@@ -27,13 +27,6 @@ needs_auto_resume = pytest.mark.skipif(
 )
 
 
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    server = RedisServer(persistent=True).start()
-    yield server
-    server.cleanup()
-
-
 @pytest.fixture(params=PATHS)
 def paths(request: pytest.FixtureRequest, persistent_redis: RedisServer) -> Iterator[Paths]:
     deployment = Paths(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,13 +19,6 @@ from tests._client import (
     result_text,
 )
 from tests._nodes import Node
-
-
-@pytest.fixture
-def persistent_redis() -> Iterator[RedisServer]:
-    server = RedisServer(persistent=True).start()
-    yield server
-    server.cleanup()
 
 
 async def read_sse_events(url: str, headers: dict[str, str], count: int) -> list[dict[str, str]]:

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import OutOfMemoryError
 
 from mcp_db._redis_server import RedisServer
+from tests._faults import Faults
 from tests._nodes import Node
 from tests.test_resume_e2e import RawSession
 
@@ -24,26 +24,6 @@ def full_redis() -> Iterator[RedisServer]:
     server = RedisServer(args=["--maxmemory-policy", "noeviction"]).start()
     yield server
     server.cleanup()
-
-
-async def fill(admin: aioredis.Redis) -> None:
-    """Fills Redis until it refuses writes, as a big key written by something else would,
-    then sets ``maxmemory`` a little under what it uses, so that Redis stays full however
-    its own buffers breathe."""
-    used = int((await admin.info("memory"))["used_memory"])
-    await admin.config_set("maxmemory", used + 512 * 1024)
-    chunk = b"x" * 64 * 1024
-    for _ in range(100):
-        try:
-            await admin.append("someone-else:big", chunk)
-        except OutOfMemoryError:
-            break
-    else:
-        raise AssertionError("Redis never filled up")
-    used = int((await admin.info("memory"))["used_memory"])
-    await admin.config_set("maxmemory", used - 256 * 1024)
-    with pytest.raises(OutOfMemoryError):
-        await admin.set("probe", "x", px=1000)
 
 
 def log_size(node: Node) -> int:
@@ -86,7 +66,7 @@ async def test_a_full_redis_keeps_sessions_going_and_refuses_new_ones_with_503(
             assert first.status_code == 200, first.text
             owner_pid = first.text.rsplit(" on ", 1)[1].split('"', 1)[0]
 
-            await fill(admin)
+            Faults(full_redis, [owner, other]).fill_redis()
             # Several leases pass while Redis is full: the owner must have renewed its own.
             await asyncio.sleep(2.5 * LEASE_SECONDS)
             assert await admin.exists(f"{prefix}:n:node-{owner.process.pid}") == 1  # type: ignore[union-attr]

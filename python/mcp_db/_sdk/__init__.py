@@ -10,6 +10,7 @@ from __future__ import annotations
 from importlib.metadata import version as _dist_version
 
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
+from mcp.types import InitializeRequestParams  # both lines (2.x re-exports mcp_types)
 
 SDK_VERSION: str = _dist_version("mcp")
 SDK_MAJOR: int = int(SDK_VERSION.split(".")[0])
@@ -39,8 +40,6 @@ def valid_initialize_params(params: object) -> bool:
     """Whether the SDK's own model accepts ``params`` of an ``initialize`` request. The SDK
     creates a transport for any ``initialize`` and only then finds its params invalid,
     leaving a session nobody can use."""
-    from mcp.types import InitializeRequestParams  # both lines; 2.x re-exports mcp_types
-
     try:
         InitializeRequestParams.model_validate(params)
     except ValueError:  # pydantic's ValidationError
