@@ -11,16 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-logger = logging.getLogger("mcp_db")
+from mcp_db._asgi import MOVED_HEADER, App, Message, Receive, Scope, Send
 
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-App = Callable[[Scope, Receive, Send], Awaitable[None]]
+logger = logging.getLogger("mcp_db")
 
 #: Scope key marking a request this node runs for another node (value: that node's ID).
 RELAYED = "mcp_db.relayed_from"
@@ -30,9 +25,6 @@ _HOLD_LIMIT = 256 * 1024
 _WATCH_AFTER = 0.05
 #: How long the head of a POST's event stream may wait to go out with its first event.
 _HEAD_DELAY = 0.02
-#: Marks a 503 by which a node refuses a request it was relayed but ran nothing of, because
-#: the session moved: the relaying node reads the record again and relays to the new owner.
-MOVED_HEADER = b"mcp-db-moved"
 
 _SCOPE_KEYS = ("http_version", "method", "scheme", "path", "root_path", "client", "server")
 

@@ -28,6 +28,7 @@ from mcp_db._sdk import (
     encode,
 )
 from mcp_db._sdk import EventStore as _SdkEventStore
+from mcp_db._sdk.manager import bind_transports, stream_is_live
 from mcp_db.errors import ConfigError, McpDbError
 
 if TYPE_CHECKING:
@@ -192,46 +193,10 @@ class _Base(_SdkEventStore):
         """
         if getattr(session_manager, "stateless", False):
             return  # stateless managers keep no sessions and no events
-        instances = getattr(session_manager, "_server_instances", None)
-        if not isinstance(instances, dict) or not hasattr(session_manager, "event_store"):
-            from mcp_db._sdk import SDK_VERSION
+        bind_transports(session_manager, self, self._view)
 
-            raise ConfigError(
-                f"cannot attach to {type(session_manager).__name__}: expected the SDK's "
-                f"StreamableHTTPSessionManager (mcp {SDK_VERSION} is installed)"
-            )
-        current = session_manager.event_store
-        if current is None:
-            session_manager.event_store = self
-        elif current is not self:
-            raise ConfigError(
-                f"the session manager was built with event_store={current!r}; "
-                "pass this store as its event_store, or attach that one"
-            )
-        if isinstance(instances, _BindingDict):
-            if instances.store is not self:
-                raise ConfigError("the session manager is already attached to another store")
-            return
-        session_manager._server_instances = _BindingDict(self, instances)
-
-
-class _BindingDict(dict):  # type: ignore[type-arg]
-    """The manager's ``_server_instances``: binds each transport as it is registered.
-
-    Every SDK line (1.12.4 through 2.x) registers a new transport here before it handles
-    its first request, and keeps the store in the transport's ``_event_store``.
-    """
-
-    def __init__(self, store: _Base, existing: dict[str, Any]) -> None:
-        super().__init__()
-        self.store = store
-        for session_id, transport in existing.items():
-            self[session_id] = transport
-
-    def __setitem__(self, session_id: str, transport: Any) -> None:
-        if getattr(transport, "_event_store", None) is self.store:
-            transport._event_store = SessionEventStore(self.store, session_id, transport)
-        super().__setitem__(session_id, transport)
+    def _view(self, session_id: str, transport: Any) -> SessionEventStore:
+        return SessionEventStore(self, session_id, transport)
 
 
 class SessionEventStore(_SdkEventStore):
@@ -279,7 +244,7 @@ class SessionEventStore(_SdkEventStore):
         transport = self._transport() if self._transport is not None else None
         deadline = self._resuming[stream_id]
         while transport is not None and time.monotonic() < deadline:
-            if stream_id in getattr(transport, "_request_streams", {}):
+            if stream_is_live(transport, stream_id):
                 break
             await asyncio.sleep(0.001)
         self._resuming.pop(stream_id, None)

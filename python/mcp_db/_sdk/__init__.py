@@ -2,7 +2,10 @@
 
 ``mcp`` 1.x keeps its types in ``mcp.types`` and hands the store a ``JSONRPCMessage``
 root model; 2.x moved them to the ``mcp_types`` package and hands the store the concrete
-message class. Everything version-specific lives in :mod:`v1` and :mod:`v2`.
+message class. Everything version-specific lives in :mod:`v1` and :mod:`v2` (messages, the
+handshake versions), :mod:`session_v1` and :mod:`session_v2` (a session born initialized).
+The manager's and transports' private parts are reached through :mod:`manager` only, the
+SDK's authentication through :mod:`auth`, rebuilding a session through :mod:`rehydrate`.
 """
 
 from __future__ import annotations
@@ -31,9 +34,9 @@ if _release(SDK_VERSION) < (1, 12, 4) or SDK_MAJOR >= 3:
     )
 
 if SDK_MAJOR >= 2:
-    from mcp_db._sdk.v2 import decode, decode_run, encode
+    from mcp_db._sdk.v2 import HANDSHAKE_VERSIONS, decode, decode_run, encode
 else:
-    from mcp_db._sdk.v1 import decode, decode_run, encode
+    from mcp_db._sdk.v1 import HANDSHAKE_VERSIONS, decode, decode_run, encode
 
 
 def valid_initialize_params(params: object) -> bool:
@@ -48,6 +51,7 @@ def valid_initialize_params(params: object) -> bool:
 
 
 __all__ = [
+    "HANDSHAKE_VERSIONS",
     "SDK_MAJOR",
     "SDK_VERSION",
     "EventCallback",

@@ -4,7 +4,8 @@ The transport is built exactly as the manager builds one, started in the manager
 group, and its server session starts out initialized with the client's stored
 ``initialize`` params, so the request that triggered it (and every later one) is served as
 if this node had handled the handshake. The per-SDK-line part, how a server session is
-born initialized, lives in :mod:`session_v1` and :mod:`session_v2`.
+born initialized, lives in :mod:`session_v1` and :mod:`session_v2`; :func:`install` makes
+the SDK ready for it (idempotent; ``SessionMiddleware`` calls it).
 """
 
 from __future__ import annotations
@@ -19,13 +20,13 @@ import mcp.server.streamable_http_manager as _manager_module
 from mcp_db._sdk import SDK_MAJOR
 
 if SDK_MAJOR >= 2:
-    from mcp_db._sdk.session_v2 import parse_client_params, serve_initialized
+    from mcp_db._sdk.session_v2 import install, parse_client_params, serve_initialized
 else:
-    from mcp_db._sdk.session_v1 import parse_client_params, serve_initialized
+    from mcp_db._sdk.session_v1 import install, parse_client_params, serve_initialized
 
 logger = logging.getLogger("mcp_db")
 
-__all__ = ["TooManySessions", "forget", "rehydrate"]
+__all__ = ["TooManySessions", "forget", "install", "rehydrate"]
 
 
 class TooManySessions(Exception):

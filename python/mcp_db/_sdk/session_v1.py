@@ -1,8 +1,10 @@
 """mcp 1.x: a ``ServerSession`` that can be born initialized.
 
-``Server.run`` builds its ``ServerSession`` from its module's global name, so that name is
-pointed at a subclass. The subclass behaves exactly like the SDK's unless the task that
-builds it set ``_BORN_WITH`` (only :func:`serve_initialized` does). Every other request
+``Server.run`` builds its ``ServerSession`` from its module's global name, so
+:func:`install` (called by ``SessionMiddleware``, idempotent) points that name at a
+subclass. It only has to happen before a session is rebuilt, so import order is free.
+The subclass behaves exactly like the SDK's unless the task that builds it set
+``_BORN_WITH`` (only :func:`serve_initialized` does). Every other request
 of a session reaches the node that owns it (the relay), ``notifications/initialized``
 included, so sessions the SDK builds itself need no change at all.
 """
@@ -32,7 +34,9 @@ class _RehydratableSession(ServerSession):
             self._initialization_state = InitializationState.Initialized
 
 
-_lowlevel.ServerSession = _RehydratableSession  # type: ignore[misc]
+def install() -> None:
+    """Makes every server session of this process buildable initialized. Idempotent."""
+    _lowlevel.ServerSession = _RehydratableSession  # type: ignore[misc]
 
 
 def parse_client_params(init_params: dict[str, Any]) -> Any:

@@ -16,6 +16,10 @@ from mcp_types import InitializeRequestParams
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 
 
+def install() -> None:
+    """Nothing to install: 2.x builds a session on a ``Connection`` it is handed."""
+
+
 def parse_client_params(init_params: dict[str, Any]) -> Any:
     return InitializeRequestParams.model_validate(init_params, by_name=False)
 

@@ -10,8 +10,14 @@ from __future__ import annotations
 from typing import Any
 
 from mcp import types as _types
+from mcp.shared.version import SUPPORTED_PROTOCOL_VERSIONS  # type: ignore[import-not-found]
 
 from mcp_db._sdk._codec import Codec
+
+#: Protocol versions that have sessions. The 1.x line knows no other era: every version it
+#: speaks has them. 2025-11-25 is also of that era though mcp 1.12 predates it: the SDK still
+#: opens a session for an ``initialize`` carrying it, and that session must be recorded.
+HANDSHAKE_VERSIONS: frozenset[str] = frozenset(SUPPORTED_PROTOCOL_VERSIONS) | {"2025-11-25"}
 
 # Typed as Any: this module is also type-checked against 2.x, where these names differ.
 _codec = Codec(

@@ -14,8 +14,12 @@ from mcp_types import (
     JSONRPCRequest,
     JSONRPCResponse,
 )
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 
 from mcp_db._sdk._codec import Codec
+
+#: Protocol versions that have sessions; requests of any other version pass through.
+HANDSHAKE_VERSIONS: frozenset[str] = frozenset(HANDSHAKE_PROTOCOL_VERSIONS)
 
 _codec = Codec(JSONRPCRequest, JSONRPCNotification, JSONRPCResponse, JSONRPCError)
 decode = _codec.decode

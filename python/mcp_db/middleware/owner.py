@@ -1,0 +1,146 @@
+"""Serving a session as its owner: rebuilding its transport under the per-session lock if
+this node does not hold it, keeping its record ACTIVE, and DELETE."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import anyio
+
+from mcp_db._asgi import CLOSED, MOVED, NOT_FOUND, PATH, TOO_MANY, UNAVAILABLE, App
+from mcp_db._sdk.rehydrate import TooManySessions, rehydrate
+from mcp_db.errors import McpDbError
+from mcp_db.middleware.counters import Counters
+from mcp_db.middleware.node import Bus
+from mcp_db.middleware.ownership import Owned, Ownership
+from mcp_db.middleware.routing import NotFound, Record, Request
+
+logger = logging.getLogger("mcp_db")
+
+
+def fenced(done: Any) -> bool:
+    """Whether a record transition (``Sessions.transition``) was refused because another
+    node owns the session at a higher epoch."""
+    return not done[0] and done[1] == "fenced"
+
+
+async def not_found(
+    request: Request, counters: Counters, table: Ownership, outcome: NotFound
+) -> None:
+    """Answers 404 to a request in a session, counted by reason."""
+    if outcome.let_go:
+        why = "expired" if outcome.reason in ("unknown", "expired") else "closed"
+        await table.let_go(request.session_id, why)
+    counters.not_found[outcome.reason] += 1
+    await NOT_FOUND.send(request.scope, request.send)
+
+
+class Owner:
+    """Serves the sessions this node owns."""
+
+    def __init__(
+        self,
+        *,
+        inner: App,
+        manager: Any,
+        table: Ownership,
+        records: Any,
+        bus: Bus,
+        counters: Counters,
+        ttl_ms: int,
+    ) -> None:
+        self.inner = inner
+        self.manager = manager
+        self.table = table
+        self.records = records
+        self.bus = bus
+        self.counters = counters
+        self.ttl_ms = ttl_ms
+        self._locks: dict[str, anyio.Lock] = {}
+
+    async def serve_as_owner(self, request: Request, record: Record, epoch: int) -> None:
+        """Serves a session the record says this node owns, rebuilding it if need be."""
+        session_id = request.session_id
+        owned = self.table.adopt(session_id, epoch, record.principal)
+        owned.active = owned.active or record.state == "ACTIVE"
+        if not self.table.holds(session_id):
+            try:
+                if await self._rehydrate(session_id, record, request.version):
+                    request.scope.setdefault(PATH, "rehydrated")  # a takeover rehydrates too
+            except TooManySessions:
+                await TOO_MANY.send(request.scope, request.send)
+                return
+        await self.serve_owned(request, owned)
+
+    async def serve_owned(self, request: Request, owned: Owned) -> None:
+        if request.scope["method"] == "DELETE":
+            await self._close(request, owned)
+            return
+        if not owned.active:
+            try:
+                await self.records.transition(
+                    request.session_id, "ACTIVE", self.ttl_ms, epoch=owned.epoch
+                )
+                owned.active = True
+            except McpDbError as exc:
+                # Bookkeeping only: serve the request (this node owns the session and its
+                # lease holds) and record the state with a later request.
+                self.counters.redis_errors["session_record"] += 1
+                logger.warning("cannot mark session %s active: %s", request.session_id[:8], exc)
+        owned.used = True
+        owned.last_used = time.monotonic()
+        owned.in_flight += 1
+        try:
+            await self.inner(request.scope, request.receive, request.send)
+        finally:
+            owned.in_flight -= 1
+            owned.last_used = time.monotonic()
+
+    async def _close(self, request: Request, owned: Owned) -> None:
+        # CLOSED first: from this moment every node answers 404. Without Redis the session
+        # cannot be closed everywhere, so it is not closed anywhere: the client retries.
+        session_id, scope, send = request.session_id, request.scope, request.send
+        try:
+            done = await self.records.transition(
+                session_id, "CLOSED", self.ttl_ms, epoch=owned.epoch
+            )
+        except McpDbError as exc:
+            self.counters.redis_errors["session_record"] += 1
+            logger.warning("cannot close session %s: %s", session_id[:8], exc)
+            await UNAVAILABLE.send(scope, send)
+            return
+        if fenced(done):
+            await self.table.let_go(session_id, "taken over before its DELETE")
+            await MOVED.send(scope, send)
+            return
+        self.table.disown(session_id)
+        if self.table.holds(session_id):
+            await self.inner(scope, request.receive, send)  # the SDK terminates its transport
+        else:
+            await CLOSED.send(scope, send)
+        await self.bus.closed(session_id)  # in case another node holds one
+
+    async def _rehydrate(self, session_id: str, record: Record, version: str | None) -> bool:
+        """Rebuilds the session's transport; ``False`` if a concurrent request did."""
+        lock = self._locks.setdefault(session_id, anyio.Lock())
+        if lock.locked():
+            self.counters.lock_waits["rehydrate"] += 1
+        try:
+            async with lock:
+                if self.table.holds(session_id):
+                    return False  # a concurrent request rebuilt it first
+                await rehydrate(
+                    self.manager,
+                    session_id,
+                    json.loads(record.init),
+                    principal=json.loads(record.principal) if record.principal else None,
+                    protocol=version or record.protocol,
+                )
+                self.counters.rehydrations += 1
+                return True
+        finally:
+            if not lock.locked() and lock.statistics().tasks_waiting == 0:
+                self._locks.pop(session_id, None)
