@@ -1,0 +1,329 @@
+"""The routing rules of SessionMiddleware (``middleware/routing.py``), the node's lease and
+its ownership table: pure functions and plain objects, tested without Redis, a server or
+an event loop. Each test pins one branch, so inverting its rule fails it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mcp_db.middleware import ownership as ownership_module
+from mcp_db.middleware.node import Lease
+from mcp_db.middleware.ownership import Owned, Ownership
+from mcp_db.middleware.routing import (
+    CANNOT_CLOSE,
+    CLAIMED_ELSEWHERE,
+    GIVE_UP,
+    NOT_FOUND_OTHER_PRINCIPAL,
+    READ_RECORD,
+    SERVE_OWNED,
+    SERVE_UNRECORDED,
+    STORE_UNAVAILABLE,
+    TAKE_OVER,
+    AskRemembered,
+    Claimed,
+    Forward,
+    NotFound,
+    Record,
+    RefuseMoved,
+    Request,
+    ServeAsOwner,
+    WaitForOwner,
+    after_claim,
+    after_move,
+    decide_at_once,
+    decide_by_record,
+    decide_without_record,
+    silent_owner,
+)
+
+NODE = "node-a"
+OTHER = "node-b"
+NOW = 1000.0
+LEASE_S = 10.0
+ALICE = '{"client_id":"alice"}'
+
+
+def request(
+    *, principal: str = "", relayed: bool = False, method: str = "POST", session: str = "s1"
+) -> Request:
+    scope: dict[str, Any] = {"type": "http", "method": method, "headers": []}
+    return Request(scope, None, None, session, None, relayed, principal)  # type: ignore[arg-type]
+
+
+def lease(*, gen: int = 3, until: float = NOW + 5) -> Lease:
+    held = Lease(NODE, LEASE_S, idle_limit=9.0)
+    held.gen, held.until = gen, until
+    return held
+
+
+def table(held: Lease | None = None) -> tuple[Ownership, list[tuple[str, int | None]]]:
+    fences: list[tuple[str, int | None]] = []
+    return Ownership(NODE, held or lease(), lambda s, e: fences.append((s, e))), fences
+
+
+def owned(
+    *, principal: str = "", gen: int = 3, last_used: float = NOW - 1, epoch: int = 2
+) -> Owned:
+    return Owned(epoch=epoch, principal=principal, gen=gen, last_used=last_used)
+
+
+def record(
+    *, state: str = "ACTIVE", principal: str = "", owner: str = NODE, epoch: int = 2
+) -> Record:
+    return Record(state, principal, owner, epoch, "{}", None)
+
+
+# -- decide_at_once: what the node decides from memory ------------------------------------
+
+
+def at_once(
+    req: Request | None = None, own: Owned | None = None, local: bool = True, **kw: Any
+) -> Any:
+    t, _ = table()
+    if "hint" in kw:
+        t.hints["s1"] = kw.pop("hint")
+    return decide_at_once(req or request(), own, local, t, kw.pop("lease", lease()), NOW)
+
+
+def test_an_owned_held_fresh_session_under_a_valid_lease_is_served_at_once() -> None:
+    assert at_once(own=owned()) is SERVE_OWNED
+
+
+def test_the_fast_path_refuses_another_principal() -> None:
+    assert at_once(request(principal=ALICE), owned(principal="")) == NOT_FOUND_OTHER_PRINCIPAL
+    assert at_once(request(principal=ALICE), owned(principal=ALICE)) is SERVE_OWNED
+
+
+def test_a_session_whose_transport_is_not_here_is_looked_up() -> None:
+    assert at_once(own=owned(), local=False) is READ_RECORD
+
+
+def test_ownership_confirmed_under_an_older_lease_generation_is_looked_up() -> None:
+    assert at_once(own=owned(gen=2)) is READ_RECORD
+
+
+def test_a_lapsed_lease_makes_the_owner_look_the_session_up() -> None:
+    assert at_once(own=owned(), lease=lease(until=NOW)) is READ_RECORD
+    assert at_once(own=owned(), lease=lease(until=NOW + 0.001)) is SERVE_OWNED
+
+
+def test_a_session_idle_past_the_limit_is_looked_up() -> None:
+    assert at_once(own=owned(last_used=NOW - 9.0)) is READ_RECORD
+    assert at_once(own=owned(last_used=NOW - 8.9)) is SERVE_OWNED
+
+
+def test_a_remembered_owner_is_asked_without_reading_the_record() -> None:
+    assert at_once(own=None, local=False, hint=OTHER) == AskRemembered(OTHER)
+
+
+def test_a_relayed_request_never_follows_a_remembered_owner() -> None:
+    assert at_once(request(relayed=True), None, False, hint=OTHER) is READ_RECORD
+
+
+def test_a_remembered_owner_is_ignored_for_a_session_this_node_owns() -> None:
+    assert at_once(own=owned(gen=0), local=False, hint=OTHER) is READ_RECORD
+
+
+def test_without_a_remembered_owner_the_record_is_read() -> None:
+    assert at_once(own=None, local=False) is READ_RECORD
+
+
+# -- decide_by_record: what the record says ------------------------------------------------
+
+
+def by_record(
+    rec: Record | None,
+    req: Request | None = None,
+    *,
+    held_before: bool = False,
+    own: Owned | None = None,
+    held: bool = False,
+) -> Any:
+    return decide_by_record(req or request(), rec, NODE, held_before, own, held)
+
+
+def test_no_record_is_an_unknown_session_if_this_node_never_had_it() -> None:
+    assert by_record(None) == NotFound("unknown", let_go=True)
+
+
+def test_no_record_is_an_expired_session_if_this_node_had_it() -> None:
+    assert by_record(None, held_before=True) == NotFound("expired", let_go=True)
+
+
+def test_a_closed_record_is_not_found_and_let_go() -> None:
+    assert by_record(record(state="CLOSED")) == NotFound("closed", let_go=True)
+    # Closed wins over another principal.
+    assert by_record(record(state="CLOSED", principal=ALICE)) == NotFound("closed", let_go=True)
+
+
+def test_another_principal_is_not_found_and_the_session_is_kept() -> None:
+    assert by_record(record(principal=ALICE)) == NotFound("other_principal", let_go=False)
+    assert by_record(record(principal=ALICE), request(principal=ALICE)) == ServeAsOwner(2)
+
+
+def test_a_record_naming_this_node_is_served_as_owner() -> None:
+    assert by_record(record(owner=NODE, epoch=4)) == ServeAsOwner(4)
+
+
+def test_a_claim_made_here_after_the_read_beats_the_stale_record() -> None:
+    assert by_record(record(owner=OTHER, epoch=4), own=owned(epoch=4)) == ServeAsOwner(4)
+    assert by_record(record(owner=OTHER, epoch=4), own=owned(epoch=5)) == ServeAsOwner(5)
+
+
+def test_a_session_owned_elsewhere_at_a_higher_epoch_is_forwarded_and_let_go() -> None:
+    found = by_record(record(owner=OTHER, epoch=4), own=owned(epoch=3), held=True)
+    assert found == Forward(OTHER, 4, let_go=True)
+
+
+def test_a_session_owned_elsewhere_and_not_held_is_forwarded_without_letting_go() -> None:
+    assert by_record(record(owner=OTHER, epoch=4)) == Forward(OTHER, 4, let_go=False)
+    assert by_record(record(owner=OTHER, epoch=4), held=True) == Forward(OTHER, 4, let_go=True)
+
+
+def test_a_relayed_request_for_a_session_owned_elsewhere_is_refused_as_moved() -> None:
+    found = by_record(record(owner=OTHER, epoch=4), request(relayed=True))
+    assert found == RefuseMoved(OTHER, 4, let_go=False)
+
+
+def test_the_record_is_read_once_from_what_lookup_returns() -> None:
+    assert Record.read(None) is None
+    fields = {"state": "ACTIVE", "node": NODE, "epoch": "7", "init": "{}", "principal": ALICE}
+    assert Record.read(fields) == Record("ACTIVE", ALICE, NODE, 7, "{}", None)
+    fields["owner"] = OTHER
+    assert Record.read(fields).owner == OTHER  # type: ignore[union-attr]
+
+
+# -- decide_without_record: Redis cannot be read ------------------------------------------
+
+
+def test_without_redis_a_session_not_held_here_is_unavailable() -> None:
+    assert decide_without_record(request(), owned(), False) is STORE_UNAVAILABLE
+
+
+def test_without_redis_another_principal_is_refused() -> None:
+    found = decide_without_record(request(principal=ALICE), owned(principal=""), True)
+    assert found == NOT_FOUND_OTHER_PRINCIPAL
+    assert decide_without_record(request(principal=ALICE), None, True) is SERVE_UNRECORDED
+
+
+def test_without_redis_a_delete_is_refused() -> None:
+    assert decide_without_record(request(method="DELETE"), owned(), True) is CANNOT_CLOSE
+
+
+def test_without_redis_a_session_held_here_is_served() -> None:
+    assert decide_without_record(request(method="GET"), owned(), True) is SERVE_UNRECORDED
+
+
+# -- forwarding: a moved session, a silent owner, a claim ---------------------------------
+
+
+def test_after_a_move_a_missing_or_closed_record_is_not_found() -> None:
+    assert after_move(None, NODE) == NotFound("expired")
+    assert after_move(record(state="CLOSED", owner=OTHER), NODE) == NotFound("closed")
+
+
+def test_after_a_move_to_this_node_it_serves_as_owner() -> None:
+    assert after_move(record(owner=NODE, epoch=6), NODE) == ServeAsOwner(6)
+
+
+def test_after_a_move_elsewhere_the_request_follows() -> None:
+    assert after_move(record(owner=OTHER, epoch=6), NODE) == Forward(OTHER, 6)
+
+
+def test_a_silent_owner_without_a_lease_is_taken_over() -> None:
+    assert silent_owner(False, False, NOW, None, LEASE_S) is TAKE_OVER
+
+
+def test_a_silent_owner_holding_its_lease_is_asked_again_until_the_lease_could_lapse() -> None:
+    assert silent_owner(True, False, NOW, None, LEASE_S) == WaitForOwner(NOW + LEASE_S + 0.5)
+    assert silent_owner(True, False, NOW + 1, NOW + 5, LEASE_S) == WaitForOwner(NOW + 5)
+
+
+def test_a_silent_owner_that_keeps_its_lease_past_the_patience_gets_a_503() -> None:
+    assert silent_owner(True, False, NOW + 5, NOW + 5, LEASE_S) is GIVE_UP
+
+
+def test_while_this_node_recovers_a_missing_lease_is_no_evidence_of_death() -> None:
+    assert silent_owner(False, True, NOW, None, LEASE_S) == WaitForOwner(NOW + LEASE_S + 0.5)
+    # Past the patience, still recovering: wait on rather than give up.
+    assert silent_owner(False, True, NOW + 5, NOW + 5, LEASE_S) == WaitForOwner(NOW + 5 + LEASE_S)
+
+
+def test_a_claim_this_node_won_is_a_takeover() -> None:
+    assert after_claim(True, "claimed") == Claimed(took_over=True)
+
+
+def test_a_claim_held_by_a_concurrent_request_here_is_no_new_takeover() -> None:
+    assert after_claim(True, "held") == Claimed(took_over=False)
+
+
+def test_a_claim_of_a_closed_or_missing_session_is_not_found() -> None:
+    assert after_claim(False, "closed") == NotFound("closed")
+    assert after_claim(False, "missing") == NotFound("expired")
+
+
+def test_a_claim_another_node_won_follows_the_session() -> None:
+    assert after_claim(False, "moved") is CLAIMED_ELSEWHERE
+
+
+# -- the lease ----------------------------------------------------------------------------
+
+
+def test_the_lease_is_valid_until_ninety_percent_of_it_after_the_beat() -> None:
+    held = Lease(NODE, LEASE_S, idle_limit=9.0)
+    assert not held.valid(NOW)
+    held.renewed(NOW, held=True)
+    assert held.valid(NOW + 8.99) and not held.valid(NOW + 9.0)
+
+
+def test_a_renewal_that_finds_the_key_gone_bumps_the_generation() -> None:
+    held = Lease(NODE, LEASE_S, idle_limit=9.0)
+    held.renewed(NOW, held=False)
+    assert held.gen == 1
+    held.renewed(NOW + 3, held=True)
+    assert held.gen == 1
+
+
+def test_a_node_that_never_lost_redis_is_not_recovering() -> None:
+    assert not Lease(NODE, LEASE_S, idle_limit=9.0).recovering(NOW)
+
+
+def test_a_node_recovers_for_one_lease_after_its_heartbeat_reaches_redis_again() -> None:
+    held = Lease(NODE, LEASE_S, idle_limit=9.0)
+    held.failed()
+    assert held.recovering(NOW)  # Redis still lost
+    held.reached(NOW)
+    held.reached(NOW + 5)  # only the first beat after the outage counts
+    assert held.recovering(NOW + LEASE_S - 0.01)
+    assert not held.recovering(NOW + LEASE_S)
+
+
+# -- the ownership table ------------------------------------------------------------------
+
+
+def test_adopting_a_session_fences_its_appends_once_per_epoch() -> None:
+    held = lease(gen=7)
+    t, fences = table(held)
+    t.hints["s1"] = OTHER
+    first = t.adopt("s1", 1, ALICE)
+    assert (first.epoch, first.principal, first.gen) == (1, ALICE, 7)
+    assert "s1" not in t.hints
+    held.gen = 8
+    assert t.adopt("s1", 1, ALICE) is first and first.gen == 8
+    assert t.adopt("s1", 2, ALICE) is not first
+    assert fences == [("s1", 1), ("s1", 2)]
+    t.disown("s1")
+    t.disown("s1")
+    assert fences[-1] == ("s1", None) and len(fences) == 3
+
+
+def test_remembered_owners_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ownership_module, "MAX_OWNER_HINTS", 2)
+    t, _ = table()
+    for session in ("a", "b", "c"):
+        t.note_owner(session, OTHER)
+    assert list(t.hints) == ["b", "c"]
+    t.note_owner("b", NODE)  # known: replaced, nothing evicted
+    assert t.hints == {"b": NODE, "c": OTHER}
