@@ -99,3 +99,28 @@ def test_importing_the_store_alone_leaves_the_sdk_untouched() -> None:
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_the_sdk_is_made_ready_to_rebuild_sessions_by_the_middleware_not_by_an_import() -> None:
+    # On mcp 1.x, rebuilt sessions need the SDK's ServerSession class swapped. The swap is
+    # made when a SessionMiddleware is built (idempotently), whatever was imported first.
+    code = (
+        "import mcp_db.middleware, mcp_db._sdk.rehydrate\n"
+        "from mcp.server.lowlevel import server\n"
+        "from mcp.server.lowlevel import Server\n"
+        "from mcp.server.streamable_http_manager import StreamableHTTPSessionManager as M\n"
+        "from starlette.applications import Starlette\n"
+        "from mcp_db import RedisEventStore, SessionMiddleware\n"
+        "original = getattr(server, 'ServerSession', None)  # 1.x only\n"
+        "assert original is None or original.__module__ == 'mcp.server.session'\n"
+        "for _ in range(2):\n"
+        "    SessionMiddleware(Starlette(), store=RedisEventStore('redis://127.0.0.1:1/0'),\n"
+        "                      session_manager=M(app=Server('t')))\n"
+        "swapped = getattr(server, 'ServerSession', None)\n"
+        "assert original is None or swapped.__module__ == 'mcp_db._sdk.session_v1', swapped\n"
+        "assert original is None or swapped.__mro__[1] is original\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr

@@ -72,3 +72,19 @@ def test_runs_that_are_not_json_raise_value_error() -> None:
         decode_run("n", b'["not an object"]')
     with pytest.raises(ValueError):
         decode_run("n", b'[{"jsonrpc": "2.0"}]')  # no method: validation, not construction
+
+
+def test_the_handshake_versions_are_the_sdks_and_those_of_its_era() -> None:
+    from mcp_db._sdk import HANDSHAKE_VERSIONS, SDK_MAJOR
+
+    era = {"2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"}
+    assert era <= HANDSHAKE_VERSIONS
+    assert "2026-07-28" not in HANDSHAKE_VERSIONS
+    if SDK_MAJOR >= 2:
+        from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+
+        assert frozenset(HANDSHAKE_PROTOCOL_VERSIONS) == HANDSHAKE_VERSIONS
+    else:
+        from mcp.shared.version import SUPPORTED_PROTOCOL_VERSIONS
+
+        assert set(SUPPORTED_PROTOCOL_VERSIONS) <= HANDSHAKE_VERSIONS

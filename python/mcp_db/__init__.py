@@ -26,10 +26,10 @@ if TYPE_CHECKING:
     )
     from mcp_db.middleware import SessionMiddleware
 
-#: Imported on first use. The stores import the SDK, which the `mcp-db` command does not
-#: need (importing `mcp` is most of its start-up time); and on mcp 1.x the middleware
-#: installs the session class that rebuilt sessions need, which a server using only the
-#: event store should not get.
+#: Imported on first use: the stores and the middleware import the SDK, which the `mcp-db`
+#: command does not need (importing `mcp` is most of its start-up time). Nothing here
+#: changes the SDK: on mcp 1.x, building a `SessionMiddleware` installs the session class
+#: that rebuilt sessions need (`_sdk/session_v1.py`).
 _LAZY = {
     "MemoryEventStore": "mcp_db.event_store",
     "RedisEventStore": "mcp_db.event_store",
