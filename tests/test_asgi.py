@@ -22,6 +22,7 @@ from mcp_db._asgi import (
     Message,
     Replay,
     header,
+    mcp_headers,
     read_body,
     response_header,
     store_unavailable,
@@ -162,3 +163,18 @@ def test_without_redis_a_stream_resumption_gets_an_empty_stream_and_the_rest_503
     ]
     assert messages[1] == {"type": "http.response.body", "body": b""}
     assert scope[PATH] == "unavailable"
+
+
+def test_both_mcp_headers_are_read_in_one_pass_first_one_wins() -> None:
+    scope = {
+        "headers": [
+            (b"host", b"x"),
+            (b"mcp-session-id", b"s1"),
+            (b"mcp-protocol-version", b"2025-06-18"),
+            (b"mcp-session-id", b"s2"),
+            (b"mcp-protocol-version", b"2026-07-28"),
+        ]
+    }
+    assert mcp_headers(scope) == ("2025-06-18", "s1")
+    assert mcp_headers({"headers": [(b"Mcp-Session-Id", b"s1")]}) == (None, None)
+    assert mcp_headers({}) == (None, None)

@@ -29,6 +29,20 @@ def header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def mcp_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The ``MCP-Protocol-Version`` and ``Mcp-Session-Id`` headers (the first of each), read
+    in one pass: every request to the MCP endpoint needs both."""
+    version: str | None = None
+    session_id: str | None = None
+    for key, value in scope.get("headers", ()):
+        if key == b"mcp-protocol-version":
+            if version is None:
+                version = value.decode("latin-1")
+        elif key == b"mcp-session-id" and session_id is None:
+            session_id = value.decode("latin-1")
+    return version, session_id
+
+
 def response_header(message: Message, name: bytes) -> str | None:
     """A header of an ``http.response.start`` message, whatever its case."""
     for key, value in message.get("headers", ()):

@@ -41,10 +41,12 @@ from mcp_db._asgi import (
     Receive,
     Scope,
     Send,
-    header,
+    mcp_headers,
     store_unavailable,
 )
+from mcp_db._relay import RELAYED
 from mcp_db._sdk import HANDSHAKE_VERSIONS
+from mcp_db._sdk.auth import principal
 from mcp_db._sdk.manager import find_session_manager, hook_entry_point, live_transports
 from mcp_db._sdk.rehydrate import install
 from mcp_db.errors import ConfigError, McpDbError
@@ -290,25 +292,24 @@ class SessionMiddleware:
             return
         started = time.perf_counter()
         try:
-            await self._route(scope, receive, send)
-        finally:
-            self._durations.record(time.perf_counter() - started, attributes(scope))
-
-    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        version = header(scope, b"mcp-protocol-version")
-        if version is not None and version not in HANDSHAKE_VERSIONS:
-            scope[PATH] = "passthrough"
-            await self._inner(scope, receive, send)
-            return
-        session_id = header(scope, b"mcp-session-id")
-        if session_id is None:
-            if scope["method"] == "POST":
+            version, session_id = mcp_headers(scope)
+            if version is not None and version not in HANDSHAKE_VERSIONS:
+                scope[PATH] = "passthrough"
+                await self._inner(scope, receive, send)
+                return
+            if session_id is not None:
+                relayed = scope.get(RELAYED) is not None
+                who = principal(scope)
+                await self._in_session(
+                    Request(scope, receive, send, session_id, version, relayed, who)
+                )
+            elif scope["method"] == "POST":
                 await self._admission.opening(scope, receive, send)
             else:
                 scope[PATH] = "passthrough"
                 await self._inner(scope, receive, send)
-            return
-        await self._in_session(Request.of(scope, receive, send, session_id, version))
+        finally:
+            self._durations.record(time.perf_counter() - started, attributes(scope))
 
     async def _in_session(self, request: Request) -> None:
         """A request in a session: served here, refused, relayed, or taken over."""

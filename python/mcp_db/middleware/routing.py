@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_db._asgi import Receive, Scope, Send
-from mcp_db._relay import RELAYED
-from mcp_db._sdk.auth import principal
 from mcp_db.middleware.ownership import Owned, Ownership
 
 
@@ -30,22 +28,12 @@ class Request:
     version: str | None
     #: Relayed here by another node (which answers its client).
     relayed: bool
-    _principal: str | None = None
-
-    @classmethod
-    def of(cls, scope: Scope, receive: Receive, send: Send, session_id: str,
-           version: str | None) -> Request:  # fmt: skip
-        return cls(scope, receive, send, session_id, version, scope.get(RELAYED) is not None)
+    #: Who sent it, as the SDK binds sessions to it (``_sdk.auth.principal``).
+    principal: str
 
     @property
     def method(self) -> str:
         return str(self.scope["method"])
-
-    def principal(self) -> str:
-        """Who sent the request, as the SDK binds sessions to it (computed once)."""
-        if self._principal is None:
-            self._principal = principal(self.scope)
-        return self._principal
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,7 +193,7 @@ def decide_at_once(
         # This node owns the session, its lease holds and the session was used within its
         # TTL: nobody else can have taken it over, closed it (that goes through the owner)
         # or let it expire (the owner slides its TTL on every heartbeat).
-        if owned.principal != request.principal():
+        if owned.principal != request.principal:
             return NOT_FOUND_OTHER_PRINCIPAL
         return SERVE_OWNED
     if owned is None and not request.relayed:
@@ -234,7 +222,7 @@ def decide_by_record(
         return NotFound("expired" if held_before else "unknown", let_go=True)
     if record.state == "CLOSED":
         return NotFound("closed", let_go=True)
-    if record.principal != request.principal():
+    if record.principal != request.principal:
         return NOT_FOUND_OTHER_PRINCIPAL
     owner, epoch = record.owner, record.epoch
     if owned is not None and owned.epoch >= epoch:
@@ -255,7 +243,7 @@ def decide_without_record(
     """Redis cannot be read: keep serving what this node can serve on its own."""
     if not local:
         return STORE_UNAVAILABLE
-    if owned is not None and owned.principal != request.principal():
+    if owned is not None and owned.principal != request.principal:
         return NOT_FOUND_OTHER_PRINCIPAL
     if request.method == "DELETE":
         return CANNOT_CLOSE
