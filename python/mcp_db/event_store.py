@@ -307,7 +307,7 @@ class RedisEventStore(_Base):
         self.prefix = prefix
         #: The bound on one Redis operation, which the middleware also holds its own to.
         self.timeout_seconds = float(timeout_seconds)
-        metrics.watch(self)
+        metrics.watch(self, "redis")
 
     @property
     def server(self) -> str:
@@ -370,7 +370,7 @@ class MemoryEventStore(_Base):
             ),
             max_streams=_number("max_streams", max_streams, integer=True),
         )
-        metrics.watch(self)
+        metrics.watch(self, "memory")
 
     def __repr__(self) -> str:
         return "<MemoryEventStore>"

@@ -19,7 +19,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = ["METER_NAME", "Histogram", "record_replay", "register", "request_duration", "watch"]
 
@@ -156,19 +156,12 @@ def _setup() -> bool:
     return _enabled
 
 
-def watch(obj: Any) -> None:
-    """Counts ``obj`` (a store or a ``SessionMiddleware``) in the instruments, by weak
-    reference. A no-op without OpenTelemetry."""
-    if not _setup():
-        return
-    from mcp_db.event_store import MemoryEventStore, RedisEventStore
-
-    if isinstance(obj, RedisEventStore):
-        _FAMILIES["redis"].add(obj)
-    elif isinstance(obj, MemoryEventStore):
-        _FAMILIES["memory"].add(obj)
-    else:
-        _FAMILIES["middleware"].add(obj)
+def watch(obj: Any, family: Literal["redis", "memory", "middleware"]) -> None:
+    """Counts ``obj`` (a store of the ``redis`` or ``memory`` family, or a
+    ``SessionMiddleware``) in the instruments, by weak reference. A no-op without
+    OpenTelemetry."""
+    if _setup():
+        _FAMILIES[family].add(obj)
 
 
 def request_duration() -> Histogram:

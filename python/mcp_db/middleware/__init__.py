@@ -178,7 +178,7 @@ class SessionMiddleware:
             self._relay = store._core.relay(self.node_id, secret=_relay_secret(relay_secret))
             store.attach(self.manager)
             self._assemble(store._core.bus(), store._core.ownership(self.node_id, self.lease_ms))
-            watch(self)
+            watch(self, "middleware")
 
     def _assemble(self, bus: Any, ownership: Any) -> None:
         """Builds the parts a request goes through, and puts them in the SDK's route."""
