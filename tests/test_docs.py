@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(

@@ -13,7 +13,7 @@ import redis as redis_py
 
 from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(params=["redis-server", "redis-cluster"])
