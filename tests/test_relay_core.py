@@ -15,6 +15,9 @@ from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
 from tests.support.redis_server import RedisServer
 
+# The Rust relay's frames between two ends in one process, not the SDK: see tests/conftest.py.
+pytestmark = pytest.mark.one_sdk_line
+
 
 @pytest.fixture(params=["redis-server", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisEventStore]:
