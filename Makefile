@@ -17,7 +17,8 @@ PIN_1.12.4 := "pydantic<2.14"
 # the benchmarks (on MCP_MAIN) measure the production one.
 PIN_2.3.0 := "uvicorn[standard]"
 
-RUFF_PATHS := python tests benches examples
+# The test suite's dependencies are the `test` extra in pyproject.toml, the only list of them.
+
 RUST_SOURCES := $(wildcard src/*.rs) Cargo.toml Cargo.lock
 PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')
 
@@ -52,9 +53,8 @@ $(VENVS)/mcp-%/.ok:
 	$(VENVS)/mcp-$*/bin/pip install -q --upgrade pip
 	touch $@
 
-# The test suite's dependencies are the `test` extra in pyproject.toml, the only list of them:
-# the wheel's dependencies and that extra first (pip leaves what is already there), then the
-# wheel itself, always, since a rebuild keeps the version number.
+# The wheel's dependencies and its `test` extra first (pip leaves what is already there), then
+# the wheel itself, always, since a rebuild keeps the version number.
 $(VENVS)/mcp-%/.installed: $(VENVS)/mcp-%/.ok $(WHEELS)/.built
 	$(VENVS)/mcp-$*/bin/pip install -q "mcp==$*" $(PIN_$*) "$(wildcard $(WHEELS)/mcp_db-*.whl)[test]"
 	$(VENVS)/mcp-$*/bin/pip install -q --no-deps --force-reinstall $(WHEELS)/mcp_db-*.whl
@@ -80,8 +80,8 @@ bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
 
 ## ruff, ruff format --check, clippy -D warnings, mypy, stubtest of _core.pyi
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
-	$(VENVS)/build/bin/ruff check $(RUFF_PATHS)
-	$(VENVS)/build/bin/ruff format --check $(RUFF_PATHS)
+	$(VENVS)/build/bin/ruff check python tests benches examples
+	$(VENVS)/build/bin/ruff format --check python tests benches examples
 	cargo clippy --locked --all-targets -q -- -D warnings
 	$(VENVS)/build/bin/mypy --python-executable $(VENVS)/mcp-$(MCP_MAIN)/bin/python python/mcp_db
 	@# stubtest imports the built module, so it runs on the SDK virtualenv's packages.
@@ -92,8 +92,8 @@ lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
 
 ## ruff check --fix, ruff format, cargo fmt --all
 format: $(VENVS)/build/.ok
-	$(VENVS)/build/bin/ruff check --fix -q $(RUFF_PATHS)
-	$(VENVS)/build/bin/ruff format -q $(RUFF_PATHS)
+	$(VENVS)/build/bin/ruff check --fix -q python tests benches examples
+	$(VENVS)/build/bin/ruff format -q python tests benches examples
 	cargo fmt --all
 
 ## one client session across two nodes behind nginx (or two workers), a resumed stream
