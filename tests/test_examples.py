@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+import mcp_db
 from tests._client import AUTO_RESUME
 from tests._nodes import ROOT
 
@@ -60,3 +62,13 @@ def test_demo_without_nginx_runs_two_workers_on_one_port() -> None:
         assert sum(s["replayed"] for s in summary["stats"].values()) > 0
     assert "uvicorn --workers 2 with SessionMiddleware" in ran.stderr
     assert "load_balancer" not in summary
+
+
+@pytest.mark.one_sdk_line
+def test_the_installed_package_holds_no_demo_or_launcher() -> None:
+    """The demo and the redis-server and nginx launchers live in the checkout (examples/,
+    tests/support/), not in the wheel."""
+    installed = Path(mcp_db.__file__).parent
+    names = sorted(str(f.relative_to(installed)) for f in installed.rglob("*.py"))
+    assert names, installed
+    assert [n for n in names if any(w in n for w in ("demo", "nginx", "redis_server"))] == []
