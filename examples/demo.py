@@ -146,8 +146,9 @@ async def drive(
         result = await session.call_tool(
             "count", {"n": N, "cut_at": cut_at}, progress_callback=on_progress
         )
+        owner: dict[str, int] | None = None
         if owner_stats:
-            stats = json.loads(text_of(await session.call_tool("store_stats", {})))
+            owner = json.loads(text_of(await session.call_tool("store_stats", {})))
     # The resume shows as the longest pause between two notifications.
     if cut_at and len(arrivals) > 1:
         gaps = [b[0] - a[0] for a, b in itertools.pairwise(arrivals)]
@@ -156,7 +157,7 @@ async def drive(
         say(steps_line("resumed:", arrivals[cut:]) + ", after the client came back")
     say(f"result: {text_of(result)}")
     return {
-        **({"owner_stats": stats} if owner_stats else {}),
+        **({"owner_stats": owner} if owner is not None else {}),
         "protocol": version,
         "where": where,
         "tools": tools,
