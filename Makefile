@@ -1,9 +1,6 @@
-# mcp-db: everything a developer or CI needs. See README.md.
+# mcp-db: everything a developer or CI needs. See README.md; `make help` lists the targets.
 #
-#   make test    cargo test, then pytest in one virtualenv per supported SDK line
-#   make bench   benchmarks with ratios against baselines run in the same process
-#   make lint    ruff, clippy -D warnings, mypy on the package and its stubs
-#   make demo    a server with the store, a client whose stream is cut and resumes
+# A line `## text` right above a target is its entry in `make help`.
 
 PYTHON ?= python3
 VENVS  := .venvs
@@ -20,12 +17,7 @@ PIN_1.12.4 := "pydantic<2.14"
 # the benchmarks (on MCP_MAIN) measure the production one.
 PIN_2.3.0 := "uvicorn[standard]"
 
-# OpenTelemetry's SDK and Prometheus exporter for tests/test_metrics.py (the Prometheus
-# example); 1.28 is the oldest opentelemetry-api that mcp 2.x accepts.
-TEST_DEPS := "pytest>=8,<10" "pytest-asyncio>=0.24,<2" "pytest-timeout>=2.3,<3" \
-             "uvicorn>=0.30" "redis>=5,<9" "httpx>=0.27" \
-             "opentelemetry-sdk>=1.28,<2" "opentelemetry-exporter-prometheus>=0.49b0,<1" \
-             "prometheus-client>=0.20,<1" "pyyaml>=6,<7" "hypothesis>=6.100,<7"
+# The test suite's dependencies are the `test` extra in pyproject.toml, the only list of them.
 
 RUST_SOURCES := $(wildcard src/*.rs) Cargo.toml Cargo.lock
 PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')
@@ -33,8 +25,14 @@ PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.t
 # Keep the virtualenv stamps: they are real, slow-to-make state, not intermediates.
 .SECONDARY:
 
-.PHONY: all build test test-rust test-python bench lint demo clean
+.PHONY: all help build test test-rust test-python bench lint format demo clean
 all: test
+
+## this list
+help:
+	@awk '/^## /{doc=substr($$0, 4); next} \
+	      /^[a-z][a-z-]*:/{if (doc != "") printf "  make %-12s %s\n", substr($$1, 1, length($$1) - 1), doc} \
+	      {doc=""}' $(MAKEFILE_LIST)
 
 $(VENVS)/build/.ok:
 	$(PYTHON) -m venv $(VENVS)/build
@@ -47,41 +45,62 @@ $(WHEELS)/.built: $(VENVS)/build/.ok $(RUST_SOURCES) $(PY_SOURCES) pyproject.tom
 	$(VENVS)/build/bin/maturin build --release --locked -q -o $(WHEELS)
 	touch $@
 
+## the abi3 wheel, in target/wheels
 build: $(WHEELS)/.built
 
 $(VENVS)/mcp-%/.ok:
 	$(PYTHON) -m venv $(VENVS)/mcp-$*
 	$(VENVS)/mcp-$*/bin/pip install -q --upgrade pip
-	$(VENVS)/mcp-$*/bin/pip install -q "mcp==$*" $(PIN_$*) $(TEST_DEPS)
 	touch $@
 
+# The wheel's dependencies and its `test` extra first (pip leaves what is already there), then
+# the wheel itself, always, since a rebuild keeps the version number.
 $(VENVS)/mcp-%/.installed: $(VENVS)/mcp-%/.ok $(WHEELS)/.built
+	$(VENVS)/mcp-$*/bin/pip install -q "mcp==$*" $(PIN_$*) "$(wildcard $(WHEELS)/mcp_db-*.whl)[test]"
 	$(VENVS)/mcp-$*/bin/pip install -q --no-deps --force-reinstall $(WHEELS)/mcp_db-*.whl
 	touch $@
 
+## cargo test, then pytest on every SDK line (PYTEST_ARGS="..." for pytest)
 test: test-rust test-python
 
+## cargo test of the Rust core
 test-rust:
 	cargo test --locked -q
 
+## pytest in one virtualenv per SDK line of MCP_VERSIONS
 test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed)
 	@set -e; for v in $(MCP_VERSIONS); do \
 	  echo "=== pytest with mcp $$v"; \
 	  $(VENVS)/mcp-$$v/bin/python -m pytest -q $(PYTEST_ARGS); \
 	done
 
+## benchmarks: ratios against baselines run in the same process (BENCH_ARGS="...")
 bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/mcp-$(MCP_MAIN)/bin/python -m benches $(BENCH_ARGS)
 
+## ruff, ruff format --check, clippy -D warnings, mypy, stubtest of _core.pyi
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/build/bin/ruff check python tests benches examples
 	$(VENVS)/build/bin/ruff format --check python tests benches examples
 	cargo clippy --locked --all-targets -q -- -D warnings
 	$(VENVS)/build/bin/mypy --python-executable $(VENVS)/mcp-$(MCP_MAIN)/bin/python python/mcp_db
+	@# stubtest imports the built module, so it runs on the SDK virtualenv's packages.
+	PYTHONPATH=$$($(VENVS)/mcp-$(MCP_MAIN)/bin/python -c \
+	  'import sysconfig; print(sysconfig.get_path("purelib"))') \
+	  $(VENVS)/build/bin/python -m mypy.stubtest --concise \
+	  --allowlist python/stubtest-allowlist.txt mcp_db._core
 
+## ruff check --fix, ruff format, cargo fmt --all
+format: $(VENVS)/build/.ok
+	$(VENVS)/build/bin/ruff check --fix -q python tests benches examples
+	$(VENVS)/build/bin/ruff format -q python tests benches examples
+	cargo fmt --all
+
+## one client session across two nodes behind nginx (or two workers), a resumed stream
 demo: $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/mcp-$(MCP_MAIN)/bin/python examples/demo.py
 
+## remove the virtualenvs, the wheels and cargo's target
 clean:
 	rm -rf $(VENVS) $(WHEELS)
 	cargo clean

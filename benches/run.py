@@ -34,7 +34,7 @@ from mcp_types import JSONRPCNotification
 from benches import middleware, relay
 from benches.baseline import RedisPyEventStore
 from mcp_db import RedisEventStore
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 OURS = "mcp-db"
 BASE = "redis-py"

@@ -1,6 +1,7 @@
 """An MCP server on the official SDK, ready to run on one node or on many behind a load balancer.
 
-Needs mcp >= 1.23 (server-side stream close and retry intervals came with SEP-1699).
+It runs on every supported SDK line; on mcp < 1.23 the ``count`` tool cannot cut its stream
+(server-side stream close and retry intervals came with SEP-1699). ``make demo`` runs it.
 
 One process, events in memory::
 
@@ -15,6 +16,7 @@ Environment:
 - ``MCP_DB_REDIS_URL``: with it, events and sessions live in Redis and the app is wrapped
   in ``SessionMiddleware``, so every node serves every session; without it, the in-process
   ``MemoryEventStore`` serves one process.
+- ``MCP_DB_PREFIX``: the prefix of mcp-db's Redis keys (``mcp`` unless given).
 - ``MCP_ALLOWED_HOSTS``: comma-separated ``host[:port]`` patterns (``mcp.example.com``,
   ``mcp:*``) that the SDK's DNS-rebinding protection lets through. By default only local
   hosts (``127.0.0.1:*``, ``localhost:*``, ``[::1]:*``) are accepted; a load balancer that
@@ -22,6 +24,8 @@ Environment:
 - ``NODE_NAME``: this node's name in the answers of the ``where`` tool.
 """
 
+# No `from __future__ import annotations`: FastMCP 1.x inspects real annotations.
+import inspect
 import os
 
 import anyio
@@ -35,7 +39,11 @@ from mcp_db import MemoryEventStore, RedisEventStore, SessionMiddleware
 RETRY_MS = 1000
 
 redis_url = os.environ.get("MCP_DB_REDIS_URL")
-store = RedisEventStore(redis_url) if redis_url else MemoryEventStore()
+store = (
+    RedisEventStore(redis_url, prefix=os.environ.get("MCP_DB_PREFIX", "mcp"))
+    if redis_url
+    else MemoryEventStore()
+)
 
 # Without MCP_ALLOWED_HOSTS, None keeps the SDK's default: protection on, local hosts only.
 allowed_hosts = [h.strip() for h in os.environ.get("MCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
@@ -57,18 +65,20 @@ try:  # mcp 2.x
 except ImportError:  # mcp 1.x
     from mcp.server.fastmcp import Context, FastMCP
 
-    server = FastMCP(
-        "mcp-db-example", event_store=store, retry_interval=RETRY_MS, transport_security=security
-    )
+    options = {"event_store": store, "transport_security": security}
+    if "retry_interval" in inspect.signature(FastMCP).parameters:  # 1.23 and later
+        options["retry_interval"] = RETRY_MS
+    server = FastMCP("mcp-db-example", **options)
     SDK_2 = False
 
 
 @server.tool()
 async def count(n: int, ctx: Context, cut_at: int = 0) -> str:
-    """Counts to n, reporting progress; after step ``cut_at`` the server drops the stream."""
+    """Counts to n, reporting progress; after step ``cut_at`` the server drops the stream
+    (on SDKs that can: 1.23 and later)."""
     for i in range(1, n + 1):
         await ctx.report_progress(i, n, f"step {i}")
-        if i == cut_at:
+        if i == cut_at and hasattr(ctx, "close_sse_stream"):
             await ctx.close_sse_stream()  # as if the connection had dropped
         await anyio.sleep(0.05)
     return f"counted to {n}"

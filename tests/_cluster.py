@@ -8,9 +8,9 @@ import signal
 
 import httpx
 
-from mcp_db._nginx import Nginx
-from mcp_db._redis_server import RedisServer
 from tests._nodes import Node
+from tests.support.nginx import Nginx
+from tests.support.redis_server import RedisServer
 
 
 class Cluster:

@@ -22,10 +22,10 @@ from contextlib import contextmanager
 
 import redis as redis_py
 
-from mcp_db._nginx import Nginx
-from mcp_db._redis_server import RedisServer
 from tests._cluster import Cluster
 from tests._nodes import Node
+from tests.support.nginx import Nginx
+from tests.support.redis_server import RedisServer
 
 PATHS = ("direct", "relayed")
 

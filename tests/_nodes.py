@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from mcp_db._redis_server import free_port, stop_process, wait_listening
+from tests.support.redis_server import free_port, stop_process, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
 

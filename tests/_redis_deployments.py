@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis as redis_py
 
-from mcp_db._redis_server import RedisServer, free_port
+from tests.support.redis_server import RedisServer, free_port
 
 SLOTS = 16384
 CLUSTER_OPTIONS = ("--cluster-enabled", "yes", "--cluster-node-timeout", "2000")

@@ -4,9 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_MAJOR
 from tests._redis_deployments import RedisCluster
+from tests.support.redis_server import RedisServer
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

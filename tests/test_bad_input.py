@@ -11,8 +11,8 @@ import httpx
 import pytest
 import redis as redis_py
 
-from mcp_db._redis_server import RedisServer
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 
 HEADERS = {
     "accept": "application/json, text/event-stream",

@@ -33,11 +33,11 @@ import redis
 
 from mcp_db import _core
 from mcp_db._core import parse_event_id
-from mcp_db._redis_server import RedisServer, free_port
 from mcp_db.cli import main
-from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
+from tests._client import PROTOCOL, client_session, result_text
 from tests._cluster import Cluster
 from tests._redis_deployments import RedisCluster, TlsRedis
+from tests.support.redis_server import RedisServer, free_port
 
 # The mcp-db command and the core, not the SDK: see tests/conftest.py.
 pytestmark = pytest.mark.one_sdk_line
@@ -298,18 +298,6 @@ async def test_doctor_passes_and_reports_every_node(deployment: Cluster) -> None
     assert lines[-1].endswith("0 failed")
 
 
-async def test_demo_runs_two_nodes_behind_nginx() -> None:
-    ran = await cli("demo", "--json")
-    assert ran.code == 0, ran.out + ran.err
-    summary = ran.json()
-    assert summary["ok"] is True and summary["failures"] == []
-    assert summary["report"]["result"] == "counted to 12"
-    assert summary["report"]["seen"] == list(range(1, 13))
-    if AUTO_RESUME:
-        assert sum(s["replayed"] for s in summary["stats"].values()) > 0
-    assert "session open" in ran.err  # the narration goes to stderr
-
-
 # -- bad input --------------------------------------------------------------------------------
 
 
@@ -380,6 +368,7 @@ async def test_bad_usage_exits_2() -> None:
         [],
         ["sessions"],
         ["frobnicate"],
+        ["demo"],  # the demo is make demo's (examples/demo.py), not the package's
         ["sessions", "show"],
         ["sessions", "list", "--state", "bogus"],
         ["--prefix", "a{b", "doctor"],

@@ -14,10 +14,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcp_db._core import key_of
-from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
 from tests._cluster import Cluster
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 

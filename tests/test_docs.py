@@ -20,7 +20,7 @@ sets serves the next), in a new temporary directory that holds a copy of ``examp
 the repository root would. The environment has:
 
 - ``MCP_DB_REDIS_URL``: a redis-server of the test session, on a free port
-  (``mcp_db._redis_server``);
+  (``tests/support/redis_server.py``);
 - ``MCP_DB_PREFIX``: a key prefix of this module's own;
 - ``MCP_URL``: the MCP endpoint of a live deployment, two nodes of tests/servers/app.py with
   ``SessionMiddleware`` behind nginx round robin (``tests/_cluster.py``), on that Redis and
@@ -50,7 +50,7 @@ from pathlib import Path
 
 import pytest
 
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(

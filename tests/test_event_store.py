@@ -16,9 +16,9 @@ from mcp_db import (
     RedisUnavailableError,
     UnattachedStoreWarning,
 )
-from mcp_db._redis_server import RedisServer, free_port
 from mcp_db._sdk import EventMessage
 from tests import _messages as msgs
+from tests.support.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(params=["memory", "redis"])

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 # The core's threads at exit, not the SDK: see tests/conftest.py.
 pytestmark = pytest.mark.one_sdk_line

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from mcp_db._redis_server import RedisServer
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._faults import PATHS, Paths
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 # The SSE ``retry`` of the servers here: clients resume this long after a stream breaks.

@@ -34,12 +34,12 @@ import pytest
 import redis as redis_py
 from mcp import ClientSession
 
-from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
 from tests._client import client_session, result_text
 from tests._cluster import Cluster
 from tests._nodes import Node
 from tests._redis_deployments import RedisCluster
+from tests.support.redis_server import RedisServer
 
 #: mcp 1.12 reports progress on no request's stream, so there ``steps`` and ``slow``
 #: tell their progress with log messages instead (see tests/servers/app.py).

@@ -12,9 +12,9 @@ import anyio
 import httpx
 import pytest
 
-from mcp_db._redis_server import RedisServer
 from tests._client import client_session, result_text
 from tests._nodes import ROOT, Node
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 pytest.importorskip("opentelemetry.sdk.metrics")

@@ -13,10 +13,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcp_db import RedisEventStore
-from mcp_db._redis_server import RedisServer
 from mcp_db.errors import ConfigError
 from tests._messages import notification
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 

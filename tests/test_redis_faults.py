@@ -10,7 +10,6 @@ import httpx
 import pytest
 import redis
 
-from mcp_db._redis_server import RedisServer
 from tests import _messages as msgs
 from tests._client import (
     AUTO_RESUME,
@@ -19,6 +18,7 @@ from tests._client import (
     result_text,
 )
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 
 
 async def read_sse_events(url: str, headers: dict[str, str], count: int) -> list[dict[str, str]]:

@@ -10,9 +10,9 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from mcp_db._redis_server import RedisServer
 from tests._faults import Faults
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 #: Lease of the nodes: short, so the test outlives several leases while Redis is full.

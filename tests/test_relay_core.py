@@ -13,7 +13,10 @@ import redis as redis_py
 
 from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
+
+# The Rust relay's frames between two ends in one process, not the SDK: see tests/conftest.py.
+pytestmark = pytest.mark.one_sdk_line
 
 
 @pytest.fixture(params=["redis-server", "redis-cluster"])

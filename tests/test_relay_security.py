@@ -18,8 +18,8 @@ import redis as redis_py
 import redis.asyncio as aioredis
 
 from mcp_db import ConfigError, RedisEventStore
-from mcp_db._redis_server import RedisServer
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
 pytestmark = pytest.mark.one_sdk_line

@@ -13,7 +13,6 @@ import httpx
 import pytest
 import redis
 
-from mcp_db._redis_server import RedisServer
 from mcp_db._sdk import SDK_VERSION
 from tests._client import (
     AUTO_RESUME,
@@ -22,6 +21,7 @@ from tests._client import (
     result_text,
 )
 from tests._nodes import Node
+from tests.support.redis_server import RedisServer
 
 
 @pytest.fixture(params=["redis", "memory"])

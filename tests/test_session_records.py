@@ -12,7 +12,7 @@ import pytest
 import redis as redis_py
 
 from mcp_db import ConfigError, RedisEventStore
-from mcp_db._redis_server import RedisServer
+from tests.support.redis_server import RedisServer
 
 TTL = 60_000
 INIT = json.dumps({"protocolVersion": "2025-11-25", "clientInfo": {"name": "c", "version": "1"}})

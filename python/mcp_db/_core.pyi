@@ -9,7 +9,7 @@ Priming events never appear in a page.
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 __version__: str
 #: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
@@ -41,6 +41,9 @@ def redact(url: str) -> str:
     """``url`` with its password hidden: in the user part (``user:***@``) and in any query
     parameter whose name contains ``pass``. The core's errors show URLs this way too."""
 
+def _quiesce() -> None:
+    """Parks the core's I/O threads for good; registered with ``atexit``, never call it."""
+
 def construct_models(
     cls: type[Any],
     items: list[Any],
@@ -54,6 +57,7 @@ def construct_models(
     ``RootModel``. ``ValueError`` for a missing ``required`` field, or a key outside
     ``fields`` unless ``extra_allowed``."""
 
+@final
 class ReplayPages:
     """The rest of a replay, read ahead in the background."""
 
@@ -62,11 +66,12 @@ class ReplayPages:
     async def next(self) -> Page | None:
         """Waits for the next page; ``None`` at the end."""
 
+@final
 class RedisEvents:
     """Redis backend: batched durable appends, paged replay, a bounded fault buffer."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str,
         *,
         prefix: str,
@@ -75,7 +80,7 @@ class RedisEvents:
         buffer_max_events: int,
         timeout_seconds: float,
         page_size: int,
-    ) -> None:
+    ) -> RedisEvents:
         """Parses the URL and options (``mcp_db.ConfigError`` if bad); does not connect."""
     @property
     def server(self) -> str:
@@ -134,10 +139,11 @@ class RedisEvents:
         (the part of dropped that Redis refused at ``maxmemory``), write_batches,
         write_micros."""
 
+@final
 class MemoryEvents:
     """In-process backend with the Redis backend's semantics, bounded in memory."""
 
-    def __init__(self, *, max_events_per_stream: int, max_streams: int) -> None:
+    def __new__(cls, *, max_events_per_stream: int, max_streams: int) -> MemoryEvents:
         """Keeps at most ``max_events_per_stream`` events per stream and ``max_streams``
         streams, dropping the least recently written stream first."""
     def append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
@@ -149,6 +155,7 @@ class MemoryEvents:
     def stats(self) -> dict[str, int]:
         """stored, replayed, streams, evicted_streams."""
 
+@final
 class SessionRecords:
     """Session records (``{prefix}:s:{<session>}``), changed only by atomic scripts.
 
@@ -176,6 +183,7 @@ class SessionRecords:
         got 503 and never learned the ID), if Redis wrote it after all and it is still
         ``node``'s first epoch, INITIALIZING or INITIALIZED; ``True`` if one was deleted."""
 
+@final
 class Bus:
     """Pub/sub on ``{prefix}:bus``: news every node must hear (a session was closed)."""
 
@@ -184,6 +192,7 @@ class Bus:
     async def publish(self, message: str) -> int:
         """Sends ``message`` to every subscribed node; how many received it."""
 
+@final
 class Ownership:
     """A node's lease on all its sessions (its heartbeat key), and takeovers."""
 
@@ -209,6 +218,7 @@ class Ownership:
 
 Frame = tuple[Any, ...]
 
+@final
 class Forward:
     """A forwarded request's response: ``("whole", status, headers, body)`` alone, or
     ``("start", status, headers)``, then ``("data", bytes)`` and ``("end", ok)``; or
@@ -221,6 +231,7 @@ class Forward:
     def cancel(self) -> None:
         """The client went away: tells the owner."""
 
+@final
 class Relay:
     """This node's end of the relay between nodes (Redis pub/sub)."""
 
@@ -268,6 +279,7 @@ class Relay:
     async def disconnected(self, id: bytes) -> None:
         """Resolves when the relaying side went away."""
 
+@final
 class Wakeup:
     """One event loop's end of the core's completions: the I/O thread queues results and
     writes a byte to a socket the loop watches (``mcp_db._wake``)."""

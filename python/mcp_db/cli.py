@@ -7,7 +7,6 @@
     sessions close SESSION                      close it as a DELETE would
     events tail SESSION [--stream S] [--follow] its stored events, then new ones
     doctor                                      check Redis and the nodes
-    demo                                        a self-contained two-node demo
 
 Exit codes: 0 ok, 1 doctor found a failing check (or Redis answered with an error), 2 bad
 usage, 3 not found, 4 Redis unreachable or refused, 130 interrupted. docs/cli.md has more.
@@ -122,10 +121,6 @@ def parser() -> argparse.ArgumentParser:
         "doctor", parents=[common], help="check Redis, the key space and the nodes"
     )
     doctor.set_defaults(run=_doctor)
-    demo = commands.add_parser(
-        "demo", parents=[common], help="run redis-server, two nodes and nginx, and a client"
-    )
-    demo.set_defaults(run=_demo)
     return top
 
 
@@ -333,7 +328,7 @@ def _print_event(event: dict[str, Any], as_json: bool) -> None:
     print(f"{event['id']}  {event['stream']}  {event['kind']}  {text}")
 
 
-# -- doctor and demo ------------------------------------------------------------------------
+# -- doctor ---------------------------------------------------------------------------------
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -358,12 +353,6 @@ def _doctor(args: argparse.Namespace) -> int:
         print(f"mcp-db doctor: {dep.where}")
         print("\n".join(_doctor.render(report)))
     return EXIT_OK if report["ok"] else EXIT_FAILED
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from mcp_db import _demo
-
-    return _demo.main(json_output=args.json)
 
 
 if __name__ == "__main__":

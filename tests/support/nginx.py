@@ -1,7 +1,7 @@
-"""A throwaway nginx round-robin load balancer, for the demo, tests and benchmarks.
+"""A throwaway nginx round-robin load balancer, for the tests, benchmarks and ``make demo``.
 
-Private, like ``_redis_server``: it starts a real nginx process with the SSE-safe settings
-of ``examples/nginx.conf`` in a temporary prefix; it is not a deployment tool.
+Like ``redis_server``, it starts a real nginx process, with the SSE-safe settings of
+``examples/nginx.conf`` in a temporary prefix; it is not a deployment tool.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from mcp_db._redis_server import free_port, wait_listening, wait_until
+from tests.support.redis_server import free_port, wait_listening, wait_until
 
 CONFIG = """\
 worker_processes 1;

@@ -1,7 +1,5 @@
-"""A throwaway ``redis-server`` on a free loopback port, for the demo, tests and benchmarks.
-
-Private: it starts a real server process, which is what ``make demo`` and the test suite
-need; it is not a way to run Redis in production."""
+"""A throwaway ``redis-server`` on a free loopback port, for the tests, benchmarks and
+``make demo``: a real server process, not a way to run Redis in production."""
 
 from __future__ import annotations
 
