@@ -14,8 +14,9 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from mcp_db._admin import Deployment, ago, plural
+from mcp_db._admin import Deployment
 from mcp_db._core import redact
+from mcp_db._report import ago, plural
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 #: Commands the nodes run: streams, scripts, pub/sub.

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from mcp_db import _core
-from mcp_db._admin import BATCH, Deployment, text
+from mcp_db._admin import BATCH, Deployment
+from mcp_db._report import text
 
 #: The message kind of an event, from its entry's field name.
 KINDS = {"q": "request", "n": "notification", "r": "response", "e": "error", "p": "priming"}

@@ -29,12 +29,10 @@ from mcp_db._admin import (
     AdminError,
     Deployment,
     NotFound,
-    Progress,
-    ago,
-    plural,
     unreachable,
 )
 from mcp_db._core import redact
+from mcp_db._report import Progress, ago, plural
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PREFIX = "mcp"
