@@ -54,10 +54,12 @@ $(VENVS)/mcp-%/.ok:
 	touch $@
 
 # The wheel's dependencies and its `test` extra first (pip leaves what is already there), then
-# the wheel itself, always, since a rebuild keeps the version number.
+# the wheel itself, always, since a rebuild keeps the version number. The wheel's name is
+# read when the recipe runs: make's $(wildcard) may have cached target/wheels before the build.
 $(VENVS)/mcp-%/.installed: $(VENVS)/mcp-%/.ok $(WHEELS)/.built
-	$(VENVS)/mcp-$*/bin/pip install -q "mcp==$*" $(PIN_$*) "$(wildcard $(WHEELS)/mcp_db-*.whl)[test]"
-	$(VENVS)/mcp-$*/bin/pip install -q --no-deps --force-reinstall $(WHEELS)/mcp_db-*.whl
+	wheel=$$(ls $(WHEELS)/mcp_db-*.whl) && \
+	$(VENVS)/mcp-$*/bin/pip install -q "mcp==$*" $(PIN_$*) "$$wheel[test]" && \
+	$(VENVS)/mcp-$*/bin/pip install -q --no-deps --force-reinstall "$$wheel"
 	touch $@
 
 ## cargo test, then pytest on every SDK line (PYTEST_ARGS="..." for pytest)
