@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,6 +26,21 @@ def demo(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def demo_counts_to_12(*args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Runs the demo with ``--json`` among ``args``, checks that its session counted to 12 with
+    every notification seen (and resumed, where the client resumes by itself), and returns
+    the run and its JSON summary."""
+    ran = demo(*args)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    summary: dict[str, Any] = json.loads(ran.stdout)
+    assert summary["ok"] is True and summary["failures"] == []
+    assert summary["report"]["result"] == "counted to 12"
+    assert summary["report"]["seen"] == list(range(1, 13))
+    if AUTO_RESUME:
+        assert sum(s["replayed"] for s in summary["stats"].values()) > 0
+    return ran, summary
+
+
 @pytest.mark.skipif(
     not AUTO_RESUME, reason="the demo relies on the client resuming by itself (mcp >= 1.23)"
 )
@@ -37,14 +53,7 @@ def test_demo_resumes_a_cut_stream() -> None:
 
 @pytest.mark.one_sdk_line
 def test_demo_runs_two_nodes_behind_nginx() -> None:
-    ran = demo("--json")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    summary = json.loads(ran.stdout)
-    assert summary["ok"] is True and summary["failures"] == []
-    assert summary["report"]["result"] == "counted to 12"
-    assert summary["report"]["seen"] == list(range(1, 13))
-    if AUTO_RESUME:
-        assert sum(s["replayed"] for s in summary["stats"].values()) > 0
+    ran, summary = demo_counts_to_12("--json")
     assert "session open" in ran.stderr  # the narration goes to stderr
     assert set(summary["load_balancer"]) == {"node-a", "node-b"}
 
@@ -52,14 +61,7 @@ def test_demo_runs_two_nodes_behind_nginx() -> None:
 @pytest.mark.one_sdk_line
 def test_demo_without_nginx_runs_two_workers_on_one_port() -> None:
     """A machine without nginx still sees one session served across processes."""
-    ran = demo("--json", "--without-nginx")
-    assert ran.returncode == 0, ran.stdout + ran.stderr
-    summary = json.loads(ran.stdout)
-    assert summary["ok"] is True and summary["failures"] == []
-    assert summary["report"]["result"] == "counted to 12"
-    assert summary["report"]["seen"] == list(range(1, 13))
-    if AUTO_RESUME:
-        assert sum(s["replayed"] for s in summary["stats"].values()) > 0
+    ran, summary = demo_counts_to_12("--json", "--without-nginx")
     assert "uvicorn --workers 2 with SessionMiddleware" in ran.stderr
     assert "load_balancer" not in summary
 
