@@ -19,7 +19,7 @@ PIN_2.3.0 := "uvicorn[standard]"
 
 # The test suite's dependencies are the `test` extra in pyproject.toml, the only list of them.
 
-RUST_SOURCES := $(wildcard src/*.rs) Cargo.toml Cargo.lock
+RUST_SOURCES := $(shell find src crates -name '*.rs') Cargo.toml Cargo.lock crates/core/Cargo.toml
 PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.typed')
 
 # Keep the virtualenv stamps: they are real, slow-to-make state, not intermediates.
@@ -65,9 +65,9 @@ $(VENVS)/mcp-%/.installed: $(VENVS)/mcp-%/.ok $(WHEELS)/.built
 ## cargo test, then pytest on every SDK line (PYTEST_ARGS="..." for pytest)
 test: test-rust test-python
 
-## cargo test of the Rust core
+## cargo test of the Rust workspace: the core (against throwaway redis-servers) and the binding
 test-rust:
-	cargo test --locked -q
+	cargo test --workspace --locked -q
 
 ## pytest in one virtualenv per SDK line of MCP_VERSIONS
 test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed)
@@ -80,11 +80,12 @@ test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed)
 bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/mcp-$(MCP_MAIN)/bin/python -m benches $(BENCH_ARGS)
 
-## ruff, ruff format --check, clippy -D warnings, mypy, stubtest of _core.pyi
+## ruff, ruff format --check, cargo fmt --check, clippy -D warnings, mypy, stubtest of _core.pyi
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed
 	$(VENVS)/build/bin/ruff check python tests benches examples
 	$(VENVS)/build/bin/ruff format --check python tests benches examples
-	cargo clippy --locked --all-targets -q -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets --locked -q -- -D warnings
 	$(VENVS)/build/bin/mypy --python-executable $(VENVS)/mcp-$(MCP_MAIN)/bin/python python/mcp_db
 	@# stubtest imports the built module, so it runs on the SDK virtualenv's packages.
 	PYTHONPATH=$$($(VENVS)/mcp-$(MCP_MAIN)/bin/python -c \

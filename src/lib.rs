@@ -1,38 +1,33 @@
-//! mcp-db's Rust core, exposed to Python as `mcp_db._core`. This file only registers the
-//! module; each concept lives in its own file.
+//! mcp-db's Python binding, `mcp_db._core`: adapters from `mcp_db_core` (which knows
+//! nothing of Python) to Python classes. This file registers the module and sets up the
+//! runtime; each class family lives in its own file.
 
+use mcp_db_core::events::id;
 use pyo3::prelude::*;
 
+pub mod bridge;
 pub mod bus;
-pub mod cluster;
-pub mod completion;
-pub mod connection;
 pub mod construct;
 pub mod error;
-pub mod event_id;
 pub mod events;
 pub mod keys;
 pub mod logging;
 pub mod memory;
 pub mod ownership;
-pub mod page;
 pub mod relay;
-pub mod seal;
 pub mod sessions;
-pub mod wakeup;
-pub mod writer;
 
 /// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.
 #[pyfunction]
 fn parse_event_id(event_id: &str) -> Option<(String, String)> {
-    event_id::EventId::decode(event_id).map(|id| (id.session, id.stream))
+    id::EventId::decode(event_id).map(|id| (id.session, id.stream))
 }
 
 /// The event ID (`Last-Event-ID`) of the entry at `position` (`<ms>-<seq>`) of a session's
 /// stream, or `None` if `position` is not an entry ID.
 #[pyfunction(name = "event_id")]
 fn encode_event_id(session: &str, stream: &str, position: &str) -> Option<String> {
-    event_id::Position::parse(position).map(|p| event_id::EventId::encode(session, stream, p))
+    id::Position::parse(position).map(|p| id::EventId::encode(session, stream, p))
 }
 
 /// The runtime all of the core's I/O runs on. Its work is small and bursty (a frame, a
@@ -48,6 +43,11 @@ fn init_runtime() {
 
 static IO_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
 
+/// The runtime the core's tasks run on (set up when the module is imported).
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
+    pyo3_async_runtimes::tokio::get_runtime()
+}
+
 /// Stops the I/O threads for good at interpreter exit (registered with `atexit`).
 ///
 /// Once the interpreter finalizes, a thread that attaches to it (to complete an asyncio
@@ -62,7 +62,7 @@ fn _quiesce(py: Python<'_>) {
     let (parked, all_parked) = std::sync::mpsc::channel();
     for _ in 0..threads {
         let (barrier, parked) = (barrier.clone(), parked.clone());
-        pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+        runtime().spawn(async move {
             // All workers must be held at once, or one would steal the others' tasks.
             if barrier.wait().is_leader() {
                 let _ = parked.send(());
@@ -81,10 +81,10 @@ fn _quiesce(py: Python<'_>) {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     init_runtime();
     // rediss:// needs a process-wide crypto provider; another extension may have set one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    mcp_db_core::install_crypto_provider();
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    m.add("MAX_EVENT_ID_LEN", event_id::MAX_EVENT_ID_LEN)?;
+    m.add("MAX_EVENT_ID_LEN", id::MAX_EVENT_ID_LEN)?;
     m.add_class::<events::RedisEvents>()?;
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
@@ -95,13 +95,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::key_layout, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_of, m)?)?;
     m.add_function(wrap_pyfunction!(keys::parse_key, m)?)?;
-    m.add_function(wrap_pyfunction!(connection::redact, m)?)?;
+    m.add_function(wrap_pyfunction!(keys::redact, m)?)?;
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
     m.add_class::<bus::Bus>()?;
     m.add_class::<ownership::Ownership>()?;
     m.add_class::<relay::Relay>()?;
     m.add_class::<relay::Forward>()?;
-    m.add_class::<wakeup::Wakeup>()?;
+    m.add_class::<bridge::Wakeup>()?;
     Ok(())
 }

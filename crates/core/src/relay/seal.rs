@@ -32,7 +32,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 pub const SEALED: u8 = b'#';
 /// Kind, request ID and sequence number: the plain frame's header, sent in clear and
 /// authenticated.
-const FRAME_HEADER: usize = crate::relay::HEADER;
+const FRAME_HEADER: usize = super::frame::HEADER;
 const SALT: usize = 16;
 const TAG: usize = 16;
 /// Bytes before the sender's name: marker, frame header, time, salt, counter, name length.

@@ -19,18 +19,27 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::completion::{resolve_all, Waiter};
+use super::id::{EventId, Position};
 use crate::connection::Connector;
 use crate::error::Error;
-use crate::event_id::{EventId, Position};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// At most one "Redis is out of memory" line per this long, however often it flips.
 const FULL_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// How the caller of an append learns its event ID.
+///
+/// The writer hands a whole batch's IDs over in one call, so an implementation can wake
+/// whoever waits once per batch rather than once per event.
+pub trait Completion: Send + 'static {
+    fn complete_all(done: Vec<(Self, String)>)
+    where
+        Self: Sized;
+}
+
 /// One event to store.
-pub struct Append {
+pub struct Append<W> {
     pub key: String,
     pub session: String,
     pub stream: String,
@@ -40,11 +49,11 @@ pub struct Append {
     /// The session record's key and the epoch this node owns it at, when the session has
     /// an owner: the append is refused once another node took the session over.
     pub fence: Option<(String, i64)>,
-    pub waiter: Waiter,
+    pub waiter: W,
 }
 
-pub enum Command {
-    Append(Append),
+pub enum Command<W> {
+    Append(Append<W>),
     /// Write the buffer now, whatever the backoff says, and answer whether it is empty:
     /// a replay must not read a stream while some of its events still wait here.
     Flush(oneshot::Sender<bool>),
@@ -59,7 +68,7 @@ pub struct Limits {
     pub batch_max: usize,
 }
 
-/// Counters shared with Python (`RedisEvents.stats()`).
+/// The store's counters (`RedisEvents.stats()`).
 #[derive(Default)]
 pub struct Stats {
     pub stored: AtomicU64,
@@ -75,6 +84,25 @@ pub struct Stats {
     /// mean write latency is one over the other.
     pub write_batches: AtomicU64,
     pub write_micros: AtomicU64,
+}
+
+impl Stats {
+    /// Every counter, by the name Python sees.
+    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
+        [
+            ("stored", &self.stored),
+            ("buffered", &self.buffered),
+            ("flushed", &self.flushed),
+            ("dropped", &self.dropped),
+            ("redis_errors", &self.redis_errors),
+            ("replayed", &self.replayed),
+            ("fenced", &self.fenced),
+            ("dropped_full", &self.dropped_full),
+            ("write_batches", &self.write_batches),
+            ("write_micros", &self.write_micros),
+        ]
+        .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))
+    }
 }
 
 /// An event that has its position but is not in Redis yet.
@@ -144,7 +172,7 @@ fn is_behind_top(err: &redis::Value) -> bool {
     matches!(err, redis::Value::ServerError(e) if e.details().is_some_and(|d| d.contains("equal or smaller")))
 }
 
-pub struct Writer {
+pub struct Writer<W> {
     connector: Arc<Connector>,
     /// SHA1 of `FENCED_XADD`, sent with EVALSHA (loaded again if Redis forgot it).
     fenced_sha: String,
@@ -164,10 +192,11 @@ pub struct Writer {
     /// (some events taken, some refused) is logged at most once a minute.
     full_logged: Option<Instant>,
     full_announced: bool,
+    waiters: std::marker::PhantomData<fn(W)>,
 }
 
-impl Writer {
-    pub fn new(connector: Arc<Connector>, stats: Arc<Stats>, limits: Limits) -> Writer {
+impl<W: Completion> Writer<W> {
+    pub fn new(connector: Arc<Connector>, stats: Arc<Stats>, limits: Limits) -> Self {
         Writer {
             connector,
             fenced_sha: redis::Script::new(FENCED_XADD).get_hash().to_owned(),
@@ -182,11 +211,12 @@ impl Writer {
             dropped_while_full: 0,
             full_logged: None,
             full_announced: false,
+            waiters: std::marker::PhantomData,
         }
     }
 
-    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
-        let mut batch: Vec<Append> = Vec::with_capacity(self.limits.batch_max);
+    pub async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command<W>>) {
+        let mut batch: Vec<Append<W>> = Vec::with_capacity(self.limits.batch_max);
         loop {
             let first = if self.buffer.is_empty() {
                 rx.recv().await
@@ -231,8 +261,8 @@ impl Writer {
 
     fn take(
         &mut self,
-        command: Command,
-        batch: &mut Vec<Append>,
+        command: Command<W>,
+        batch: &mut Vec<Append<W>>,
         flushes: &mut Vec<oneshot::Sender<bool>>,
         closing: &mut Option<oneshot::Sender<()>>,
     ) {
@@ -243,7 +273,7 @@ impl Writer {
         }
     }
 
-    async fn write(&mut self, batch: Vec<Append>) {
+    async fn write(&mut self, batch: Vec<Append<W>>) {
         let mut waiters = Vec::with_capacity(batch.len());
         let mut pending = Vec::with_capacity(batch.len());
         for append in batch {
@@ -284,7 +314,7 @@ impl Writer {
             }
             None => self.spill(pending),
         }
-        resolve_all(done);
+        W::complete_all(done);
     }
 
     /// Writes `pending` in one pipeline. `Err` only for a fault that may heal (nothing

@@ -281,7 +281,6 @@ impl Connector {
 /// `url` with its password hidden, in the user part (`user:***@`) and in any query parameter
 /// whose name contains `pass`, for every message that names a server (the core's errors and
 /// the `mcp-db` command's output alike).
-#[pyo3::pyfunction]
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
     let (authority, tail) = rest.split_at(rest.find(['/', '?', '#']).unwrap_or(rest.len()));

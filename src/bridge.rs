@@ -1,4 +1,5 @@
-//! Completes asyncio futures from the I/O thread without taking the GIL there.
+//! The bridge to asyncio: completes asyncio futures from the I/O thread without taking
+//! the GIL there.
 //!
 //! `future_into_py` completes a future by attaching to the interpreter on the I/O thread
 //! and calling `loop.call_soon_threadsafe`. The I/O thread waits for the GIL whenever the
@@ -6,7 +7,8 @@
 //! let the GIL go: two hand-offs per result. Here the I/O thread only queues the result and
 //! writes a byte to a socket the loop watches (`loop.add_reader`, one per loop, see
 //! `mcp_db._wake`); the loop turns the results into Python objects itself, on its own
-//! thread, already holding the GIL. Used by the relay and by the writer (`completion.rs`).
+//! thread, already holding the GIL. Used by the relay and by the writer ([`Waiter`]: the
+//! core's writer completes appends through [`Completion`], one wake-up per batch).
 
 use std::future::Future;
 use std::io::{Read, Write};
@@ -15,8 +17,10 @@ use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
+use mcp_db_core::events::Completion;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
+use pyo3::types::PyString;
 
 /// Builds a finished piece of work's result (or error) as a Python object, on the loop.
 pub type Finish = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
@@ -101,6 +105,30 @@ impl Wakeup {
     }
 }
 
+/// An asyncio future waiting for one event ID, with the wake-up of the loop that owns it.
+pub struct Waiter {
+    pub wakeup: Arc<Inner>,
+    pub future: Py<PyAny>,
+}
+
+impl Completion for Waiter {
+    /// Resolves every waiter with its event ID. Waiters are grouped by loop; normally
+    /// there is one loop, so this is one wake-up for the whole batch.
+    fn complete_all(done: Vec<(Waiter, String)>) {
+        let mut groups: Vec<(Arc<Inner>, Vec<Done>)> = Vec::new();
+        for (waiter, id) in done {
+            let finish: Finish = Box::new(move |py| Ok(PyString::new(py, &id).into_any().unbind()));
+            match groups.iter_mut().find(|(inner, _)| Arc::ptr_eq(inner, &waiter.wakeup)) {
+                Some((_, items)) => items.push((waiter.future, finish)),
+                None => groups.push((waiter.wakeup, vec![(waiter.future, finish)])),
+            }
+        }
+        for (inner, items) in groups {
+            inner.push_all(items);
+        }
+    }
+}
+
 static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Runs `work` on the I/O thread and returns an asyncio future of the running loop that
@@ -115,7 +143,7 @@ where
     let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
     let inner = wakeup.get().handle();
     let target = future.clone().unbind();
-    let task = pyo3_async_runtimes::tokio::get_runtime().spawn(async move {
+    let task = crate::runtime().spawn(async move {
         let result = work.await;
         inner.push(target, Box::new(move |py| finish(py, result?)));
     });

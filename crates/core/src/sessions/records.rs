@@ -1,0 +1,185 @@
+//! Session records: one Redis hash per MCP session, changed only by server-side scripts.
+//!
+//! ```text
+//! {prefix}:s:{<session>}   HASH  state version init principal node owner epoch created updated
+//! ```
+//!
+//! `node` is the node that created the session; `owner` and `epoch` say which node holds
+//! its live state now (see `ownership.rs`).
+//!
+//! A record walks INITIALIZING → INITIALIZED → ACTIVE → CLOSED. Every change runs as one
+//! Lua script that checks the current state (and, when asked, the version) before writing,
+//! so a transition that is not allowed, or that lost a race with another node, is refused
+//! atomically instead of overwriting a newer state. CLOSED records stay as tombstones for
+//! their TTL, so every node keeps answering 404 for a deleted session.
+
+use std::sync::Arc;
+
+use super::state::{lua_rules, State};
+use crate::connection::Connector;
+use crate::error::{Error, Result};
+use crate::keys::record_key;
+use crate::now_ms;
+
+/// KEYS[1] record; ARGV ttl_ms now_ms node principal init.
+///
+/// No `allow-oom`, on purpose: at `maxmemory` Redis refuses the HSET, so no new session is
+/// admitted while Redis is full. Each record is small, but new sessions have no bound, and
+/// letting them in would grow memory past `maxmemory` for good; the sessions that exist
+/// go on (their control writes below are allowed).
+const CREATE: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'state', 'INITIALIZING', 'version', 1, 'node', ARGV[3],
+  'owner', ARGV[3], 'epoch', 1, 'principal', ARGV[4], 'init', ARGV[5], 'created', ARGV[2], 'updated', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"#;
+
+/// KEYS[1] record; ARGV to ttl_ms now_ms expected_version ('' for any) epoch ('' for any:
+/// the fencing token of the owner writing), then field/value pairs to set. Returns
+/// {1, new_version} or {0, reason, version, state}.
+///
+/// `allow-oom`: a session that exists must still move (INITIALIZED, ACTIVE) and close
+/// while Redis is at `maxmemory`; each transition overwrites fields of a record that exists.
+const TRANSITION: &str = r#"#!lua flags=allow-oom
+local rules = RULES
+local state = redis.call('HGET', KEYS[1], 'state')
+if not state then return {0, 'missing', 0, ''} end
+local version = tonumber(redis.call('HGET', KEYS[1], 'version'))
+if ARGV[5] ~= '' and redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[5] then return {0, 'fenced', version, state} end
+if ARGV[4] ~= '' and tonumber(ARGV[4]) ~= version then return {0, 'conflict', version, state} end
+if not (rules[state] and rules[state][ARGV[1]]) then return {0, 'refused', version, state} end
+version = version + 1
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'version', version, 'updated', ARGV[3])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {1, version}
+"#;
+
+/// KEYS[1] record; ARGV ttl_ms. The record, its idle TTL slid forward unless it is CLOSED
+/// (a tombstone keeps the TTL it was closed with).
+/// Only PEXPIRE writes, which Redis allows at `maxmemory`: no flags needed (a `#!lua` line
+/// without `allow-oom` would make Redis refuse it at `maxmemory`).
+const LOOKUP: &str = r#"
+local record = redis.call('HGETALL', KEYS[1])
+if #record == 0 then return record end
+if redis.call('HGET', KEYS[1], 'state') ~= 'CLOSED' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return record
+"#;
+
+/// KEYS[1] record; ARGV node. Deletes a record whose creation this node gave up on (Redis
+/// did not answer in time, so the client got 503 and never learned the session ID), if it
+/// was written after all: only while it is still this node's first epoch and unused.
+/// 1 deleted, 0 absent, -1 left alone (used, or another node's).
+const FORGET_UNLEARNED: &str = r#"
+local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
+if not r[1] then return 0 end
+if r[2] ~= ARGV[1] or r[3] ~= '1' or (r[1] ~= 'INITIALIZING' and r[1] ~= 'INITIALIZED') then return -1 end
+redis.call('DEL', KEYS[1])
+return 1
+"#;
+
+/// A script reply's text field ("" if absent or not text).
+pub(crate) fn reply_text(v: Option<&redis::Value>) -> String {
+    match v {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    }
+}
+
+/// A script reply's integer field (0 if absent or not an integer).
+pub(crate) fn reply_int(v: Option<&redis::Value>) -> i64 {
+    match v {
+        Some(redis::Value::Int(i)) => *i,
+        _ => 0,
+    }
+}
+
+/// Outcome of a transition.
+pub enum Transition {
+    Done { version: i64 },
+    Missing,
+    Conflict { version: i64, state: String },
+    Refused { version: i64, state: String },
+    Fenced { version: i64, state: String },
+}
+
+pub struct Records {
+    prefix: String,
+    connector: Arc<Connector>,
+    create: redis::Script,
+    transition: redis::Script,
+    lookup: redis::Script,
+    forget_unlearned: redis::Script,
+}
+
+impl Records {
+    pub fn new(prefix: &str, connector: Arc<Connector>) -> Records {
+        Records {
+            prefix: prefix.to_owned(),
+            connector,
+            create: redis::Script::new(CREATE),
+            transition: redis::Script::new(&TRANSITION.replace("RULES", &lua_rules())),
+            lookup: redis::Script::new(LOOKUP),
+            forget_unlearned: redis::Script::new(FORGET_UNLEARNED),
+        }
+    }
+
+    pub async fn create(&self, session: &str, node: &str, principal: &str, init: &str, ttl_ms: u64) -> Result<bool> {
+        let key = record_key(&self.prefix, session);
+        let mut call = self.create.key(&key);
+        call.arg(ttl_ms).arg(now_ms()).arg(node).arg(principal).arg(init);
+        let created: i64 = self.connector.invoke(&call).await?;
+        Ok(created == 1)
+    }
+
+    pub async fn transition(
+        &self,
+        session: &str,
+        to: State,
+        ttl_ms: u64,
+        expected_version: Option<i64>,
+        epoch: Option<i64>,
+        fields: &[(String, String)],
+    ) -> Result<Transition> {
+        let key = record_key(&self.prefix, session);
+        let mut call = self.transition.key(&key);
+        call.arg(to.name()).arg(ttl_ms).arg(now_ms()).arg(expected_version.map(|v| v.to_string()).unwrap_or_default());
+        call.arg(epoch.map(|e| e.to_string()).unwrap_or_default());
+        for (name, value) in fields {
+            if matches!(name.as_str(), "state" | "version" | "updated" | "created" | "owner" | "epoch") {
+                return Err(Error::Config(format!("field {name:?} is managed by the state machine")));
+            }
+            call.arg(name).arg(value);
+        }
+        let reply: Vec<redis::Value> = self.connector.invoke(&call).await?;
+        let (text, int) = (reply_text, reply_int);
+        Ok(match (int(reply.first()), text(reply.get(1)).as_str()) {
+            (1, _) => Transition::Done { version: int(reply.get(1)) },
+            (_, "missing") => Transition::Missing,
+            (_, "conflict") => Transition::Conflict { version: int(reply.get(2)), state: text(reply.get(3)) },
+            (_, "refused") => Transition::Refused { version: int(reply.get(2)), state: text(reply.get(3)) },
+            (_, "fenced") => Transition::Fenced { version: int(reply.get(2)), state: text(reply.get(3)) },
+            _ => return Err(Error::Redis(format!("unexpected reply from the transition script: {reply:?}"))),
+        })
+    }
+
+    /// See [`FORGET_UNLEARNED`]: `true` if a record was deleted.
+    pub async fn forget_unlearned(&self, session: &str, node: &str) -> Result<bool> {
+        let key = record_key(&self.prefix, session);
+        let mut call = self.forget_unlearned.key(&key);
+        call.arg(node);
+        let deleted: i64 = self.connector.invoke(&call).await?;
+        Ok(deleted == 1)
+    }
+
+    /// The record's fields, or `None` if there is no record (unknown or expired).
+    pub async fn lookup(&self, session: &str, ttl_ms: u64) -> Result<Option<Vec<(String, String)>>> {
+        let key = record_key(&self.prefix, session);
+        let mut call = self.lookup.key(&key);
+        call.arg(ttl_ms);
+        let fields: Vec<(String, String)> = self.connector.invoke(&call).await?;
+        Ok(if fields.is_empty() { None } else { Some(fields) })
+    }
+}
