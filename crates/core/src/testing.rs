@@ -9,6 +9,11 @@ use std::time::{Duration, Instant};
 
 use crate::connection::Connector;
 
+/// A TCP port nothing listens on (as far as anyone can tell).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port()
+}
+
 /// A redis-server started for one test.
 pub struct RedisServer {
     child: Child,
@@ -20,8 +25,12 @@ impl RedisServer {
     /// Starts `redis-server` (`/usr/bin/redis-server`, or `$REDIS_SERVER`) and waits until
     /// it answers.
     pub fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    /// Starts one on `port` (say, where a client already tries to connect).
+    pub fn start_on(port: u16) -> RedisServer {
         let binary = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "/usr/bin/redis-server".to_owned());
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let dir = std::env::temp_dir().join(format!("mcp-db-core-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a temporary directory");
         let child = Command::new(&binary)

@@ -13,7 +13,7 @@ use std::fmt::Write;
 pub const MAX_EVENT_ID_LEN: usize = 1024;
 
 /// Position of an event inside one stream: a Redis stream entry ID (`ms-seq`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position {
     pub ms: u64,
     pub seq: u64,

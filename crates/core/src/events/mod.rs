@@ -7,10 +7,12 @@
 //! trying every union member; one field rather than two keeps replies small, and parsing
 //! them is most of the replay's cost on the Rust side.
 
+mod clock;
 pub mod id;
 pub mod memory;
 pub mod page;
 pub mod replay;
+mod stats;
 pub mod writer;
 
 use std::collections::HashMap;

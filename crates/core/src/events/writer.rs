@@ -12,14 +12,16 @@
 //! counted as dropped and logged.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::clock::Clock;
 use super::id::{EventId, Position};
+pub use super::stats::Stats;
 use crate::connection::Connector;
 use crate::error::Error;
 
@@ -68,43 +70,6 @@ pub struct Limits {
     pub batch_max: usize,
 }
 
-/// The store's counters (`RedisEvents.stats()`).
-#[derive(Default)]
-pub struct Stats {
-    pub stored: AtomicU64,
-    pub buffered: AtomicU64,
-    pub flushed: AtomicU64,
-    pub dropped: AtomicU64,
-    pub redis_errors: AtomicU64,
-    pub replayed: AtomicU64,
-    pub fenced: AtomicU64,
-    /// The part of `dropped` that Redis refused because it was at `maxmemory` (`OOM`).
-    pub dropped_full: AtomicU64,
-    /// Pipelines of appends Redis answered, and the time they took in total (µs): the
-    /// mean write latency is one over the other.
-    pub write_batches: AtomicU64,
-    pub write_micros: AtomicU64,
-}
-
-impl Stats {
-    /// Every counter, by the name Python sees.
-    pub fn snapshot(&self) -> [(&'static str, u64); 10] {
-        [
-            ("stored", &self.stored),
-            ("buffered", &self.buffered),
-            ("flushed", &self.flushed),
-            ("dropped", &self.dropped),
-            ("redis_errors", &self.redis_errors),
-            ("replayed", &self.replayed),
-            ("fenced", &self.fenced),
-            ("dropped_full", &self.dropped_full),
-            ("write_batches", &self.write_batches),
-            ("write_micros", &self.write_micros),
-        ]
-        .map(|(name, counter)| (name, counter.load(Ordering::Relaxed)))
-    }
-}
-
 /// An event that has its position but is not in Redis yet.
 struct Pending {
     key: String,
@@ -133,26 +98,6 @@ fn is_oom(err: &redis::Value) -> bool {
 
 fn is_fenced(err: &redis::Value) -> bool {
     matches!(err, redis::Value::ServerError(e) if e.code() == "FENCED")
-}
-
-/// Monotonic `ms-seq` positions: never behind the wall clock, never repeating.
-struct Clock {
-    last: Position,
-}
-
-impl Clock {
-    /// Never hand out a position at or below one Redis assigned.
-    fn observe(&mut self, position: Position) {
-        self.last = self.last.max(position);
-    }
-
-    fn next(&mut self) -> Position {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        // At `Position::MAX` (only an entry Redis placed at its largest ID leads there, see
-        // `observe`) stay there rather than overflow.
-        self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next().unwrap_or(Position::MAX) };
-        self.last
-    }
 }
 
 /// Whether an XRANGE reply holds exactly `event` (same kind, same message).
@@ -202,7 +147,7 @@ impl<W: Completion> Writer<W> {
             fenced_sha: redis::Script::new(FENCED_XADD).get_hash().to_owned(),
             stats,
             limits,
-            clock: Clock { last: Position::ZERO },
+            clock: Clock::default(),
             buffer: VecDeque::new(),
             backoff: MIN_BACKOFF,
             next_flush: Instant::now(),
@@ -539,3 +484,7 @@ impl<W: Completion> Writer<W> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "writer_tests.rs"]
+mod tests;
