@@ -160,6 +160,7 @@ pub(super) struct ForwardState {
 }
 
 /// A part of a forwarded request's response, as the caller sees it.
+#[derive(Debug)]
 pub enum Part {
     /// The whole response at once: the frame's payload holds the body at `body`.
     Whole { status: u16, headers: Headers, payload: Vec<u8>, body: std::ops::Range<usize> },

@@ -274,3 +274,6 @@ impl Relay {
         forward::forward(self.shared.clone(), owner, session, head, body, accept_timeout_ms)
     }
 }
+
+#[cfg(test)]
+mod tests;

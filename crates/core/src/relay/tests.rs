@@ -1,0 +1,149 @@
+//! The relay protocol between two nodes on a throwaway redis-server: a lost acceptance, a
+//! sequence gap, and credit.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::time::timeout;
+
+use super::*;
+use crate::keys::claim_key;
+use crate::testing::RedisServer;
+
+const PREFIX: &str = "t";
+const LONG: Duration = Duration::from_secs(5);
+
+fn options(window: u32, window_bytes: u64) -> RelayOptions {
+    RelayOptions { window, window_bytes, sweep_ms: 60_000, secret: None, max_age_ms: MAX_AGE_MS }
+}
+
+async fn node(redis: &RedisServer, name: &str, window: u32, window_bytes: u64) -> Relay {
+    let relay = Relay::spawn(redis.connector(), PREFIX, name, options(window, window_bytes), &Handle::current())
+        .expect("a relay");
+    assert!(relay.ready(5_000).await, "node {name} subscribed");
+    relay
+}
+
+/// Node `a` forwards a request to node `b`, which takes it on: `a`'s end of the response
+/// and the request's ID.
+async fn accepted(a: &Relay, b: &Relay) -> (Forward, ReqId) {
+    let forwarded = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"{}".to_vec(), 5_000));
+    let incoming = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    let won = match b.claimed(&incoming.id).expect("an ID") {
+        Claimed::Decided(won) => won,
+        Claimed::Pending(wait) => timeout(LONG, wait.wait()).await.expect("in time"),
+    };
+    assert!(won, "b claims the request");
+    match forwarded.await.expect("no panic").expect("no Redis error") {
+        Forwarded::Accepted(forward) => (forward, incoming.id),
+        _ => panic!("the owner took the request on"),
+    }
+}
+
+async fn next_part(forward: &Forward) -> Part {
+    let frame = timeout(LONG, forward.next_frame()).await.expect("in time").expect("a frame");
+    forward.reader().accept(frame)
+}
+
+/// A bare subscriber on node `b`'s inbox, standing in for an owner that misbehaves: `a`'s
+/// forwarded request, once it arrives there, and its ID.
+async fn forward_to_a_bare_inbox(
+    redis: &RedisServer,
+    a: &Relay,
+    accept_timeout_ms: u64,
+) -> (tokio::task::JoinHandle<Result<Forwarded>>, ReqId) {
+    let (mut inbox, _) = redis.connector().pubsub().await.expect("a pub/sub connection");
+    inbox.subscribe(inbox_channel(PREFIX, "b")).await.expect("subscribed");
+    let forwarded = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), Vec::new(), accept_timeout_ms));
+    let message = timeout(LONG, inbox.on_message().next()).await.expect("in time").expect("the request");
+    let request = Frame::decode(message.get_payload_bytes()).expect("a frame");
+    assert_eq!(request.kind, kind::REQUEST);
+    tokio::spawn(async move {
+        let _keep_listening = inbox;
+        tokio::time::sleep(LONG).await;
+    });
+    (forwarded, request.id)
+}
+
+#[tokio::test]
+async fn a_lost_acceptance_is_not_taken_for_a_timeout() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 64, WINDOW_BYTES).await;
+    let (forwarded, id) = forward_to_a_bare_inbox(&redis, &a, 300).await;
+    // The owner claims the request; its acceptance frame never reaches `a`.
+    let mut claim = redis::pipe();
+    claim.cmd("SET").arg(claim_key(PREFIX, "s", &id)).arg("b").arg("NX").arg("PX").arg(60_000);
+    redis.query(&claim).await;
+    match forwarded.await.expect("no panic").expect("no Redis error") {
+        Forwarded::Lost(why) => assert_eq!(why, "the owner took the request on, then fell silent"),
+        _ => panic!("the owner has the request and may run it: that is no timeout"),
+    }
+    assert_eq!(a.stats()["timeouts"], 0);
+    assert_eq!(a.stats()["lost"], 1);
+}
+
+#[tokio::test]
+async fn an_unclaimed_request_times_out_and_can_never_run() {
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 64, WINDOW_BYTES).await;
+    let (forwarded, id) = forward_to_a_bare_inbox(&redis, &a, 300).await;
+    assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Timeout));
+    // `a` holds the claim now, so the owner's own claim fails: the request never runs.
+    let mut get = redis::pipe();
+    get.cmd("GET").arg(claim_key(PREFIX, "s", &id));
+    assert_eq!(redis.query(&get).await, vec![redis::Value::BulkString(b"gave-up".to_vec())]);
+    assert_eq!(a.stats()["timeouts"], 1);
+}
+
+#[tokio::test]
+async fn a_sequence_gap_ends_the_response() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    let (forward, id) = accepted(&a, &b).await;
+    b.start(&id, 200, &[(b"content-type".to_vec(), b"text/event-stream".to_vec())]).unwrap();
+    // A frame sent while `a`'s subscriber was away (reconnecting): it never arrives.
+    b.shared.served.lock().unwrap()[&id].next_seq.fetch_add(1, Ordering::SeqCst);
+    assert!(b.send(&id, b"data: 1\n\n".to_vec()).unwrap().is_none());
+    assert!(matches!(next_part(&forward).await, Part::Start { status: 200, .. }));
+    match next_part(&forward).await {
+        Part::Lost(why) => assert_eq!(why, "relay frames missed (got 3, expected 2)"),
+        other => panic!("a gap must end the response, not yield {other:?}"),
+    }
+    assert!(a.shared.pending.lock().unwrap().is_empty(), "and forget the request");
+}
+
+#[tokio::test]
+async fn the_owner_waits_for_credit_once_the_window_is_full() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 4, WINDOW_BYTES).await, node(&redis, "b", 4, WINDOW_BYTES).await);
+    let (forward, id) = accepted(&a, &b).await;
+    b.start(&id, 200, &[]).unwrap();
+    for n in 1..=3 {
+        assert!(b.send(&id, b"data: x\n\n".to_vec()).unwrap().is_none(), "chunk {n} of 4 fits the window");
+    }
+    let room = b.send(&id, b"data: x\n\n".to_vec()).unwrap().expect("the fourth chunk fills the window");
+    let mut room = tokio::spawn(room.wait());
+    assert!(timeout(Duration::from_millis(300), &mut room).await.is_err(), "no credit before anything is read");
+    assert!(matches!(next_part(&forward).await, Part::Start { .. }));
+    assert!(matches!(next_part(&forward).await, Part::Data(_)));
+    assert!(timeout(Duration::from_millis(300), &mut room).await.is_err(), "credit comes every half window");
+    assert!(matches!(next_part(&forward).await, Part::Data(_)));
+    // Two of four read: the credit goes back and the owner may send again.
+    assert!(timeout(LONG, room).await.expect("credit in time").expect("no panic"), "the client still wants it");
+}
+
+#[tokio::test]
+async fn the_owner_waits_for_credit_once_the_byte_window_is_full() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 64, 100).await, node(&redis, "b", 64, 100).await);
+    let (forward, id) = accepted(&a, &b).await;
+    b.start(&id, 200, &[]).unwrap();
+    assert!(b.send(&id, vec![b'x'; 60]).unwrap().is_none(), "60 of 100 bytes fit");
+    let room = b.send(&id, vec![b'x'; 60]).unwrap().expect("120 bytes do not");
+    let mut room = tokio::spawn(room.wait());
+    assert!(timeout(Duration::from_millis(300), &mut room).await.is_err(), "no credit before anything is read");
+    assert!(matches!(next_part(&forward).await, Part::Start { .. }));
+    assert!(matches!(next_part(&forward).await, Part::Data(bytes) if bytes.len() == 60));
+    // 60 bytes read, over half the byte window: credit, and 60 unacknowledged is room.
+    assert!(timeout(LONG, room).await.expect("credit in time").expect("no panic"));
+}
