@@ -13,7 +13,11 @@ use pyo3::types::{PyDict, PyFrozenSet, PyList, PySet, PyString, PyType};
 fn set_slot(obj: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, value: &Bound<'_, PyAny>) -> PyResult<()> {
     // `object.__setattr__`: pydantic's own `__setattr__` would validate (or refuse) it.
     let rc = unsafe { pyo3::ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr()) };
-    if rc == 0 { Ok(()) } else { Err(PyErr::fetch(obj.py())) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(PyErr::fetch(obj.py()))
+    }
 }
 
 /// Instances of `cls` from parsed JSON objects. A missing `required` field raises

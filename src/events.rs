@@ -120,7 +120,12 @@ impl RedisEvents {
     /// is given) foreign ID; else `(stream, ids, runs, pages)`, where `pages` (or `None` if
     /// this page is all there is) yields the rest, fetched ahead in the background.
     #[pyo3(signature = (last_event_id, session))]
-    fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<String>) -> PyResult<Bound<'py, PyAny>> {
+    fn replay<'py>(
+        &self,
+        py: Python<'py>,
+        last_event_id: &str,
+        session: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let replay = self.store.replay(last_event_id, session.as_deref());
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let Some(replay) = replay.await.map_err(to_py)? else { return Ok(None) };

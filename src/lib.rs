@@ -34,7 +34,11 @@ fn encode_event_id(session: &str, stream: &str, position: &str) -> Option<String
 /// pipeline reply) and every result goes back to one Python thread, so one worker thread by
 /// default: a second one mostly adds cross-thread wake-ups. `MCP_DB_TOKIO_THREADS` sets it.
 fn init_runtime() {
-    let threads = std::env::var("MCP_DB_TOKIO_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(1);
+    let threads = std::env::var("MCP_DB_TOKIO_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(1);
     IO_THREADS.store(threads, std::sync::atomic::Ordering::SeqCst);
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(threads).enable_all().thread_name("mcp-db-io");

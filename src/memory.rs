@@ -31,7 +31,12 @@ impl MemoryEvents {
     /// `None` for an unknown, garbled, trimmed or foreign ID; else
     /// `(stream, ids, runs, None)`: all of it in one page, shaped like `RedisEvents.replay`.
     #[pyo3(signature = (last_event_id, session))]
-    fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<&str>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn replay<'py>(
+        &self,
+        py: Python<'py>,
+        last_event_id: &str,
+        session: Option<&str>,
+    ) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some((stream, page)) = self.events.replay(last_event_id, session) else { return Ok(None) };
         let (ids, runs) = page_to_py(py, &page)?;
         Ok(Some((stream, ids, runs, py.None()).into_pyobject(py)?.into_any()))

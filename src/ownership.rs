@@ -67,6 +67,9 @@ impl Ownership {
 
     fn touch<'py>(&self, py: Python<'py>, sessions: Vec<(String, i64)>, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { owner.touch(&sessions, ttl_ms).await.map_err(to_py) })
+        pyo3_async_runtimes::tokio::future_into_py(
+            py,
+            async move { owner.touch(&sessions, ttl_ms).await.map_err(to_py) },
+        )
     }
 }

@@ -69,7 +69,9 @@ impl Relay {
         let work = async move { forward.await.map_err(to_py) };
         bridge::spawn(py, work, |py, outcome| {
             Ok(match outcome {
-                Forwarded::Accepted(f) => ("accepted", Py::new(py, Forward { forward: f })?).into_pyobject(py)?.into_any().unbind(),
+                Forwarded::Accepted(f) => {
+                    ("accepted", Py::new(py, Forward { forward: f })?).into_pyobject(py)?.into_any().unbind()
+                }
                 Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
                 Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
                 Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),

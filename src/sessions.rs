@@ -76,8 +76,12 @@ impl SessionRecords {
                     Transition::Conflict { version, state } => {
                         (false, "conflict", version, state).into_pyobject(py)?.into_any()
                     }
-                    Transition::Refused { version, state } => (false, "refused", version, state).into_pyobject(py)?.into_any(),
-                    Transition::Fenced { version, state } => (false, "fenced", version, state).into_pyobject(py)?.into_any(),
+                    Transition::Refused { version, state } => {
+                        (false, "refused", version, state).into_pyobject(py)?.into_any()
+                    }
+                    Transition::Fenced { version, state } => {
+                        (false, "fenced", version, state).into_pyobject(py)?.into_any()
+                    }
                 };
                 Ok(tuple.unbind())
             })

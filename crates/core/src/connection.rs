@@ -81,7 +81,8 @@ fn tls_options(url: &str) -> Result<(String, Option<redis::TlsCertificates>)> {
         (None, None) => None,
         _ => return Err(Error::Config("ssl_certfile and ssl_keyfile go together".to_owned())),
     };
-    let tls = (root.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert: root });
+    let tls =
+        (root.is_some() || client_tls.is_some()).then_some(redis::TlsCertificates { client_tls, root_cert: root });
     Ok((out, tls))
 }
 
@@ -205,7 +206,12 @@ impl Connector {
         match &group.target {
             cluster::Target::Hub => {
                 let (host, port) = self.hub(&mut conn).await?;
-                let run = conn.route_pipeline(group.pipeline.clone(), 0, group.indices.len(), SingleNodeRoutingInfo::ByAddress { host, port });
+                let run = conn.route_pipeline(
+                    group.pipeline.clone(),
+                    0,
+                    group.indices.len(),
+                    SingleNodeRoutingInfo::ByAddress { host, port },
+                );
                 let result = self.timed(run).await;
                 if result.is_err() {
                     *self.hub.lock().unwrap() = None; // a failover may have moved it
@@ -226,8 +232,9 @@ impl Connector {
             return Ok(hub);
         }
         let slots: Value = self.timed(redis::cmd("CLUSTER").arg("SLOTS").query_async(conn)).await?;
-        let hub = cluster::hub_of(&slots)
-            .ok_or_else(|| Error::Unavailable(format!("Redis Cluster at {} serves no slot 0; is the cluster up?", self.server)))?;
+        let hub = cluster::hub_of(&slots).ok_or_else(|| {
+            Error::Unavailable(format!("Redis Cluster at {} serves no slot 0; is the cluster up?", self.server))
+        })?;
         *self.hub.lock().unwrap() = Some(hub.clone());
         Ok(hub)
     }
@@ -255,10 +262,13 @@ impl Connector {
             Some((host, port)) => {
                 let info = self.client.get_connection_info().clone();
                 let addr = match info.addr().clone() {
-                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host, port, insecure, tls_params },
+                    ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
+                        ConnectionAddr::TcpTls { host, port, insecure, tls_params }
+                    }
                     _ => ConnectionAddr::Tcp(host, port),
                 };
-                let info = info.set_addr(addr).into_connection_info().map_err(|e| Error::from_redis(&e, &self.server))?;
+                let info =
+                    info.set_addr(addr).into_connection_info().map_err(|e| Error::from_redis(&e, &self.server))?;
                 match &self.tls {
                     Some(certs) => redis::Client::build_with_tls(info, certs.clone()),
                     None => redis::Client::open(info),

@@ -84,7 +84,10 @@ mod tests {
 
     #[test]
     fn oom_is_its_own_error_naming_the_server() {
-        let err = Error::from_redis(&server_error(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"), "redis://r:6379/0");
+        let err = Error::from_redis(
+            &server_error(b"-OOM command not allowed when used memory > 'maxmemory'.\r\n"),
+            "redis://r:6379/0",
+        );
         let Error::OutOfMemory(message) = &err else { panic!("not OutOfMemory: {err:?}") };
         assert!(message.contains("Redis at redis://r:6379/0 is out of memory"), "{message}");
         assert!(!matches!(err, Error::Unavailable(_) | Error::Timeout(_)), "not transient");

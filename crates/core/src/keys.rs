@@ -199,7 +199,9 @@ mod tests {
 
     #[test]
     fn foreign_keys_do_not_parse() {
-        for key in ["q:s:{a}", "p:s:{a}x", "p:s:a", "p:x:{a}", "p:e:{a}", "p:e:{a%zz}:s", "p:c:{a}:xyz", "p", "p:", "pp:s:{a}"] {
+        for key in
+            ["q:s:{a}", "p:s:{a}x", "p:s:a", "p:x:{a}", "p:e:{a}", "p:e:{a%zz}:s", "p:c:{a}:xyz", "p", "p:", "pp:s:{a}"]
+        {
             assert_eq!(parse("p", key), None, "{key}");
         }
     }

@@ -21,7 +21,8 @@ impl Clock {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         // At `Position::MAX` (only an entry Redis placed at its largest ID leads there, see
         // `observe`) stay there rather than overflow.
-        self.last = if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next().unwrap_or(Position::MAX) };
+        self.last =
+            if now > self.last.ms { Position { ms: now, seq: 0 } } else { self.last.next().unwrap_or(Position::MAX) };
         self.last
     }
 }

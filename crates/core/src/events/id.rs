@@ -178,9 +178,9 @@ mod tests {
             "a::1-0",
             "a b:c:1-0",
             "a:%zz:1-0",
-            "a:%41:1-0",  // 'A' must not be escaped: two spellings of one ID
-            "a:%2f:1-0",  // lower-case hex likewise
-            "a:%FF:1-0",  // not UTF-8
+            "a:%41:1-0", // 'A' must not be escaped: two spellings of one ID
+            "a:%2f:1-0", // lower-case hex likewise
+            "a:%FF:1-0", // not UTF-8
             "a:b:99999999999999999999999-0",
         ] {
             assert_eq!(EventId::decode(bad), None, "accepted {bad:?}");

@@ -34,8 +34,8 @@ use crate::sessions::records::Records;
 use id::EventId;
 use page::Page;
 use replay::{Reader, ReplayPages};
-pub use writer::{Completion, Stats};
 use writer::{Append, Command, Limits, Writer};
+pub use writer::{Completion, Stats};
 
 /// Checks a one-byte message tag coming from Python.
 pub fn parse_tag(tag: &str) -> Result<u8> {
@@ -118,7 +118,8 @@ impl<W: Completion> Store<W> {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(connector.clone(), stats.clone(), limits);
         runtime.spawn(writer.run(rx));
-        let reader = Arc::new(Reader { prefix: options.prefix.to_owned(), page_size: options.page_size, connector, stats });
+        let reader =
+            Arc::new(Reader { prefix: options.prefix.to_owned(), page_size: options.page_size, connector, stats });
         let inner = Inner { fences: Mutex::default(), reader, tx };
         Ok(Store { inner: Arc::new(inner), runtime: runtime.clone() })
     }

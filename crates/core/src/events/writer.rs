@@ -224,7 +224,13 @@ impl<W: Completion> Writer<W> {
         for append in batch {
             let position = self.clock.next();
             waiters.push((append.waiter, append.session, append.stream));
-            pending.push(Pending { key: append.key, tag: append.tag, data: append.data, fence: append.fence, position });
+            pending.push(Pending {
+                key: append.key,
+                tag: append.tag,
+                data: append.data,
+                fence: append.fence,
+                position,
+            });
         }
         let sent = if self.buffer.is_empty() {
             let began = Instant::now();
@@ -392,11 +398,7 @@ impl<W: Completion> Writer<W> {
                 .arg(event.data.as_deref().unwrap_or_default());
             return;
         }
-        pipe.cmd("XADD")
-            .arg(&event.key)
-            .arg("MAXLEN")
-            .arg("~")
-            .arg(self.limits.max_events_per_stream);
+        pipe.cmd("XADD").arg(&event.key).arg("MAXLEN").arg("~").arg(self.limits.max_events_per_stream);
         match position {
             Some(p) => pipe.arg(p.to_string()),
             None => pipe.arg("*"),

@@ -66,7 +66,8 @@ pub(super) async fn forward(
     let forget = |shared: &Shared| {
         shared.pending.lock().unwrap().remove(&id);
     };
-    let request = Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
+    let request =
+        Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
     let inbox = inbox_channel(&shared.prefix, &owner);
     let mut pipe = redis::pipe();
     pipe.cmd("PUBLISH").arg(&inbox).arg(shared.encode(&inbox, &request));
@@ -131,11 +132,13 @@ pub(super) async fn forward(
         }
         // The sweep found the owner gone before it answered. It heard the request, though:
         // unless this node takes the claim, the owner may yet run it.
-        Some(Frame { kind: kind::LOST, payload, .. }) => Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
-            Forwarded::Unreachable
-        } else {
-            Forwarded::Lost(String::from_utf8_lossy(&payload).into_owned())
-        }),
+        Some(Frame { kind: kind::LOST, payload, .. }) => {
+            Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
+                Forwarded::Unreachable
+            } else {
+                Forwarded::Lost(String::from_utf8_lossy(&payload).into_owned())
+            })
+        }
         // The relay closed, or a response began without its acceptance: the owner may have
         // run it.
         _ => {
@@ -163,10 +166,20 @@ pub(super) struct ForwardState {
 #[derive(Debug)]
 pub enum Part {
     /// The whole response at once: the frame's payload holds the body at `body`.
-    Whole { status: u16, headers: Headers, payload: Vec<u8>, body: std::ops::Range<usize> },
-    Start { status: u16, headers: Headers },
+    Whole {
+        status: u16,
+        headers: Headers,
+        payload: Vec<u8>,
+        body: std::ops::Range<usize>,
+    },
+    Start {
+        status: u16,
+        headers: Headers,
+    },
     Data(Vec<u8>),
-    End { ok: bool },
+    End {
+        ok: bool,
+    },
     /// The response broke off: frames were missed, or the owner went away.
     Lost(String),
 }

@@ -171,7 +171,10 @@ mod tests {
         let id = new_id();
         let bytes = encode_request("node-1", "sess", "{\"method\":\"POST\"}", b"{}");
         let r = decode_request(id, &bytes).unwrap();
-        assert_eq!((r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice()), ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..]));
+        assert_eq!(
+            (r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice()),
+            ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..])
+        );
         assert!(decode_request(id, &bytes[..bytes.len() - 1]).is_none(), "a truncated request is refused");
         let headers = vec![(b"content-type".to_vec(), b"text/event-stream".to_vec())];
         assert_eq!(decode_start(&encode_start(200, &headers)), Some((200, headers.clone())));

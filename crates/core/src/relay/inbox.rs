@@ -129,7 +129,6 @@ impl Shared {
             }
         }
     }
-
 }
 
 pub(super) async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
@@ -185,7 +184,9 @@ pub(super) async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
                         shared.subscribed.store(false, Ordering::SeqCst);
                         tracing::warn!("relay subscription to {} ended; resubscribing", shared.connector.server());
                     }
-                    Err(e) => tracing::warn!("relay: cannot subscribe: {}", Error::from_redis(&e, shared.connector.server())),
+                    Err(e) => {
+                        tracing::warn!("relay: cannot subscribe: {}", Error::from_redis(&e, shared.connector.server()))
+                    }
                 }
             }
             Err(e) => tracing::debug!("relay: {e}"),

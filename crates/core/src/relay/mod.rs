@@ -50,10 +50,10 @@ use tokio::sync::{mpsc, Notify};
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::keys::{inbox_channel, reply_channel};
-pub use forward::{Forward, Forwarded, Part, Reader};
 use forward::Pending;
-pub use frame::{Frame, Headers, Incoming, ReqId};
+pub use forward::{Forward, Forwarded, Part, Reader};
 use frame::kind;
+pub use frame::{Frame, Headers, Incoming, ReqId};
 use inbox::Rejections;
 use outbox::Unheard;
 use seal::{Rejected, Seal};
@@ -249,15 +249,18 @@ impl Relay {
             .collect();
         out.insert("rejected".into(), rejected.iter().map(|n| n.load(Ordering::Relaxed)).sum());
         out.insert("buffered_bytes".into(), buffered);
-        out.extend([
-            ("forwarded", s.forwarded.load(Ordering::Relaxed)),
-            ("served", s.served.load(Ordering::Relaxed)),
-            ("timeouts", s.timeouts.load(Ordering::Relaxed)),
-            ("lost", s.lost.load(Ordering::Relaxed)),
-            ("dropped_requests", s.dropped_requests.load(Ordering::Relaxed)),
-            ("in_flight_forwarded", self.shared.pending.lock().unwrap().len() as u64),
-            ("in_flight_served", self.shared.served.lock().unwrap().len() as u64),
-        ].map(|(k, v)| (k.to_owned(), v)));
+        out.extend(
+            [
+                ("forwarded", s.forwarded.load(Ordering::Relaxed)),
+                ("served", s.served.load(Ordering::Relaxed)),
+                ("timeouts", s.timeouts.load(Ordering::Relaxed)),
+                ("lost", s.lost.load(Ordering::Relaxed)),
+                ("dropped_requests", s.dropped_requests.load(Ordering::Relaxed)),
+                ("in_flight_forwarded", self.shared.pending.lock().unwrap().len() as u64),
+                ("in_flight_served", self.shared.served.lock().unwrap().len() as u64),
+            ]
+            .map(|(k, v)| (k.to_owned(), v)),
+        );
         out
     }
 

@@ -20,7 +20,6 @@ pub(super) enum Unheard {
 }
 
 impl Shared {
-
     /// Encodes a frame for `channel`, sealed when the nodes share a secret.
     pub(super) fn encode(&self, channel: &str, frame: &Frame) -> Vec<u8> {
         match &self.seal {

@@ -90,7 +90,9 @@ impl Rejected {
                  MCP_DB_RELAY_SECRET) on every node; else someone with write access to Redis forges \
                  or alters frames"
             }
-            Rejected::Stale => "the clocks of the nodes disagree by more than the allowed age, or a captured frame was re-published",
+            Rejected::Stale => {
+                "the clocks of the nodes disagree by more than the allowed age, or a captured frame was re-published"
+            }
             Rejected::Replayed => "a captured frame was re-published on Redis",
         }
     }
@@ -378,12 +380,8 @@ mod tests {
 
     #[test]
     fn the_replay_window_slides() {
-        let mut p = Peer {
-            key: Arc::new(derive(b"k", &[0; SALT])),
-            top: 0,
-            seen: [0; (WINDOW / 64) as usize],
-            last_ms: 0,
-        };
+        let mut p =
+            Peer { key: Arc::new(derive(b"k", &[0; SALT])), top: 0, seen: [0; (WINDOW / 64) as usize], last_ms: 0 };
         assert!(p.accept(5));
         assert!(!p.accept(5));
         assert!(p.accept(5 + WINDOW - 1));

@@ -50,8 +50,14 @@ pub(super) async fn sweep(shared: Arc<Shared>, every: Duration) {
         if gone.is_empty() {
             continue;
         }
-        let lost: Vec<ReqId> =
-            shared.pending.lock().unwrap().iter().filter(|(_, p)| gone.contains(p.owner.as_str())).map(|(id, _)| *id).collect();
+        let lost: Vec<ReqId> = shared
+            .pending
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(_, p)| gone.contains(p.owner.as_str()))
+            .map(|(id, _)| *id)
+            .collect();
         for id in lost {
             shared.lost(&id, "the owner is gone");
         }

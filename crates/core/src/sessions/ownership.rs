@@ -25,7 +25,6 @@ use crate::keys::record_key;
 use crate::now_ms;
 use crate::sessions::records::{reply_int as int, reply_text as text};
 
-
 /// KEYS[1] record; ARGV node expected_owner expected_epoch ttl_ms now_ms.
 /// Returns {claimed (0/1), owner, epoch, why}.
 ///
@@ -155,12 +154,7 @@ impl Owner {
         // EVAL, not EVALSHA: a pipeline cannot reload a script Redis forgot in a restart.
         let mut pipe = redis::pipe();
         for (session, epoch) in sessions {
-            pipe.cmd("EVAL")
-                .arg(TOUCH)
-                .arg(1)
-                .arg(record_key(&self.prefix, session))
-                .arg(epoch)
-                .arg(ttl_ms);
+            pipe.cmd("EVAL").arg(TOUCH).arg(1).arg(record_key(&self.prefix, session)).arg(epoch).arg(ttl_ms);
         }
         let reply = self.connector.query(&pipe).await?;
         Ok(reply.iter().map(|v| int(Some(v))).collect())

@@ -39,7 +39,6 @@ impl State {
     }
 }
 
-
 /// `allowed[from]` as a Lua table literal, generated from [`State::may_become`] so the
 /// scripts and the Rust rules cannot drift apart.
 pub(crate) fn lua_rules() -> String {
