@@ -21,7 +21,8 @@ pub fn to_py(err: Error) -> PyErr {
             Error::OutOfMemory(_) => "RedisOutOfMemoryError",
             Error::Redis(_) | Error::Closed => "McpDbError",
         };
-        let module = ERRORS_MODULE.get_or_try_init(py, || PyModule::import(py, "mcp_db.errors").map(|m| m.unbind()));
+        let module =
+            ERRORS_MODULE.get_or_try_init(py, || PyModule::import(py, "mcp_db.errors").map(pyo3::Bound::unbind));
         match module.and_then(|m| m.bind(py).getattr(class)) {
             Ok(cls) => match cls.call1((err.message(),)) {
                 Ok(instance) => PyErr::from_value(instance),

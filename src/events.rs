@@ -187,7 +187,7 @@ impl ReplayPages {
     }
 
     /// Waits for the next page `(ids, runs)`; `None` at the end.
-    fn next<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    fn next(slf: Py<Self>, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let page = slf.get().rest.next().await;
             Python::attach(|py| page_or_end(py, page))

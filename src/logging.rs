@@ -36,8 +36,8 @@ impl Visit for Message {
 
 struct PythonLogging;
 
-fn python_level(level: &Level) -> u8 {
-    match *level {
+fn python_level(level: Level) -> u8 {
+    match level {
         Level::ERROR => 40,
         Level::WARN => 30,
         Level::INFO => 20,
@@ -48,7 +48,7 @@ fn python_level(level: &Level) -> u8 {
 
 impl<S: Subscriber> Layer<S> for PythonLogging {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let level = python_level(event.metadata().level());
+        let level = python_level(*event.metadata().level());
         let mut message = Message(String::new());
         event.record(&mut message);
         let _ = Python::try_attach(|py| -> PyResult<()> {

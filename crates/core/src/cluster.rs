@@ -58,7 +58,7 @@ pub fn hash_tag(key: &[u8]) -> &[u8] {
 
 /// Where `cmd` has to run.
 pub fn target(cmd: &Cmd) -> Target {
-    let name = arg(cmd, 0).map(|n| n.to_ascii_uppercase()).unwrap_or_default();
+    let name = arg(cmd, 0).map(<[u8]>::to_ascii_uppercase).unwrap_or_default();
     let key = match name.as_slice() {
         b"PUBLISH" | b"PUBSUB" => return Target::Hub,
         // EVAL/EVALSHA script numkeys key…: keyless scripts may run anywhere.
@@ -183,7 +183,8 @@ mod tests {
                 (Target::Anywhere, vec![5]),
             ]
         );
-        let replies = groups.iter().map(|g| g.indices.iter().map(|i| Value::Int(*i as i64)).collect()).collect();
+        let replies =
+            groups.iter().map(|g| g.indices.iter().map(|i| Value::Int(i64::try_from(*i).unwrap())).collect()).collect();
         assert_eq!(merge(7, &groups, replies), (0..7).map(Value::Int).collect::<Vec<_>>());
     }
 

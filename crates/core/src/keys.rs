@@ -12,7 +12,7 @@
 //!
 //! Every key of a session carries the session in one hash tag, so a Redis Cluster keeps all
 //! of a session's keys on one slot and the session scripts, which touch several of them,
-//! work there. Session, stream and node are escaped with [`crate::events::id::escape`], so none
+//! work there. Session, stream and node are escaped with [`crate::events::id::escape_into`], so none
 //! can end the hash tag early or forge a separator, and each key parses back to one owner.
 
 use crate::events::id::{escape_into, unescape};

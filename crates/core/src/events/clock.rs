@@ -18,7 +18,9 @@ impl Clock {
     }
 
     pub(crate) fn next(&mut self) -> Position {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         // At `Position::MAX` (only an entry Redis placed at its largest ID leads there, see
         // `observe`) stay there rather than overflow.
         self.last =

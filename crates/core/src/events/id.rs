@@ -102,13 +102,7 @@ pub fn escape_into(out: &mut String, text: &str) {
     }
 }
 
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    escape_into(&mut out, text);
-    out
-}
-
-/// Inverse of [`escape`]; refuses anything `escape` would not have produced, so every
+/// Inverse of [`escape_into`]; refuses anything it would not have produced, so every
 /// (session, stream) pair has exactly one spelling.
 pub fn unescape(text: &str) -> Option<String> {
     let bytes = text.as_bytes();

@@ -67,7 +67,7 @@ impl State {
         if id.position.ms != 0 || id.position.seq < first || id.position.seq >= log.next_seq {
             return None;
         }
-        let start = (id.position.seq - first + 1) as usize;
+        let start = usize::try_from(id.position.seq - first + 1).ok()?;
         let mut builder = PageBuilder::new(&id.session, &id.stream);
         for e in log.entries.range(start..) {
             builder.push(Position { ms: 0, seq: e.seq }, e.tag, e.data.as_deref());
@@ -97,7 +97,7 @@ impl MemoryEvents {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the store, so keep serving.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Stores one event and returns its ID.

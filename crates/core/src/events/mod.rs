@@ -226,5 +226,8 @@ pub fn positive_ms(name: &str, seconds: f64) -> Result<u64> {
     if !(seconds.is_finite() && seconds > 0.0 && seconds < 1e9) {
         return Err(Error::Config(format!("{name} must be a positive number of seconds, got {seconds}")));
     }
-    Ok(((seconds * 1000.0).ceil() as u64).max(1))
+    // Checked above: a positive whole number of milliseconds below 10^12 fits a u64.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let ms = (seconds * 1000.0).ceil() as u64;
+    Ok(ms.max(1))
 }

@@ -57,22 +57,25 @@ impl PageBuilder {
         if data.is_empty() {
             return; // not one of ours: an empty message is not JSON
         }
-        self.page.ids.push(self.event_id(position));
-        match self.page.runs.last_mut() {
-            Some(run) if run.tag == tag => {
+        // `ends` are u32 offsets, as Python reads them: a run that would pass 4 GiB stops,
+        // and a new run of the same kind goes on (a message that long alone is skipped).
+        let id = self.event_id(position);
+        if let Some(run) = self.page.runs.last_mut().filter(|run| run.tag == tag) {
+            if let Ok(end) = u32::try_from(run.json.len() + 1 + data.len()) {
+                self.page.ids.push(id);
                 run.count += 1;
                 run.json.push(b',');
                 run.json.extend_from_slice(data);
-                run.ends.push(run.json.len() as u32);
-            }
-            _ => {
-                let mut json = Vec::with_capacity(data.len() * 16 + 2);
-                json.push(b'[');
-                json.extend_from_slice(data);
-                let ends = vec![json.len() as u32];
-                self.page.runs.push(Run { tag, count: 1, json, ends });
+                run.ends.push(end);
+                return;
             }
         }
+        let Ok(end) = u32::try_from(1 + data.len()) else { return };
+        self.page.ids.push(id);
+        let mut json = Vec::with_capacity(data.len() * 16 + 2);
+        json.push(b'[');
+        json.extend_from_slice(data);
+        self.page.runs.push(Run { tag, count: 1, json, ends: vec![end] });
     }
 
     /// Finishes the page; `full` says whether more rows may follow the last one read.

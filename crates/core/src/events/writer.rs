@@ -81,12 +81,12 @@ struct Pending {
 
 /// KEYS[1] session record, KEYS[2] stream; ARGV epoch maxlen position tag data. An XADD
 /// that only happens while the record names the writer's epoch.
-const FENCED_XADD: &str = r#"
+const FENCED_XADD: &str = r"
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
   return redis.error_reply('FENCED another node owns this session now')
 end
 return redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], ARGV[3], ARGV[4], ARGV[5])
-"#;
+";
 
 fn is_noscript(err: &redis::Value) -> bool {
     matches!(err, redis::Value::ServerError(e) if e.code() == "NOSCRIPT")
@@ -168,7 +168,7 @@ impl<W: Completion> Writer<W> {
             } else {
                 tokio::select! {
                     cmd = rx.recv() => cmd,
-                    _ = tokio::time::sleep_until(self.next_flush) => {
+                    () = tokio::time::sleep_until(self.next_flush) => {
                         self.flush().await;
                         continue;
                     }
@@ -177,12 +177,12 @@ impl<W: Completion> Writer<W> {
             let mut closing = None;
             let mut flushes = Vec::new();
             match first {
-                Some(command) => self.take(command, &mut batch, &mut flushes, &mut closing),
+                Some(command) => Self::take(command, &mut batch, &mut flushes, &mut closing),
                 None => break,
             }
             while closing.is_none() && flushes.is_empty() && batch.len() < self.limits.batch_max {
                 match rx.try_recv() {
-                    Ok(command) => self.take(command, &mut batch, &mut flushes, &mut closing),
+                    Ok(command) => Self::take(command, &mut batch, &mut flushes, &mut closing),
                     Err(_) => break,
                 }
             }
@@ -205,7 +205,6 @@ impl<W: Completion> Writer<W> {
     }
 
     fn take(
-        &mut self,
         command: Command<W>,
         batch: &mut Vec<Append<W>>,
         flushes: &mut Vec<oneshot::Sender<bool>>,
@@ -237,7 +236,9 @@ impl<W: Completion> Writer<W> {
             let sent = self.send(&mut pending).await;
             if sent.is_ok() {
                 self.stats.write_batches.fetch_add(1, Ordering::Relaxed);
-                self.stats.write_micros.fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
+                self.stats
+                    .write_micros
+                    .fetch_add(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
             }
             Some(sent)
         } else {

@@ -78,7 +78,10 @@ struct Writer(Vec<u8>);
 
 impl Writer {
     fn put(&mut self, bytes: &[u8]) -> &mut Self {
-        self.0.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        // No field reaches 4 GiB (Redis caps a message at 512 MB); if one did, the length
+        // would not match and the receiver would refuse the frame as malformed.
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
         self.0.extend_from_slice(bytes);
         self
     }

@@ -171,7 +171,7 @@ pub(super) async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
                                         }
                                     }
                                 }
-                                _ = shared.unsubscribe.notified() => {
+                                () = shared.unsubscribe.notified() => {
                                     if shared.closed.load(Ordering::SeqCst) {
                                         return;
                                     }
@@ -185,7 +185,7 @@ pub(super) async fn listen(shared: Arc<Shared>, inbox: mpsc::Sender<Incoming>) {
                         tracing::warn!("relay subscription to {} ended; resubscribing", shared.connector.server());
                     }
                     Err(e) => {
-                        tracing::warn!("relay: cannot subscribe: {}", Error::from_redis(&e, shared.connector.server()))
+                        tracing::warn!("relay: cannot subscribe: {}", Error::from_redis(&e, shared.connector.server()));
                     }
                 }
             }

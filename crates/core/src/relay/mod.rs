@@ -167,6 +167,13 @@ impl Relay {
                     secret.len()
                 )));
             }
+            // A sealed frame carries its sender's name after a 16-bit length.
+            if u16::try_from(node.len()).is_err() {
+                return Err(Error::Config(format!(
+                    "the node name has {} bytes; sealed frames allow 65535",
+                    node.len()
+                )));
+            }
         }
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_BACKLOG);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
@@ -236,7 +243,6 @@ impl Relay {
     }
 
     /// The relay's counters, by name.
-
     pub fn stats(&self) -> HashMap<String, u64> {
         let s = &self.shared.stats;
         let rejected = &self.shared.rejections.counts;

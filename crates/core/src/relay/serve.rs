@@ -19,13 +19,13 @@ use crate::keys::{claim_key, reply_channel};
 /// published on the hub directly, could overtake it; there the owner sends ACCEPTED itself,
 /// ahead of the response on its one ordered publisher. `allow-oom`: relaying must go on
 /// while Redis is at `maxmemory` (a claim is a small key that lives 60 s).
-pub(super) const CLAIM_AND_ACCEPT: &str = r#"#!lua flags=allow-oom
+pub(super) const CLAIM_AND_ACCEPT: &str = r"#!lua flags=allow-oom
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
   if ARGV[3] ~= '' then redis.call('PUBLISH', ARGV[3], ARGV[4]) end
   return 1
 end
 return 0
-"#;
+";
 
 /// What an owner keeps for one request it serves for another node.
 pub(super) struct Served {

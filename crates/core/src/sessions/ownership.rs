@@ -31,7 +31,7 @@ use crate::sessions::records::{reply_int as int, reply_text as text};
 /// `allow-oom`: a takeover must work while Redis is at `maxmemory` with `noeviction` (it
 /// overwrites three fields of a record that exists; it never makes a record). The control
 /// keys stay writable; events are what Redis refuses first (see docs/redis.md).
-const CLAIM: &str = r#"#!lua flags=allow-oom
+const CLAIM: &str = r"#!lua flags=allow-oom
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
 if not r[1] then return {0, '', 0, 'missing'} end
 local owner, epoch = r[2] or '', tonumber(r[3]) or 0
@@ -42,28 +42,28 @@ epoch = epoch + 1
 redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'epoch', epoch, 'updated', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {1, ARGV[1], epoch, 'claimed'}
-"#;
+";
 
 /// KEYS[1] node heartbeat; ARGV info lease_ms. Renews the lease; returns the previous
 /// heartbeat (nil if it had lapsed). A script, not a plain `SET ... PX`, only for
 /// `allow-oom`: Redis refuses `SET` at `maxmemory`, and a node whose lease could not be
 /// renewed would look dead to every other node while it serves its sessions. The key is
 /// one small string per node, overwritten in place.
-const HEARTBEAT: &str = r#"#!lua flags=allow-oom
+const HEARTBEAT: &str = r"#!lua flags=allow-oom
 return redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
-"#;
+";
 
 /// KEYS[1] record; ARGV epoch ttl_ms. Slides the idle TTL of a session its owner used:
 /// 1 done, 0 the record is gone (expired), -1 closed, -2 another node owns it now.
 /// Only PEXPIRE writes, which Redis allows at `maxmemory`, so it needs no flags.
-const TOUCH: &str = r#"
+const TOUCH: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'state', 'epoch')
 if not r[1] then return 0 end
 if r[1] == 'CLOSED' then return -1 end
 if r[2] ~= ARGV[1] then return -2 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
-"#;
+";
 
 pub struct Claim {
     pub claimed: bool,

@@ -27,13 +27,13 @@ use crate::now_ms;
 /// admitted while Redis is full. Each record is small, but new sessions have no bound, and
 /// letting them in would grow memory past `maxmemory` for good; the sessions that exist
 /// go on (their control writes below are allowed).
-const CREATE: &str = r#"
+const CREATE: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'state', 'INITIALIZING', 'version', 1, 'node', ARGV[3],
   'owner', ARGV[3], 'epoch', 1, 'principal', ARGV[4], 'init', ARGV[5], 'created', ARGV[2], 'updated', ARGV[2])
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
-"#;
+";
 
 /// KEYS[1] record; ARGV to ttl_ms now_ms expected_version ('' for any) epoch ('' for any:
 /// the fencing token of the owner writing), then field/value pairs to set. Returns
@@ -41,7 +41,7 @@ return 1
 ///
 /// `allow-oom`: a session that exists must still move (INITIALIZED, ACTIVE) and close
 /// while Redis is at `maxmemory`; each transition overwrites fields of a record that exists.
-const TRANSITION: &str = r#"#!lua flags=allow-oom
+const TRANSITION: &str = r"#!lua flags=allow-oom
 local rules = RULES
 local state = redis.call('HGET', KEYS[1], 'state')
 if not state then return {0, 'missing', 0, ''} end
@@ -54,30 +54,30 @@ redis.call('HSET', KEYS[1], 'state', ARGV[1], 'version', version, 'updated', ARG
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return {1, version}
-"#;
+";
 
 /// KEYS[1] record; ARGV ttl_ms. The record, its idle TTL slid forward unless it is CLOSED
 /// (a tombstone keeps the TTL it was closed with).
 /// Only PEXPIRE writes, which Redis allows at `maxmemory`: no flags needed (a `#!lua` line
 /// without `allow-oom` would make Redis refuse it at `maxmemory`).
-const LOOKUP: &str = r#"
+const LOOKUP: &str = r"
 local record = redis.call('HGETALL', KEYS[1])
 if #record == 0 then return record end
 if redis.call('HGET', KEYS[1], 'state') ~= 'CLOSED' then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
 return record
-"#;
+";
 
 /// KEYS[1] record; ARGV node. Deletes a record whose creation this node gave up on (Redis
 /// did not answer in time, so the client got 503 and never learned the session ID), if it
 /// was written after all: only while it is still this node's first epoch and unused.
 /// 1 deleted, 0 absent, -1 left alone (used, or another node's).
-const FORGET_UNLEARNED: &str = r#"
+const FORGET_UNLEARNED: &str = r"
 local r = redis.call('HMGET', KEYS[1], 'state', 'owner', 'epoch')
 if not r[1] then return 0 end
 if r[2] ~= ARGV[1] or r[3] ~= '1' or (r[1] ~= 'INITIALIZING' and r[1] ~= 'INITIALIZED') then return -1 end
 redis.call('DEL', KEYS[1])
 return 1
-"#;
+";
 
 /// A script reply's text field ("" if absent or not text).
 pub(crate) fn reply_text(v: Option<&redis::Value>) -> String {

@@ -1,5 +1,7 @@
 //! The session state machine: INITIALIZING → INITIALIZED → ACTIVE → CLOSED.
 
+use std::fmt::Write;
+
 /// The states of a session record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
@@ -28,12 +30,11 @@ impl State {
     /// Whether a record in `self` may move to `to`. Staying ACTIVE is allowed (it records
     /// activity); nothing leaves CLOSED.
     pub fn may_become(self, to: State) -> bool {
-        use State::*;
+        use State::{Active, Closed, Initialized, Initializing};
         matches!(
             (self, to),
             (Initializing, Initialized)
-                | (Initialized, Active)
-                | (Active, Active)
+                | (Initialized | Active, Active)
                 | (Initializing | Initialized | Active, Closed)
         )
     }
@@ -44,9 +45,9 @@ impl State {
 pub(crate) fn lua_rules() -> String {
     let mut out = String::from("{");
     for from in State::ALL {
-        out.push_str(&format!("{}={{", from.name()));
+        let _ = write!(out, "{}={{", from.name());
         for to in State::ALL.into_iter().filter(|to| from.may_become(*to)) {
-            out.push_str(&format!("{}=true,", to.name()));
+            let _ = write!(out, "{}=true,", to.name());
         }
         out.push_str("},");
     }
