@@ -2,9 +2,9 @@
 //!
 //! ```text
 //! {prefix}:e:{<session>}:<stream>   STREAM   events of one stream of one session
-//! {prefix}:s:{<session>}            HASH     the session's record (sessions.rs)
-//! {prefix}:c:{<session>}:<request>  STRING   who claimed a relayed request (relay.rs)
-//! {prefix}:n:<node>                 STRING   a node's heartbeat, with a TTL (ownership.rs)
+//! {prefix}:s:{<session>}            HASH     the session's record (sessions/records.rs)
+//! {prefix}:c:{<session>}:<request>  STRING   who claimed a relayed request (relay/serve.rs)
+//! {prefix}:n:<node>                 STRING   a node's heartbeat, with a TTL (sessions/ownership.rs)
 //! {prefix}:r:<node>                 CHANNEL  frames for a node: replies, credit, cancels
 //! {prefix}:r:<node>:q               CHANNEL  a node's inbox of relayed requests
 //! {prefix}:bus                      CHANNEL  "owner …" and "closed …" announcements

@@ -1,5 +1,5 @@
 //! The position clock: the writer picks each event's position (`<ms>-<seq>`) itself, so a
-//! retry re-sends the same ID (see `writer.rs`).
+//! retry re-sends the same ID (see `writer/`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

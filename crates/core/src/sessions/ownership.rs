@@ -14,7 +14,7 @@
 //! epoch it saw, and the epoch goes up by one. The epoch is the fencing token: record
 //! writes and event appends of a node carry the epoch it owns, and Redis refuses them once
 //! the epoch has moved on, so a node that was paused past its lease cannot write over its
-//! successor (see the fenced append in `writer.rs`).
+//! successor (see the fenced append in `events/writer/send.rs`).
 
 use std::sync::Arc;
 

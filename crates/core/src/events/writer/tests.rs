@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::oneshot;
 
 use super::*;
+use crate::events::id::Position;
 use crate::keys::events_key;
 use crate::now_ms;
 use crate::testing::{free_port, RedisServer};
