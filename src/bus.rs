@@ -1,5 +1,6 @@
 //! The bus: one Redis pub/sub channel per prefix, for news every node must hear at once
-//! (a session was closed, so whoever holds its transport lets it go).
+//! (a session was closed, or taken over, so whoever holds its transport lets it go).
+//! [`News`] is its only message type: built and parsed here, nowhere else.
 //!
 //! A background task keeps one subscription open and reconnects after a fault; Python
 //! pulls messages with `next()` on its own event loop, so no Python code runs on tokio's
@@ -20,7 +21,43 @@ use crate::error::Error;
 
 const BACKLOG: usize = 4096;
 
-async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<String>) {
+/// What the bus carries. On the wire, `closed <session>` or `owner <session> <node>
+/// <epoch>`: text, so every version of mcp-db on the same prefix reads each other's news.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// The session was closed (DELETE, or `mcp-db sessions close`).
+    Closed { session: String },
+    /// `node` took the session over at `epoch`.
+    TakenOver { session: String, node: String, epoch: i64 },
+}
+
+impl News {
+    pub fn encode(&self) -> String {
+        match self {
+            News::Closed { session } => format!("closed {session}"),
+            News::TakenOver { session, node, epoch } => format!("owner {session} {node} {epoch}"),
+        }
+    }
+
+    /// `None` for anything else (a newer version's news, or noise on the channel).
+    pub fn decode(message: &str) -> Option<News> {
+        let (kind, rest) = message.split_once(' ')?;
+        match kind {
+            "closed" if !rest.is_empty() && !rest.contains(' ') => Some(News::Closed { session: rest.to_owned() }),
+            "owner" => {
+                let (session, rest) = rest.split_once(' ')?;
+                // A node ID may hold spaces; the epoch is the last word.
+                let (node, epoch) = rest.rsplit_once(' ')?;
+                let epoch = epoch.parse().ok()?;
+                (!session.is_empty() && !node.is_empty())
+                    .then(|| News::TakenOver { session: session.to_owned(), node: node.to_owned(), epoch })
+            }
+            _ => None,
+        }
+    }
+}
+
+async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<News>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         match connector.pubsub().await {
@@ -30,8 +67,9 @@ async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<Str
                     let mut messages = pubsub.on_message();
                     while let Some(message) = messages.next().await {
                         let Ok(payload) = message.get_payload::<String>() else { continue };
+                        let Some(news) = News::decode(&payload) else { continue };
                         // A full backlog means Python is not reading: drop rather than grow.
-                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(payload) {
+                        if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(news) {
                             return;
                         }
                     }
@@ -49,43 +87,123 @@ async fn listen(connector: Arc<Connector>, channel: String, tx: mpsc::Sender<Str
     }
 }
 
-/// A subscription to the bus of one prefix, and the means to publish on it.
+/// The bus of one prefix: publishes news, and subscribes (a dedicated connection) the first
+/// time it is asked for news, so a one-shot publisher (the CLI) never subscribes.
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Bus {
     connector: Arc<Connector>,
     channel: String,
-    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<String>>>,
+    rx: std::sync::OnceLock<Arc<tokio::sync::Mutex<mpsc::Receiver<News>>>>,
 }
 
 impl Bus {
-    pub fn start(connector: Arc<Connector>, prefix: &str) -> Bus {
-        let channel = crate::keys::bus_channel(prefix);
-        let (tx, rx) = mpsc::channel(BACKLOG);
-        pyo3_async_runtimes::tokio::get_runtime().spawn(listen(connector.clone(), channel.clone(), tx));
-        Bus { connector, channel, rx: Arc::new(tokio::sync::Mutex::new(rx)) }
-    }
-}
-
-#[pymethods]
-impl Bus {
-    /// The next message (waits for one).
-    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let rx = self.rx.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(rx.lock().await.recv().await) })
+    pub fn new(connector: Arc<Connector>, prefix: &str) -> Bus {
+        Bus { connector, channel: crate::keys::bus_channel(prefix), rx: std::sync::OnceLock::new() }
     }
 
-    /// Publishes `message` to every subscribed node; returns how many received it.
-    fn publish<'py>(&self, py: Python<'py>, message: String) -> PyResult<Bound<'py, PyAny>> {
+    fn subscription(&self) -> Arc<tokio::sync::Mutex<mpsc::Receiver<News>>> {
+        self.rx
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::channel(BACKLOG);
+                pyo3_async_runtimes::tokio::get_runtime().spawn(listen(self.connector.clone(), self.channel.clone(), tx));
+                Arc::new(tokio::sync::Mutex::new(rx))
+            })
+            .clone()
+    }
+
+    /// Sends `news` to every subscribed node; how many received it. On a cluster the
+    /// connector publishes through the hub (see `cluster.rs`).
+    fn publish<'py>(&self, py: Python<'py>, news: News) -> PyResult<Bound<'py, PyAny>> {
         let connector = self.connector.clone();
         let channel = self.channel.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let mut pipe = redis::pipe();
-            pipe.cmd("PUBLISH").arg(&channel).arg(&message);
+            pipe.cmd("PUBLISH").arg(&channel).arg(news.encode());
             let reply = connector.query(&pipe).await?;
             Ok(match reply.first() {
                 Some(redis::Value::Int(n)) => *n,
                 _ => 0,
             })
         })
+    }
+}
+
+/// One piece of news from the bus, as Python sees it: `node` and `epoch` are set for a
+/// takeover only.
+#[pyclass(frozen, get_all, name = "News", module = "mcp_db._core")]
+pub struct PyNews {
+    closed: bool,
+    session: String,
+    node: Option<String>,
+    epoch: Option<i64>,
+}
+
+impl From<News> for PyNews {
+    fn from(news: News) -> Self {
+        match news {
+            News::Closed { session } => PyNews { closed: true, session, node: None, epoch: None },
+            News::TakenOver { session, node, epoch } => PyNews { closed: false, session, node: Some(node), epoch: Some(epoch) },
+        }
+    }
+}
+
+#[pymethods]
+impl PyNews {
+    fn __repr__(&self) -> String {
+        match (&self.node, self.epoch) {
+            (Some(node), Some(epoch)) => format!("News(taken over: {} by {node} at {epoch})", self.session),
+            _ => format!("News(closed: {})", self.session),
+        }
+    }
+}
+
+#[pymethods]
+impl Bus {
+    /// The next news (waits for it); `None` once the subscription is gone for good.
+    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let rx = self.subscription();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(rx.lock().await.recv().await.map(PyNews::from)) })
+    }
+
+    /// Tells every node that `session` was closed; how many nodes heard it.
+    fn closed<'py>(&self, py: Python<'py>, session: String) -> PyResult<Bound<'py, PyAny>> {
+        self.publish(py, News::Closed { session })
+    }
+
+    /// Tells every node that `node` took `session` over at `epoch`; how many heard it.
+    fn taken_over<'py>(&self, py: Python<'py>, session: String, node: String, epoch: i64) -> PyResult<Bound<'py, PyAny>> {
+        self.publish(py, News::TakenOver { session, node, epoch })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn news_round_trips() {
+        for news in [
+            News::Closed { session: "abc".into() },
+            News::TakenOver { session: "abc".into(), node: "host:12".into(), epoch: 7 },
+            News::TakenOver { session: "abc".into(), node: "a node with spaces".into(), epoch: 1 },
+        ] {
+            assert_eq!(News::decode(&news.encode()), Some(news));
+        }
+    }
+
+    #[test]
+    fn the_wire_format_is_what_older_nodes_send() {
+        assert_eq!(News::decode("closed s1"), Some(News::Closed { session: "s1".into() }));
+        assert_eq!(
+            News::decode("owner s1 host:9 3"),
+            Some(News::TakenOver { session: "s1".into(), node: "host:9".into(), epoch: 3 })
+        );
+    }
+
+    #[test]
+    fn anything_else_is_ignored() {
+        for noise in ["", "closed", "closed ", "closed a b", "owner s1 node", "owner s1 node x", "owner  n 1", "hello s1"] {
+            assert_eq!(News::decode(noise), None, "{noise:?}");
+        }
     }
 }

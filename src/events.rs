@@ -9,7 +9,6 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -19,7 +18,7 @@ use crate::completion::Waiter;
 use crate::connection::Connector;
 use crate::error::{Error, Result};
 use crate::event_id::{EventId, Position};
-use crate::keys::{events_key, validate_prefix};
+use crate::keys::events_key;
 use crate::page::{Page, PageBuilder};
 use crate::wakeup::Wakeup;
 use crate::writer::{Append, Command, Limits, Stats, Writer};
@@ -32,9 +31,12 @@ pub fn parse_tag(tag: &str) -> PyResult<u8> {
     }
 }
 
+/// Epoch at which this node owns each session it owns (see `ownership.rs`), shared by a
+/// `Deployment` and its event store.
+pub type Fences = Arc<std::sync::Mutex<std::collections::HashMap<String, i64>>>;
+
 struct Inner {
-    /// Epoch at which this node owns each session it owns (see `ownership.rs`).
-    fences: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    fences: Fences,
     prefix: String,
     page_size: usize,
     connector: Arc<Connector>,
@@ -69,6 +71,31 @@ fn build_page(reply: redis::Value, session: &str, stream: &str, page_size: usize
         }
     }
     builder.finish(full)
+}
+
+/// The options of an event store (`Deployment.events`).
+pub struct EventOptions {
+    pub ttl_ms: u64,
+    pub max_events_per_stream: u64,
+    pub buffer_max_events: usize,
+    pub page_size: usize,
+}
+
+impl RedisEvents {
+    /// An event store on `connector`, whose writer starts now (see `Deployment.events`).
+    pub fn start(connector: Arc<Connector>, prefix: &str, fences: Fences, options: EventOptions) -> Result<Self> {
+        let EventOptions { ttl_ms, max_events_per_stream, buffer_max_events, page_size } = options;
+        if max_events_per_stream == 0 || page_size == 0 {
+            return Err(Error::Config("max_events_per_stream and page_size must be at least 1".into()));
+        }
+        let stats = Arc::new(Stats::default());
+        let limits = Limits { max_events_per_stream, ttl_ms, buffer_max: buffer_max_events, batch_max: 1024 };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = Writer::new(connector.clone(), stats.clone(), limits);
+        pyo3_async_runtimes::tokio::get_runtime().spawn(writer.run(rx));
+        let inner = Inner { fences, prefix: prefix.to_owned(), page_size, connector, stats, tx };
+        Ok(RedisEvents { inner: Arc::new(inner) })
+    }
 }
 
 impl Inner {
@@ -122,96 +149,6 @@ impl Inner {
 
 #[pymethods]
 impl RedisEvents {
-    #[new]
-    #[pyo3(signature = (url, *, prefix, ttl_seconds, max_events_per_stream, buffer_max_events, timeout_seconds, page_size))]
-    fn new(
-        url: &str,
-        prefix: &str,
-        ttl_seconds: f64,
-        max_events_per_stream: u64,
-        buffer_max_events: usize,
-        timeout_seconds: f64,
-        page_size: usize,
-    ) -> PyResult<Self> {
-        validate_prefix(prefix).map_err(Error::Config)?;
-        let ttl_ms = positive_ms("ttl_seconds", ttl_seconds)?;
-        let timeout = Duration::from_millis(positive_ms("timeout_seconds", timeout_seconds)?);
-        if max_events_per_stream == 0 || page_size == 0 {
-            return Err(Error::Config("max_events_per_stream and page_size must be at least 1".into()).into());
-        }
-        let connector = Arc::new(Connector::new(url, timeout)?);
-        let stats = Arc::new(Stats::default());
-        let limits = Limits { max_events_per_stream, ttl_ms, buffer_max: buffer_max_events, batch_max: 1024 };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = Writer::new(connector.clone(), stats.clone(), limits);
-        pyo3_async_runtimes::tokio::get_runtime().spawn(writer.run(rx));
-        let inner = Inner { fences: Default::default(), prefix: prefix.to_owned(), page_size, connector, stats, tx };
-        Ok(RedisEvents { inner: Arc::new(inner) })
-    }
-
-    /// The server this store talks to, without credentials.
-    #[getter]
-    fn server(&self) -> &str {
-        self.inner.connector.server()
-    }
-
-    /// Session records under this store's prefix, on this store's connection.
-    fn sessions(&self) -> crate::sessions::SessionRecords {
-        let records = crate::sessions::Records::new(&self.inner.prefix, self.inner.connector.clone());
-        crate::sessions::SessionRecords { records: Arc::new(records) }
-    }
-
-    /// From now on, appends to `session` are written only while its record names `epoch`
-    /// (`None`: unconditionally again).
-    #[pyo3(signature = (session, epoch))]
-    fn fence(&self, session: String, epoch: Option<i64>) {
-        if let Ok(mut fences) = self.inner.fences.lock() {
-            match epoch {
-                Some(e) => fences.insert(session, e),
-                None => fences.remove(&session),
-            };
-        }
-    }
-
-    /// This node's lease on the sessions it owns, named `node`.
-    fn ownership(&self, node: &str, lease_ms: u64) -> PyResult<crate::ownership::Ownership> {
-        let lease_ms = crate::ownership::check_lease(lease_ms)?;
-        let owner = crate::ownership::Owner::new(&self.inner.prefix, node, lease_ms, self.inner.connector.clone());
-        Ok(crate::ownership::Ownership::new(owner))
-    }
-
-    /// This node's end of the relay between nodes (its own pub/sub connection).
-    /// With `secret` (shared by every node) every frame is sealed; see `seal.rs`.
-    #[pyo3(signature = (node, *, window=64, window_bytes=crate::relay::WINDOW_BYTES, sweep_ms=1000, secret=None, max_age_ms=crate::relay::MAX_AGE_MS))]
-    fn relay(
-        &self,
-        node: &str,
-        window: u32,
-        window_bytes: u64,
-        sweep_ms: u64,
-        secret: Option<Vec<u8>>,
-        max_age_ms: u64,
-    ) -> PyResult<crate::relay::Relay> {
-        let options = crate::relay::RelayOptions { window, window_bytes, sweep_ms, secret, max_age_ms };
-        Ok(crate::relay::Relay::spawn(self.inner.connector.clone(), &self.inner.prefix, node, options)?)
-    }
-
-    /// Subscribes to the bus of this store's prefix (a dedicated connection).
-    fn bus(&self) -> crate::bus::Bus {
-        crate::bus::Bus::start(self.inner.connector.clone(), &self.inner.prefix)
-    }
-
-    /// Opens the connection now; raises `ConnectionError` naming the server if it cannot.
-    fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let inner = self.inner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let mut ping = redis::pipe();
-            ping.cmd("PING");
-            inner.connector.query(&ping).await?;
-            Ok(())
-        })
-    }
-
     /// Queues one event; `future` (of the loop `wakeup` serves) gets its event ID once Redis
     /// has it, or at once, buffered, while Redis is unreachable.
     fn append(
@@ -240,8 +177,8 @@ impl RedisEvents {
     }
 
     /// First page of a replay: `None` for an unknown, garbled, expired or (when `session`
-    /// is given) foreign ID; else `(stream, ids, runs, pages)`, where `pages` (or `None` if
-    /// this page is all there is) yields the rest, fetched ahead in the background.
+    /// is given) foreign ID; else a `Replay`, whose `rest` (or `None` if this page is all
+    /// there is) yields the other pages, fetched ahead in the background.
     #[pyo3(signature = (last_event_id, session))]
     fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<String>) -> PyResult<Bound<'py, PyAny>> {
         let inner = self.inner.clone();
@@ -252,9 +189,8 @@ impl RedisEvents {
             let Some(page) = inner.page(&id, true).await? else { return Ok(None) };
             let pages = page.cursor.clone().map(|cursor| ReplayPages::spawn(inner, cursor));
             Python::attach(|py| {
-                let (ids, runs) = page.to_py(py)?;
-                let pages = pages.map(|p| Py::new(py, p)).transpose()?;
-                Ok(Some((id.stream.as_str(), ids, runs, pages).into_pyobject(py)?.into_any().unbind()))
+                let rest = pages.map(|p| Py::new(py, p).map(Py::into_any)).transpose()?;
+                Ok(Some(crate::results::Replay::new(py, id.stream, &page, rest)?))
             })
         })
     }
@@ -335,13 +271,13 @@ fn page_to_py(py: Python<'_>, page: Option<Result<Page>>) -> PyResult<Option<Py<
     match page {
         None => Ok(None),
         Some(Err(e)) => Err(e.into()),
-        Some(Ok(page)) => Ok(Some(page.to_py(py)?.into_pyobject(py)?.into_any().unbind())),
+        Some(Ok(page)) => Ok(Some(Py::new(py, crate::results::Page::from_core(py, &page)?)?.into_any())),
     }
 }
 
 #[pymethods]
 impl ReplayPages {
-    /// The next page `(ids, runs)` if it is ready, `None` at the end, `False` if not yet.
+    /// The next `Page` if it is ready, `None` at the end, `False` if not yet.
     fn try_next(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let Ok(mut rx) = self.rx.try_lock() else { return Ok(false.into_pyobject(py)?.to_owned().into_any().unbind()) };
         match rx.try_recv() {
@@ -351,7 +287,7 @@ impl ReplayPages {
         }
     }
 
-    /// Waits for the next page `(ids, runs)`; `None` at the end.
+    /// Waits for the next `Page`; `None` at the end.
     fn next<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let page = slf.get().rx.lock().await.recv().await;

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod completion;
 pub mod connection;
 pub mod construct;
+pub mod deployment;
 pub mod error;
 pub mod event_id;
 pub mod events;
@@ -17,6 +18,7 @@ pub mod memory;
 pub mod ownership;
 pub mod page;
 pub mod relay;
+pub mod results;
 pub mod seal;
 pub mod sessions;
 pub mod wakeup;
@@ -85,6 +87,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_EVENT_ID_LEN", event_id::MAX_EVENT_ID_LEN)?;
+    m.add_class::<deployment::Deployment>()?;
     m.add_class::<events::RedisEvents>()?;
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
@@ -99,9 +102,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
     m.add_class::<bus::Bus>()?;
+    m.add_class::<bus::PyNews>()?;
     m.add_class::<ownership::Ownership>()?;
     m.add_class::<relay::Relay>()?;
     m.add_class::<relay::Forward>()?;
     m.add_class::<wakeup::Wakeup>()?;
+    results::register(m)?;
     Ok(())
 }

@@ -119,7 +119,7 @@ impl MemoryEvents {
     }
 
     /// `None` for an unknown, garbled, trimmed or foreign ID; else
-    /// `(stream, ids, runs, None)`: all of it in one page, shaped like `RedisEvents.replay`.
+    /// A `Replay` of all of it in one page, shaped like `RedisEvents.replay`'s.
     #[pyo3(signature = (last_event_id, session))]
     fn replay<'py>(&self, py: Python<'py>, last_event_id: &str, session: Option<&str>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(id) = EventId::decode(last_event_id) else { return Ok(None) };
@@ -127,8 +127,7 @@ impl MemoryEvents {
             return Ok(None);
         }
         let Some(page) = self.state().after(&id) else { return Ok(None) };
-        let (ids, runs) = page.to_py(py)?;
-        Ok(Some((id.stream, ids, runs, py.None()).into_pyobject(py)?.into_any()))
+        Ok(Some(Py::new(py, crate::results::Replay::new(py, id.stream, &page, None)?)?.into_bound(py).into_any()))
     }
 
     /// Counters: stored, replayed, streams, evicted_streams.

@@ -198,8 +198,7 @@ impl Ownership {
         pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(owner.alive(&node).await?) })
     }
 
-    /// `(claimed, owner, epoch, why)`; why is `claimed`, `held`, `moved`, `closed` or
-    /// `missing`.
+    /// Takes `session` over from `expected_owner` at `expected_epoch` (`results::ClaimResult`).
     fn claim<'py>(
         &self,
         py: Python<'py>,
@@ -211,13 +210,16 @@ impl Ownership {
         let owner = self.owner.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let c = owner.claim(&session, &expected_owner, expected_epoch, ttl_ms).await?;
-            Ok((c.claimed, c.owner, c.epoch, c.why))
+            Ok(crate::results::ClaimResult::from(c))
         })
     }
 
     fn touch<'py>(&self, py: Python<'py>, sessions: Vec<(String, i64)>, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(owner.touch(&sessions, ttl_ms).await?) })
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let statuses = owner.touch(&sessions, ttl_ms).await?;
+            Ok(statuses.into_iter().map(crate::results::Touched::from_status).collect::<Vec<_>>())
+        })
     }
 }
 

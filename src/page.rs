@@ -5,9 +5,6 @@
 //! runs of one kind, each run a single JSON array (`[m1,m2,…]`) that pydantic validates in
 //! one call. Everything here is built on a tokio thread, without the GIL.
 
-use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList};
-
 use crate::event_id::{escape_into, Position};
 
 pub const PRIMING: u8 = b'p';
@@ -97,19 +94,6 @@ impl Page {
 
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
-    }
-
-    /// `(ids, [(tag, count, json_array, ends), …])`, `ends` as native `u32`s.
-    pub fn to_py<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyList>)> {
-        let ids = PyList::new(py, &self.ids)?;
-        let runs = PyList::empty(py);
-        for run in &self.runs {
-            let tag = [run.tag];
-            let tag = std::str::from_utf8(&tag).unwrap_or("?");
-            let ends: Vec<u8> = run.ends.iter().flat_map(|e| e.to_ne_bytes()).collect();
-            runs.append((tag, run.count, PyBytes::new(py, &run.json), PyBytes::new(py, &ends)))?;
-        }
-        Ok((ids, runs))
     }
 }
 

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyList};
+use pyo3::types::PyBool;
 use tokio::sync::{mpsc, Notify};
 
 use crate::connection::Connector;
@@ -46,6 +46,7 @@ use crate::error::{Error, Result};
 use crate::keys::{claim_key, inbox_channel, node_key, reply_channel};
 use crate::seal::{Rejected, Seal, SEALED};
 use crate::sessions::now_ms;
+use crate::results;
 use crate::wakeup;
 
 pub type ReqId = [u8; 16];
@@ -759,9 +760,7 @@ impl Relay {
 
     // -- the relaying side ------------------------------------------------------------------
 
-    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)` (it
-    /// never runs), `("timeout", None)` (it never runs), `("lost", reason)` (the owner took
-    /// it on and was then found gone: it may have run) or `("refused", reason)`. An error
+    /// Forwards a request to `owner`; what came of it is a `results::Forwarded`. An error
     /// means Redis failed with the request maybe heard: do not send it again.
     fn forward<'py>(
         &self,
@@ -775,20 +774,22 @@ impl Relay {
         let shared = self.shared.clone();
         let work = async move { Ok(forward(shared, owner, session, head, body, accept_timeout_ms).await?) };
         wakeup::spawn(py, work, |py, outcome| {
-            Ok(match outcome {
-                Forwarded::Accepted(f) => ("accepted", Py::new(py, f)?).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
-            })
+            use results::RelayOutcome as O;
+            let forwarded = match outcome {
+                Forwarded::Accepted(f) => results::Forwarded::new(O::Accepted, Some(Py::new(py, f)?.into_any()), None),
+                Forwarded::Unreachable => results::Forwarded::new(O::Unreachable, None, None),
+                Forwarded::Timeout => results::Forwarded::new(O::Timeout, None, None),
+                Forwarded::Refused(why) => results::Forwarded::new(O::Refused, None, Some(why)),
+                Forwarded::Lost(why) => results::Forwarded::new(O::OwnerLost, None, Some(why)),
+            };
+            Ok(Py::new(py, forwarded)?.into_any())
         })
     }
 
     // -- the owning side --------------------------------------------------------------------
 
-    /// The next request relayed to this node: `(id, from_node, session, head, body)`, or
-    /// `None` once the relay is closed. Its claim is under way meanwhile: run nothing of
+    /// The next request relayed to this node (a `results::RelayedRequest`), or `None` once
+    /// the relay is closed. Its claim is under way meanwhile: run nothing of
     /// it before `claimed(id)` says it is this node's.
     fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let shared = self.shared.clone();
@@ -809,9 +810,7 @@ impl Relay {
         };
         wakeup::spawn(py, work, |py, incoming: Option<Incoming>| {
             let Some(incoming) = incoming else { return Ok(py.None()) };
-            let id = PyBytes::new(py, &incoming.id);
-            let body = PyBytes::new(py, &incoming.body);
-            Ok((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind())
+            Ok(Py::new(py, results::RelayedRequest::new(py, incoming))?.into_any())
         })
     }
 
@@ -1081,9 +1080,8 @@ struct ForwardState {
     finished: AtomicBool,
 }
 
-/// A forwarded request whose response is coming: `next()` / `try_next()` yield
-/// `("whole", status, headers, body)` alone, or `("start", status, headers)`, then
-/// `("data", bytes)` and `("end", ok)`; or `("lost", reason)` at any point.
+/// A forwarded request whose response is coming: `next()` / `try_next()` yield its parts
+/// (`results::Whole`, or `Head`, `Chunk`s and `End`; a `Cut` at any point).
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Forward {
     shared: Arc<Shared>,
@@ -1107,29 +1105,23 @@ fn accept_frame(
     if frame.kind != kind::LOST && frame.seq != expected {
         finish(shared, state, &frame.id);
         let why = format!("relay frames missed (got {}, expected {expected})", frame.seq);
-        return Ok(("lost", why).into_pyobject(py)?.into_any().unbind());
+        return results::cut(py, why);
     }
     state.next_seq.store(frame.seq, Ordering::SeqCst);
     Ok(match frame.kind {
         kind::START => match decode_start(&frame.payload) {
-            Some((status, headers)) => {
-                let list = header_list(py, headers)?;
-                ("start", status, list).into_pyobject(py)?.into_any().unbind()
-            }
+            Some((status, headers)) => results::head(py, status, headers)?,
             None => {
                 finish(shared, state, &frame.id);
-                ("lost", "malformed response start").into_pyobject(py)?.into_any().unbind()
+                results::cut(py, "malformed response start")?
             }
         },
         kind::WHOLE => {
             state.buffered.fetch_sub(frame.payload.len() as u64, Ordering::SeqCst);
             finish(shared, state, &frame.id);
             match decode_whole(&frame.payload) {
-                Some((status, headers, body)) => {
-                    let list = header_list(py, headers)?;
-                    ("whole", status, list, PyBytes::new(py, body)).into_pyobject(py)?.into_any().unbind()
-                }
-                None => ("lost", "malformed response").into_pyobject(py)?.into_any().unbind(),
+                Some((status, headers, body)) => results::whole(py, status, headers, body)?,
+                None => results::cut(py, "malformed response")?,
             }
         }
         kind::DATA => {
@@ -1148,25 +1140,17 @@ fn accept_frame(
                 let credit = Frame { kind: kind::CREDIT, id: frame.id, seq: consumed, payload };
                 shared.publish(reply_channel(&shared.prefix, owner), credit, Unheard::Forwarded(frame.id));
             }
-            ("data", PyBytes::new(py, &frame.payload)).into_pyobject(py)?.into_any().unbind()
+            results::chunk(py, &frame.payload)?
         }
         kind::END => {
             finish(shared, state, &frame.id);
-            ("end", frame.payload.first() == Some(&1)).into_pyobject(py)?.into_any().unbind()
+            results::end(py, frame.payload.first() == Some(&1))?
         }
         _ => {
             finish(shared, state, &frame.id);
-            ("lost", String::from_utf8_lossy(&frame.payload).into_owned()).into_pyobject(py)?.into_any().unbind()
+            results::cut(py, String::from_utf8_lossy(&frame.payload))?
         }
     })
-}
-
-fn header_list(py: Python<'_>, headers: Headers) -> PyResult<Bound<'_, PyList>> {
-    let list = PyList::empty(py);
-    for (name, value) in headers {
-        list.append((PyBytes::new(py, &name), PyBytes::new(py, &value)))?;
-    }
-    Ok(list)
 }
 
 fn finish(shared: &Shared, state: &ForwardState, id: &ReqId) {
@@ -1188,7 +1172,7 @@ impl Forward {
         };
         wakeup::spawn(py, work, move |py, frame| match frame {
             Some(frame) => accept_frame(py, &shared, &state, &owner, frame),
-            None => Ok(("lost", "relay closed").into_pyobject(py)?.into_any().unbind()),
+            None => results::cut(py, "relay closed"),
         })
     }
 

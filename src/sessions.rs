@@ -16,7 +16,6 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use crate::connection::Connector;
 use crate::error::{Error, Result};
@@ -274,9 +273,8 @@ impl SessionRecords {
         })
     }
 
-    /// Moves the record to `state`: `(True, version)` or `(False, reason, version, state)`,
-    /// reason being `missing`, `conflict` (version mismatch), `refused` (not allowed) or
-    /// `fenced` (`epoch` given and another node owns the session now).
+    /// Moves the record to `state` (see `results::TransitionResult`): refused as `FENCED`
+    /// when `epoch` is given and another node owns the session now.
     #[pyo3(signature = (session, state, ttl_ms, expected_version=None, fields=Vec::new(), epoch=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the keyword arguments Python sees
     fn transition<'py>(
@@ -293,16 +291,7 @@ impl SessionRecords {
         let records = self.records.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let outcome = records.transition(&session, to, ttl_ms, expected_version, epoch, &fields).await?;
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                let tuple = match outcome {
-                    Transition::Done { version } => (true, version).into_pyobject(py)?.into_any(),
-                    Transition::Missing => (false, "missing", 0, "").into_pyobject(py)?.into_any(),
-                    Transition::Conflict { version, state } => (false, "conflict", version, state).into_pyobject(py)?.into_any(),
-                    Transition::Refused { version, state } => (false, "refused", version, state).into_pyobject(py)?.into_any(),
-                    Transition::Fenced { version, state } => (false, "fenced", version, state).into_pyobject(py)?.into_any(),
-                };
-                Ok(tuple.unbind())
-            })
+            Ok(crate::results::TransitionResult::from(outcome))
         })
     }
 
@@ -313,18 +302,11 @@ impl SessionRecords {
         pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(records.forget_unlearned(&session, &node).await?) })
     }
 
-    /// The record as a dict (and its idle TTL slid forward), or `None`.
+    /// The record (its idle TTL slid forward), or `None`.
     fn lookup<'py>(&self, py: Python<'py>, session: String, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let Some(fields) = records.lookup(&session, ttl_ms).await? else { return Ok(None) };
-            Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
-                let dict = PyDict::new(py);
-                for (name, value) in fields {
-                    dict.set_item(name, value)?;
-                }
-                Ok(Some(dict.into_any().unbind()))
-            })
+            Ok(records.lookup(&session, ttl_ms).await?.map(crate::results::SessionRecord::from_fields))
         })
     }
 }
