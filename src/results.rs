@@ -32,19 +32,20 @@ pub struct SessionRecord {
 #[pymethods]
 impl SessionRecord {
     #[new]
-    #[pyo3(signature = (*, state, owner, epoch, version = 1, principal = String::new(), node = None, init = "null".to_owned(), protocol = None))]
+    #[pyo3(signature = (*, state, owner, epoch, version = 1, principal = "", node = None, init = "null", protocol = None))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments Python sees
     fn new(
         state: String,
         owner: String,
         epoch: i64,
         version: i64,
-        principal: String,
+        principal: &str,
         node: Option<String>,
-        init: String,
+        init: &str,
         protocol: Option<String>,
     ) -> Self {
         let node = node.unwrap_or_else(|| owner.clone());
+        let (principal, init) = (principal.to_owned(), init.to_owned());
         SessionRecord { state, version, principal, node, owner, epoch, init, protocol }
     }
 
