@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 
 from mcp_db import RedisEventStore
+from mcp_db._core import Whole
 from tests._nodes import Node
 from tests.test_resume_e2e import RawSession
 
@@ -104,16 +105,17 @@ async def _round_trips(owner: Any, relayer: Any, owner_name: str, n: int) -> lis
     for _ in range(n):
         begin = time.perf_counter()
         forwarding = asyncio.ensure_future(relayer.forward(owner_name, "s", HEAD, BODY, 2000))
-        request_id, *_ = await owner.next_request()
+        request_id = (await owner.next_request()).id
         claimed = owner.claimed(request_id)
         if not isinstance(claimed, bool):
             claimed = await claimed
         owner.respond(request_id, 200, [(b"content-type", b"application/json")], REPLY)
-        outcome, forward = await forwarding
-        frame = forward.try_next() or await forward.next()
+        done = await forwarding
+        forward = done.response
+        frame = forward and (forward.try_next() or await forward.next())
         times.append((time.perf_counter() - begin) * 1000)
-        if outcome != "accepted" or frame[0] != "whole":
-            raise RuntimeError(f"relay round trip failed: {outcome} {frame}")
+        if not isinstance(frame, Whole):
+            raise RuntimeError(f"relay round trip failed: {done.outcome} {frame}")
     return times
 
 
@@ -127,9 +129,9 @@ async def core_hop(redis_url: str, quick: bool) -> list[str]:
             ends = []
             for role in ("owner", "relayer"):
                 name = f"{mode}-{role}"
-                await store._core.ownership(name, 60_000).beat("{}")
+                await store.deployment.ownership(name, 60_000).beat("{}")
                 options = {"secret": secret} if secret else {}
-                ends.append(store._core.relay(name, **options))
+                ends.append(store.deployment.relay(name, **options))
             for end in ends:
                 if not await end.ready(2000):
                     raise RuntimeError("the relay did not subscribe")

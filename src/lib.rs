@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 pub mod bridge;
 pub mod bus;
 pub mod construct;
+pub mod deployment;
 pub mod error;
 pub mod events;
 pub mod keys;
@@ -89,7 +90,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_EVENT_ID_LEN", id::MAX_EVENT_ID_LEN)?;
+    m.add_class::<deployment::Deployment>()?;
     m.add_class::<events::RedisEvents>()?;
+    m.add_class::<events::ReplayPages>()?;
+    m.add_class::<events::Replay>()?;
+    m.add_class::<events::Page>()?;
+    m.add_class::<events::Run>()?;
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(encode_event_id, m)?)?;
@@ -100,12 +106,26 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keys::key_of, m)?)?;
     m.add_function(wrap_pyfunction!(keys::parse_key, m)?)?;
     m.add_function(wrap_pyfunction!(keys::redact, m)?)?;
-    m.add_class::<events::ReplayPages>()?;
     m.add_class::<sessions::SessionRecords>()?;
+    m.add_class::<sessions::SessionRecord>()?;
+    m.add_class::<sessions::Transition>()?;
+    m.add_class::<sessions::Refusal>()?;
     m.add_class::<bus::Bus>()?;
+    m.add_class::<bus::News>()?;
     m.add_class::<ownership::Ownership>()?;
+    m.add_class::<ownership::Claim>()?;
+    m.add_class::<ownership::ClaimOutcome>()?;
+    m.add_class::<ownership::Touched>()?;
     m.add_class::<relay::Relay>()?;
     m.add_class::<relay::Forward>()?;
+    m.add_class::<relay::Forwarded>()?;
+    m.add_class::<relay::RelayOutcome>()?;
+    m.add_class::<relay::RelayedRequest>()?;
+    m.add_class::<relay::Whole>()?;
+    m.add_class::<relay::Head>()?;
+    m.add_class::<relay::Chunk>()?;
+    m.add_class::<relay::End>()?;
+    m.add_class::<relay::Cut>()?;
     m.add_class::<bridge::Wakeup>()?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::error::to_py;
-use crate::events::page_to_py;
+use crate::events::Replay;
 
 /// In-process backend with the same semantics as `RedisEvents`.
 #[pyclass(frozen, module = "mcp_db._core")]
@@ -28,18 +28,12 @@ impl MemoryEvents {
         self.events.append(session, stream, tag, data).map_err(to_py)
     }
 
-    /// `None` for an unknown, garbled, trimmed or foreign ID; else
-    /// `(stream, ids, runs, None)`: all of it in one page, shaped like `RedisEvents.replay`.
+    /// `None` for an unknown, garbled, trimmed or foreign ID; else a `Replay` of all of it
+    /// in one page (`rest` is `None`), shaped like `RedisEvents.replay`'s.
     #[pyo3(signature = (last_event_id, session))]
-    fn replay<'py>(
-        &self,
-        py: Python<'py>,
-        last_event_id: &str,
-        session: Option<&str>,
-    ) -> PyResult<Option<Bound<'py, PyAny>>> {
+    fn replay(&self, py: Python<'_>, last_event_id: &str, session: Option<&str>) -> PyResult<Option<Replay>> {
         let Some((stream, page)) = self.events.replay(last_event_id, session) else { return Ok(None) };
-        let (ids, runs) = page_to_py(py, &page)?;
-        Ok(Some((stream, ids, runs, py.None()).into_pyobject(py)?.into_any()))
+        Ok(Some(Replay::new(py, stream, &page, None)?))
     }
 
     /// Counters: stored, replayed, streams, evicted_streams.

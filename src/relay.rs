@@ -1,17 +1,19 @@
 //! `Relay` and `Forward`: this node's end of the relay between nodes, as seen from Python
-//! (see `mcp_db_core::relay`). Results that Python awaits are completed through the bridge
-//! (`bridge::spawn`): built on the event loop's thread, one hand-off each.
+//! (see `mcp_db_core::relay`), and what they hand back: `Forwarded` and its
+//! `RelayOutcome`, a `RelayedRequest`, and the parts of a response. Results that Python
+//! awaits are completed through the bridge (`bridge::spawn`): built on the event loop's
+//! thread, one hand-off each.
 
 use std::collections::HashMap;
 
-use mcp_db_core::relay::{self, Claimed, Forwarded, Headers, Incoming, Part};
+use mcp_db_core::relay::{self, Claimed, Headers, Incoming, Part};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyBytes, PyList};
 
 use crate::bridge;
 use crate::error::to_py;
 
-/// This node's end of the relay (`RedisEvents.relay(node, ...)`).
+/// This node's end of the relay (`Deployment.relay(node, ...)`).
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Relay {
     relay: relay::Relay,
@@ -52,10 +54,8 @@ impl Relay {
 
     // -- the relaying side ------------------------------------------------------------------
 
-    /// Forwards a request to `owner`: `("accepted", Forward)`, `("unreachable", None)` (it
-    /// never runs), `("timeout", None)` (it never runs), `("lost", reason)` (the owner took
-    /// it on and was then found gone: it may have run) or `("refused", reason)`. An error
-    /// means Redis failed with the request maybe heard: do not send it again.
+    /// Forwards a request to `owner` (see `Forwarded`). An error means Redis failed with
+    /// the request maybe heard: do not send it again.
     fn forward<'py>(
         &self,
         py: Python<'py>,
@@ -68,31 +68,39 @@ impl Relay {
         let forward = self.relay.forward(owner, session, head, body, accept_timeout_ms);
         let work = async move { forward.await.map_err(to_py) };
         bridge::spawn(py, work, |py, outcome| {
-            Ok(match outcome {
-                Forwarded::Accepted(f) => {
-                    ("accepted", Py::new(py, Forward { forward: f })?).into_pyobject(py)?.into_any().unbind()
-                }
-                Forwarded::Unreachable => ("unreachable", py.None()).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Timeout => ("timeout", py.None()).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Refused(why) => ("refused", why).into_pyobject(py)?.into_any().unbind(),
-                Forwarded::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
-            })
+            use relay::Forwarded as F;
+            let forwarded = match outcome {
+                F::Accepted(forward) => Forwarded {
+                    outcome: RelayOutcome::Accepted,
+                    response: Some(Py::new(py, Forward { forward })?),
+                    reason: None,
+                },
+                F::Unreachable => Forwarded::not_accepted(RelayOutcome::Unreachable, None),
+                F::Timeout => Forwarded::not_accepted(RelayOutcome::Timeout, None),
+                F::Refused(why) => Forwarded::not_accepted(RelayOutcome::Refused, Some(why)),
+                F::OwnerLost(why) => Forwarded::not_accepted(RelayOutcome::OwnerLost, Some(why)),
+            };
+            Ok(Py::new(py, forwarded)?.into_any())
         })
     }
 
     // -- the owning side --------------------------------------------------------------------
 
-    /// The next request relayed to this node: `(id, from_node, session, head, body)`, or
-    /// `None` once the relay is closed. Its claim is under way meanwhile: run nothing of
+    /// The next request relayed to this node, or `None` once the relay is closed. Its claim is under way meanwhile: run nothing of
     /// it before `claimed(id)` says it is this node's.
     fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let next = self.relay.next_request();
         let work = async move { Ok(next.await) };
         bridge::spawn(py, work, |py, incoming: Option<Incoming>| {
             let Some(incoming) = incoming else { return Ok(py.None()) };
-            let id = PyBytes::new(py, &incoming.id);
-            let body = PyBytes::new(py, &incoming.body);
-            Ok((id, incoming.from, incoming.session, incoming.head, body).into_pyobject(py)?.into_any().unbind())
+            let request = RelayedRequest {
+                id: PyBytes::new(py, &incoming.id).unbind(),
+                sender: incoming.from,
+                session: incoming.session,
+                head: incoming.head,
+                body: PyBytes::new(py, &incoming.body).unbind(),
+            };
+            Ok(Py::new(py, request)?.into_any())
         })
     }
 
@@ -139,9 +147,8 @@ impl Relay {
     }
 }
 
-/// A forwarded request whose response is coming: `next()` / `try_next()` yield
-/// `("whole", status, headers, body)` alone, or `("start", status, headers)`, then
-/// `("data", bytes)` and `("end", ok)`; or `("lost", reason)` at any point.
+/// A forwarded request whose response is coming: `next()` / `try_next()` yield its parts,
+/// a `Whole` alone, or a `Head`, `Chunk`s and an `End`; a `Cut` at any point ends it early.
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Forward {
     forward: relay::Forward,
@@ -151,25 +158,27 @@ pub struct Forward {
 fn part_to_py(py: Python<'_>, part: Part) -> PyResult<Py<PyAny>> {
     Ok(match part {
         Part::Whole { status, headers, payload, body } => {
-            let list = header_list(py, headers)?;
-            ("whole", status, list, PyBytes::new(py, &payload[body])).into_pyobject(py)?.into_any().unbind()
+            let whole =
+                Whole { status, headers: header_list(py, headers)?, body: PyBytes::new(py, &payload[body]).unbind() };
+            Py::new(py, whole)?.into_any()
         }
-        Part::Start { status, headers } => {
-            let list = header_list(py, headers)?;
-            ("start", status, list).into_pyobject(py)?.into_any().unbind()
-        }
-        Part::Data(bytes) => ("data", PyBytes::new(py, &bytes)).into_pyobject(py)?.into_any().unbind(),
-        Part::End { ok } => ("end", ok).into_pyobject(py)?.into_any().unbind(),
-        Part::Lost(why) => ("lost", why).into_pyobject(py)?.into_any().unbind(),
+        Part::Start { status, headers } => Py::new(py, Head { status, headers: header_list(py, headers)? })?.into_any(),
+        Part::Data(bytes) => Py::new(py, Chunk { data: PyBytes::new(py, &bytes).unbind() })?.into_any(),
+        Part::End { ok } => Py::new(py, End { ok })?.into_any(),
+        Part::Cut(reason) => cut(py, reason)?,
     })
 }
 
-fn header_list(py: Python<'_>, headers: Headers) -> PyResult<Bound<'_, PyList>> {
+fn cut(py: Python<'_>, reason: impl Into<String>) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(py, Cut { reason: reason.into() })?.into_any())
+}
+
+fn header_list(py: Python<'_>, headers: Headers) -> PyResult<Py<PyList>> {
     let list = PyList::empty(py);
     for (name, value) in headers {
         list.append((PyBytes::new(py, &name), PyBytes::new(py, &value)))?;
     }
-    Ok(list)
+    Ok(list.unbind())
 }
 
 #[pymethods]
@@ -181,7 +190,7 @@ impl Forward {
         let work = async move { Ok(frame.await) };
         bridge::spawn(py, work, move |py, frame| match frame {
             Some(frame) => part_to_py(py, reader.accept(frame)),
-            None => Ok(("lost", "relay closed").into_pyobject(py)?.into_any().unbind()),
+            None => cut(py, "relay closed"),
         })
     }
 
@@ -194,4 +203,86 @@ impl Forward {
     fn cancel(&self) {
         self.forward.cancel();
     }
+}
+
+/// What relaying a request came to. One vocabulary in every layer: the *owner* is the node
+/// that serves the session, the *client* whoever sent the request.
+#[pyclass(frozen, eq, hash, module = "mcp_db._core")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RelayOutcome {
+    /// The owner took the request on; its response follows.
+    #[pyo3(name = "ACCEPTED")]
+    Accepted,
+    /// Nobody listens on the owner's inbox, or the owner was found gone before it took the
+    /// request on: the request never runs.
+    #[pyo3(name = "UNREACHABLE")]
+    Unreachable,
+    /// The owner did not take the request on in time; it never will.
+    #[pyo3(name = "TIMEOUT")]
+    Timeout,
+    /// The owner was found gone after it took the request on: it may have run.
+    #[pyo3(name = "OWNER_LOST")]
+    OwnerLost,
+    /// The owner refused it (it is shutting down): it never runs.
+    #[pyo3(name = "REFUSED")]
+    Refused,
+}
+
+/// `Relay.forward`'s answer: the `outcome`; the `response` when `ACCEPTED`; the `reason`
+/// for `OWNER_LOST` and `REFUSED`.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct Forwarded {
+    outcome: RelayOutcome,
+    response: Option<Py<Forward>>,
+    reason: Option<String>,
+}
+
+impl Forwarded {
+    fn not_accepted(outcome: RelayOutcome, reason: Option<String>) -> Forwarded {
+        Forwarded { outcome, response: None, reason }
+    }
+}
+
+/// A request another node relayed here (`Relay.next_request`): `id` names it in `claimed`,
+/// `start`, `send` and `end`; `sender` is the node that relayed it.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct RelayedRequest {
+    id: Py<PyBytes>,
+    sender: String,
+    session: String,
+    head: String,
+    body: Py<PyBytes>,
+}
+
+/// A whole response, in one part.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct Whole {
+    status: u16,
+    headers: Py<PyList>,
+    body: Py<PyBytes>,
+}
+
+/// The status and headers of a streamed response.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct Head {
+    status: u16,
+    headers: Py<PyList>,
+}
+
+/// A piece of a streamed response's body.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct Chunk {
+    data: Py<PyBytes>,
+}
+
+/// The end of a streamed response; `ok` is false if it broke off at the owner.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct End {
+    ok: bool,
+}
+
+/// The response broke off here (the owner was lost, or a frame was): `reason` says why.
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+pub struct Cut {
+    reason: String,
 }

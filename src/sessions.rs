@@ -1,17 +1,17 @@
 //! `SessionRecords`: session records in Redis, as seen from Python (see
-//! `mcp_db_core::sessions`).
+//! `mcp_db_core::sessions`), and the values they hand back: `SessionRecord`, `Transition`
+//! and `Refusal`.
 
 use std::sync::Arc;
 
-use mcp_db_core::sessions::records::{Records, Transition};
+use mcp_db_core::sessions::records::{self, Records};
 use mcp_db_core::sessions::state::State;
 use mcp_db_core::Error;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use crate::error::to_py;
 
-/// Session records in Redis, sharing a store's connection (`RedisEvents.sessions()`).
+/// Session records in Redis (`Deployment.sessions()`).
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct SessionRecords {
     records: Arc<Records>,
@@ -49,9 +49,8 @@ impl SessionRecords {
         })
     }
 
-    /// Moves the record to `state`: `(True, version)` or `(False, reason, version, state)`,
-    /// reason being `missing`, `conflict` (version mismatch), `refused` (not allowed) or
-    /// `fenced` (`epoch` given and another node owns the session now).
+    /// Moves the record to `state`; refused as `FENCED` when `epoch` is given and another
+    /// node owns the session now.
     #[pyo3(signature = (session, state, ttl_ms, expected_version=None, fields=Vec::new(), epoch=None))]
     #[allow(clippy::too_many_arguments)] // mirrors the keyword arguments Python sees
     fn transition<'py>(
@@ -69,22 +68,7 @@ impl SessionRecords {
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
             let outcome =
                 records.transition(&session, to, ttl_ms, expected_version, epoch, &fields).await.map_err(to_py)?;
-            Python::attach(|py| -> PyResult<Py<PyAny>> {
-                let tuple = match outcome {
-                    Transition::Done { version } => (true, version).into_pyobject(py)?.into_any(),
-                    Transition::Missing => (false, "missing", 0, "").into_pyobject(py)?.into_any(),
-                    Transition::Conflict { version, state } => {
-                        (false, "conflict", version, state).into_pyobject(py)?.into_any()
-                    }
-                    Transition::Refused { version, state } => {
-                        (false, "refused", version, state).into_pyobject(py)?.into_any()
-                    }
-                    Transition::Fenced { version, state } => {
-                        (false, "fenced", version, state).into_pyobject(py)?.into_any()
-                    }
-                };
-                Ok(tuple.unbind())
-            })
+            Ok(Transition::from(outcome))
         })
     }
 
@@ -97,18 +81,133 @@ impl SessionRecords {
         })
     }
 
-    /// The record as a dict (and its idle TTL slid forward), or `None`.
+    /// The record (its idle TTL slid forward), or `None`.
     fn lookup<'py>(&self, py: Python<'py>, session: String, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
         pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            let Some(fields) = records.lookup(&session, ttl_ms).await.map_err(to_py)? else { return Ok(None) };
-            Python::attach(|py| -> PyResult<Option<Py<PyAny>>> {
-                let dict = PyDict::new(py);
-                for (name, value) in fields {
-                    dict.set_item(name, value)?;
-                }
-                Ok(Some(dict.into_any().unbind()))
-            })
+            Ok(records.lookup(&session, ttl_ms).await.map_err(to_py)?.map(SessionRecord))
         })
+    }
+}
+
+/// A session record, as read (`SessionRecords.lookup`).
+#[pyclass(frozen, eq, module = "mcp_db._core")]
+#[derive(PartialEq, Eq)]
+pub struct SessionRecord(records::Record);
+
+#[pymethods]
+impl SessionRecord {
+    #[new]
+    #[pyo3(signature = (*, state, owner, epoch, version = 1, principal = "", node = None, init = "null", protocol = None))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments Python sees
+    fn new(
+        state: String,
+        owner: String,
+        epoch: i64,
+        version: i64,
+        principal: &str,
+        node: Option<String>,
+        init: &str,
+        protocol: Option<String>,
+    ) -> Self {
+        let node = node.unwrap_or_else(|| owner.clone());
+        let (principal, init) = (principal.to_owned(), init.to_owned());
+        SessionRecord(records::Record { state, version, principal, node, owner, epoch, init, protocol })
+    }
+
+    #[getter]
+    fn state(&self) -> &str {
+        &self.0.state
+    }
+
+    #[getter]
+    fn version(&self) -> i64 {
+        self.0.version
+    }
+
+    #[getter]
+    fn principal(&self) -> &str {
+        &self.0.principal
+    }
+
+    #[getter]
+    fn node(&self) -> &str {
+        &self.0.node
+    }
+
+    #[getter]
+    fn owner(&self) -> &str {
+        &self.0.owner
+    }
+
+    #[getter]
+    fn epoch(&self) -> i64 {
+        self.0.epoch
+    }
+
+    #[getter]
+    fn init(&self) -> &str {
+        &self.0.init
+    }
+
+    #[getter]
+    fn protocol(&self) -> Option<&str> {
+        self.0.protocol.as_deref()
+    }
+
+    fn __repr__(&self) -> String {
+        let r = &self.0;
+        format!("SessionRecord(state={:?}, owner={:?}, epoch={}, version={})", r.state, r.owner, r.epoch, r.version)
+    }
+}
+
+/// Why a transition was refused.
+#[pyclass(frozen, eq, hash, module = "mcp_db._core")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Refusal {
+    /// No record: never created, or expired.
+    #[pyo3(name = "MISSING")]
+    Missing,
+    /// The record's version is not the expected one.
+    #[pyo3(name = "CONFLICT")]
+    Conflict,
+    /// The state machine does not allow the move.
+    #[pyo3(name = "REFUSED")]
+    Refused,
+    /// Another node owns the session at a later epoch.
+    #[pyo3(name = "FENCED")]
+    Fenced,
+}
+
+/// What a transition came to: `done`, or the `refusal` and the record's `version` and
+/// `state` as they are (no `state` when `MISSING`).
+#[pyclass(frozen, get_all, module = "mcp_db._core")]
+#[derive(Debug)]
+pub struct Transition {
+    done: bool,
+    version: i64,
+    refusal: Option<Refusal>,
+    state: Option<String>,
+}
+
+#[pymethods]
+impl Transition {
+    fn __repr__(&self) -> String {
+        format!("{self:?}")
+    }
+}
+
+impl From<records::Transition> for Transition {
+    fn from(outcome: records::Transition) -> Self {
+        use records::Transition as T;
+        let refused =
+            |refusal, version, state| Transition { done: false, version, refusal: Some(refusal), state: Some(state) };
+        match outcome {
+            T::Done { version } => Transition { done: true, version, refusal: None, state: None },
+            T::Missing => Transition { done: false, version: 0, refusal: Some(Refusal::Missing), state: None },
+            T::Conflict { version, state } => refused(Refusal::Conflict, version, state),
+            T::Refused { version, state } => refused(Refusal::Refused, version, state),
+            T::Fenced { version, state } => refused(Refusal::Fenced, version, state),
+        }
     }
 }

@@ -22,8 +22,8 @@ from mcp_db import RedisEventStore
 async def main():
     store = RedisEventStore(sys.argv[1], prefix="exit")
     await store.connect()
-    await store._core.bus().publish("closed nobody")
-    await store._core.relay("exit-node").ready(2000)
+    await store.deployment.bus().closed("nobody")
+    await store.deployment.relay("exit-node").ready(2000)
     await store.for_session("s").store_event("1", None)
 
 asyncio.run(main())

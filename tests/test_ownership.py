@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcp_db import RedisEventStore
+from mcp_db._core import ClaimOutcome, Refusal
 from mcp_db.errors import ConfigError
 from tests._messages import notification
 from tests._nodes import Node
@@ -27,13 +28,13 @@ async def store(redis_server: RedisServer, prefix: str) -> RedisEventStore:
 
 
 async def _record(store: RedisEventStore, session: str, node: str) -> None:
-    records = store._core.sessions()
+    records = store.deployment.sessions()
     assert await records.create(session, node, "", json.dumps({"capabilities": {}}), 60_000)
 
 
 async def test_heartbeat_release_and_liveness(store: RedisEventStore) -> None:
-    a = store._core.ownership("node-a", 500)
-    b = store._core.ownership("node-b", 500)
+    a = store.deployment.ownership("node-a", 500)
+    b = store.deployment.ownership("node-b", 500)
     assert await a.beat("{}") is False, "a first heartbeat finds no lease"
     assert await a.beat("{}") is True, "a renewal finds it"
     assert await b.alive("node-a") is True
@@ -43,41 +44,48 @@ async def test_heartbeat_release_and_liveness(store: RedisEventStore) -> None:
     await a.release()
     assert await b.alive("node-a") is False, "released at once"
     with pytest.raises(ConfigError):
-        store._core.ownership("node-c", 10)
+        store.deployment.ownership("node-c", 10)
 
 
 async def test_takeover_is_a_compare_and_set_on_owner_and_epoch(store: RedisEventStore) -> None:
     await _record(store, "s1", "node-a")
-    b = store._core.ownership("node-b", 5000)
-    c = store._core.ownership("node-c", 5000)
+    b = store.deployment.ownership("node-b", 5000)
+    c = store.deployment.ownership("node-c", 5000)
     # Two nodes saw (node-a, 1) and race: exactly one wins, the other sees the winner.
     results = await asyncio.gather(
         b.claim("s1", "node-a", 1, 60_000), c.claim("s1", "node-a", 1, 60_000)
     )
-    winners = [r for r in results if r[0]]
-    losers = [r for r in results if not r[0]]
+    winners = [r for r in results if r.claimed]
+    losers = [r for r in results if not r.claimed]
     assert len(winners) == 1 and len(losers) == 1
-    assert winners[0][2] == 2 and winners[0][3] == "claimed"
-    assert losers[0][1:] == (winners[0][1], 2, "moved")
+    won = winners[0]
+    assert won.epoch == 2 and won.outcome == ClaimOutcome.CLAIMED
+    lost = losers[0]
+    assert (lost.owner, lost.epoch, lost.outcome) == (won.owner, 2, ClaimOutcome.MOVED)
     # The winner claiming again holds it; a stale expectation is refused.
-    winner = b if winners[0][1] == "node-b" else c
-    assert await winner.claim("s1", "node-a", 1, 60_000) == (True, winners[0][1], 2, "held")
-    assert (await b.claim("missing", "x", 1, 60_000))[3] == "missing"
-    records = store._core.sessions()
+    winner = b if won.owner == "node-b" else c
+    again = await winner.claim("s1", "node-a", 1, 60_000)
+    assert (again.claimed, again.owner, again.epoch, again.outcome) == (
+        True, won.owner, 2, ClaimOutcome.HELD
+    )  # fmt: skip
+    assert (await b.claim("missing", "x", 1, 60_000)).outcome == ClaimOutcome.MISSING
+    records = store.deployment.sessions()
     await records.transition("s1", "INITIALIZED", 60_000)
     await records.transition("s1", "CLOSED", 60_000)
-    assert (await c.claim("s1", winners[0][1], 2, 60_000))[3] == "closed"
+    assert (await c.claim("s1", won.owner, 2, 60_000)).outcome == ClaimOutcome.CLOSED
 
 
 async def test_a_stale_epoch_cannot_write_the_record(store: RedisEventStore) -> None:
     await _record(store, "s2", "node-a")
-    records = store._core.sessions()
-    assert (await records.transition("s2", "INITIALIZED", 60_000, epoch=1))[0] is True
-    b = store._core.ownership("node-b", 5000)
-    assert (await b.claim("s2", "node-a", 1, 60_000))[0] is True
+    records = store.deployment.sessions()
+    assert (await records.transition("s2", "INITIALIZED", 60_000, epoch=1)).done is True
+    b = store.deployment.ownership("node-b", 5000)
+    assert (await b.claim("s2", "node-a", 1, 60_000)).claimed is True
     refused = await records.transition("s2", "CLOSED", 60_000, epoch=1)
-    assert refused == (False, "fenced", 2, "INITIALIZED")
-    assert (await records.transition("s2", "CLOSED", 60_000, epoch=2))[0] is True
+    assert (refused.done, refused.refusal, refused.version, refused.state) == (
+        False, Refusal.FENCED, 2, "INITIALIZED"
+    )  # fmt: skip
+    assert (await records.transition("s2", "CLOSED", 60_000, epoch=2)).done is True
 
 
 async def test_a_stale_epoch_cannot_append_events(
@@ -85,10 +93,10 @@ async def test_a_stale_epoch_cannot_append_events(
 ) -> None:
     await _record(store, "s3", "node-a")
     view = store.for_session("s3")
-    store._core.fence("s3", 1)
+    store.deployment.fence("s3", 1)
     kept = [await view.store_event("1", notification(i)) for i in range(3)]
-    b = store._core.ownership("node-b", 5000)
-    assert (await b.claim("s3", "node-a", 1, 60_000))[0] is True  # node-b took it over
+    b = store.deployment.ownership("node-b", 5000)
+    assert (await b.claim("s3", "node-a", 1, 60_000)).claimed is True  # node-b took it over
     for i in range(3, 6):
         await view.store_event("1", notification(i))  # node-a does not know yet
     await asyncio.sleep(0.1)
@@ -108,7 +116,7 @@ async def test_a_stale_epoch_cannot_append_events(
     assert await view.replay_events_after(kept[0], collect) == "1"
     assert len(sent) == 2
     # Unfenced again (the node owns nothing): appends are unconditional.
-    store._core.fence("s3", None)
+    store.deployment.fence("s3", None)
     await view.store_event("1", notification(9))
     assert store.stats()["stored"] == 4
 

@@ -13,6 +13,7 @@ import redis as redis_py
 
 from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
+from tests._relay_parts import forwarded, next_part, part, request
 from tests.support.redis_server import RedisServer
 
 # The Rust relay's frames between two ends in one process, not the SDK: see tests/conftest.py.
@@ -30,9 +31,9 @@ async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[Re
 
 async def _pair(store: RedisEventStore, window: int = 64) -> tuple[Any, Any]:
     for node in ("owner", "relayer"):  # alive: the sweep ends requests of dead peers
-        await store._core.ownership(node, 60_000).beat("{}")
-    owner = store._core.relay("owner", window=window, sweep_ms=100)
-    relayer = store._core.relay("relayer", window=window, sweep_ms=100)
+        await store.deployment.ownership(node, 60_000).beat("{}")
+    owner = store.deployment.relay("owner", window=window, sweep_ms=100)
+    relayer = store.deployment.relay("relayer", window=window, sweep_ms=100)
     assert await owner.ready(2000) and await relayer.ready(2000)
     return owner, relayer
 
@@ -40,7 +41,7 @@ async def _pair(store: RedisEventStore, window: int = 64) -> tuple[Any, Any]:
 async def _take(owner: Any) -> tuple[Any, ...]:
     """The next relayed request, once this node has won its claim (as the middleware does:
     nothing of a request runs before that)."""
-    item = await asyncio.wait_for(owner.next_request(), 5)
+    item = request(await asyncio.wait_for(owner.next_request(), 5))
     claimed = owner.claimed(item[0])
     if not isinstance(claimed, bool):
         claimed = await asyncio.wait_for(claimed, 5)
@@ -51,9 +52,9 @@ async def _take(owner: Any) -> tuple[Any, ...]:
 async def _frames(forward: Any) -> list[Any]:
     out = []
     while True:
-        frame = await asyncio.wait_for(forward.next(), 5)
+        frame = await next_part(forward)
         out.append(frame)
-        if frame[0] in ("end", "lost"):
+        if frame[0] in ("end", "cut"):
             return out
 
 
@@ -62,14 +63,14 @@ async def test_a_request_and_its_streamed_response(store: RedisEventStore) -> No
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
     request_id, sender, session, head, body = await _take(owner)
     assert (sender, session, head, body) == ("relayer", "s", '{"m":1}', b"body")
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
     owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
     for i in range(5):
         assert owner.send(request_id, f"data: {i}\n\n".encode()) is None
     owner.end(request_id, True)
     frames = await _frames(forward)
-    assert frames[0] == ("start", 200, [(b"content-type", b"text/event-stream")])
+    assert frames[0] == ("head", 200, [(b"content-type", b"text/event-stream")])
     assert [f[1] for f in frames[1:-1]] == [f"data: {i}\n\n".encode() for i in range(5)]
     assert frames[-1] == ("end", True)
     assert owner.stats()["in_flight_served"] == 0
@@ -77,9 +78,9 @@ async def test_a_request_and_its_streamed_response(store: RedisEventStore) -> No
 
 
 async def test_nobody_listening_is_unreachable(store: RedisEventStore) -> None:
-    relayer = store._core.relay("relayer", sweep_ms=100)
+    relayer = store.deployment.relay("relayer", sweep_ms=100)
     assert await relayer.ready(2000)
-    assert await relayer.forward("nobody", "s", "{}", b"", 2000) == ("unreachable", None)
+    assert forwarded(await relayer.forward("nobody", "s", "{}", b"", 2000)) == ("unreachable", None)
 
 
 async def test_an_owner_that_never_takes_the_request_times_out_and_never_runs_it(
@@ -87,9 +88,9 @@ async def test_an_owner_that_never_takes_the_request_times_out_and_never_runs_it
 ) -> None:
     owner, relayer = await _pair(store)
     # The owner listens but its event loop never asks for work (a stuck node).
-    assert await relayer.forward("owner", "s", "{}", b"late", 300) == ("timeout", None)
+    assert forwarded(await relayer.forward("owner", "s", "{}", b"late", 300)) == ("timeout", None)
     # When it finally asks, the request is there but not its to run: the relayer's claim won.
-    request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+    request_id = (await asyncio.wait_for(owner.next_request(), 5)).id
     claimed = owner.claimed(request_id)
     if not isinstance(claimed, bool):
         claimed = await asyncio.wait_for(claimed, 5)
@@ -102,12 +103,12 @@ async def test_a_whole_response_travels_in_one_frame(store: RedisEventStore) -> 
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     request_id, *_ = await _take(owner)
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
     headers = [(b"content-type", b"application/json"), (b"x-a", b"1")]
     owner.respond(request_id, 404, headers, b'{"error":"gone"}')
     owner.end(request_id, True)  # what serve() always does last: a no-op after respond
-    assert await asyncio.wait_for(forward.next(), 5) == ("whole", 404, headers, b'{"error":"gone"}')
+    assert await next_part(forward) == ("whole", 404, headers, b'{"error":"gone"}')
     assert forward.try_next() is None, "nothing follows a whole response"
     assert owner.stats()["in_flight_served"] == 0
     assert relayer.stats()["in_flight_forwarded"] == 0
@@ -119,7 +120,7 @@ async def test_backpressure_holds_the_owner_until_the_client_catches_up(
     owner, relayer = await _pair(store, window=8)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     request_id, *_ = await _take(owner)
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
     owner.start(request_id, 200, [])
     waits = [owner.send(request_id, b"x" * 10) for _ in range(8)]
@@ -129,8 +130,8 @@ async def test_backpressure_holds_the_owner_until_the_client_catches_up(
     blocked_task = asyncio.ensure_future(blocked)
     await asyncio.sleep(0.2)
     assert not blocked_task.done(), "the relayer's client has consumed nothing"
-    frames = [await forward.next() for _ in range(5)]  # start + 4 chunks: credit for 4
-    assert frames[0][0] == "start"
+    frames = [part(await forward.next()) for _ in range(5)]  # start + 4 chunks: credit for 4
+    assert frames[0][0] == "head"
     assert await asyncio.wait_for(blocked_task, 2) is True
     owner.end(request_id, True)
 
@@ -139,7 +140,7 @@ async def test_a_client_disconnect_reaches_the_owner(store: RedisEventStore) -> 
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     request_id, *_ = await _take(owner)
-    _, forward = await forwarding
+    _, forward = forwarded(await forwarding)
     disconnected = asyncio.ensure_future(owner.disconnected(request_id))
     await asyncio.sleep(0.1)
     assert not disconnected.done()
@@ -151,19 +152,19 @@ async def test_a_dead_owner_ends_the_relayed_response(store: RedisEventStore) ->
     owner, relayer = await _pair(store)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     request_id, *_ = await _take(owner)
-    _, forward = await forwarding
+    _, forward = forwarded(await forwarding)
     owner.start(request_id, 200, [])
     owner.close()  # the owner's subscription goes away, as when its process dies
     frames = await _frames(forward)
-    assert frames[0][0] == "start"
-    assert frames[-1][0] == "lost", frames
+    assert frames[0][0] == "head"
+    assert frames[-1][0] == "cut", frames
 
 
 async def test_a_draining_owner_takes_no_new_requests(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store)
     owner.drain()
     await asyncio.sleep(0.2)
-    assert await relayer.forward("owner", "s", "{}", b"", 2000) == ("unreachable", None)
+    assert forwarded(await relayer.forward("owner", "s", "{}", b"", 2000)) == ("unreachable", None)
 
 
 async def test_an_owner_found_gone_after_it_heard_a_request_can_never_run_it(
@@ -178,7 +179,7 @@ async def test_an_owner_found_gone_after_it_heard_a_request_can_never_run_it(
         await asyncio.sleep(0.3)  # heard, not taken
         assert not forwarding.done()
         owner.close()
-        assert await asyncio.wait_for(forwarding, 5) == ("unreachable", None)
+        assert forwarded(await asyncio.wait_for(forwarding, 5)) == ("unreachable", None)
         with redis_py.Redis.from_url(redis_server.url, decode_responses=True) as redis:
             pattern = dict(key_layout(prefix))["claim"]
             claims = [redis.get(key) for key in redis.scan_iter(match=pattern)]
@@ -199,7 +200,7 @@ async def test_a_request_whose_publish_failed_is_settled_by_its_claim(prefix: st
                 admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
             with pytest.raises(McpDbError):
                 await relayer.forward("owner", "s", "{}", b"", 2000)
-            request_id, *_ = await asyncio.wait_for(owner.next_request(), 5)
+            request_id = (await asyncio.wait_for(owner.next_request(), 5)).id
             claimed = owner.claimed(request_id)
             if not isinstance(claimed, bool):
                 claimed = await asyncio.wait_for(claimed, 5)
@@ -220,5 +221,5 @@ async def test_a_cancelled_wait_for_a_request_takes_none(store: RedisEventStore)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"next", 2000))
     _, _, _, _, body = await _take(owner)
     assert body == b"next"
-    outcome, _ = await forwarding
+    outcome, _ = forwarded(await forwarding)
     assert outcome == "accepted"

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from mcp_db import ConfigError, RedisEventStore
 from tests._nodes import Node
+from tests._relay_parts import forwarded, next_part, request
 from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
@@ -46,10 +47,10 @@ async def spy(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
 
 
 async def _relay(store: RedisEventStore, node: str, secret: bytes | None, **options: Any) -> Any:
-    await store._core.ownership(node, 60_000).beat("{}")  # alive: the sweep keeps its requests
+    await store.deployment.ownership(node, 60_000).beat("{}")  # alive: the sweep keeps its requests
     if secret is not None:
         options["secret"] = secret
-    relay = store._core.relay(node, sweep_ms=100, **options)
+    relay = store.deployment.relay(node, sweep_ms=100, **options)
     assert await relay.ready(2000)
     return relay
 
@@ -67,7 +68,7 @@ async def _runs(owner: Any, wait: float = 0.5) -> list[bytes]:
     ran = []
     while True:
         try:
-            item = await asyncio.wait_for(owner.next_request(), wait)
+            item = request(await asyncio.wait_for(owner.next_request(), wait))
         except asyncio.TimeoutError:
             return ran
         claimed = owner.claimed(item[0])
@@ -115,9 +116,9 @@ async def _one_request(owner: Any, relayer: Any, body: bytes = b"pay 10") -> byt
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", body, 2000))
     ran = await _runs(owner, wait=2)
     assert len(ran) == 1
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
-    assert await asyncio.wait_for(forward.next(), 5) == ("whole", 200, [], b"ran")
+    assert await next_part(forward) == ("whole", 200, [], b"ran")
     return bytes(ran[0])
 
 
@@ -169,7 +170,7 @@ async def test_a_stale_request_frame_is_refused(
     relayer = await _relay(store, "relayer", SECRET)
     async with Capture(spy, f"{prefix}:r:owner:q") as inbox:
         # Only the spy listens on the owner's inbox: nobody takes the request on.
-        outcome = await relayer.forward("owner", "s", "{}", b"late", 200)
+        outcome = forwarded(await relayer.forward("owner", "s", "{}", b"late", 200))
         assert outcome in (("timeout", None), ("unreachable", None))
         captured = await inbox.next()
         await asyncio.sleep(0.6)
@@ -191,7 +192,7 @@ async def test_frames_injected_into_a_live_stream_are_dropped(
     ):
         forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
         (request_id,) = await _runs_streaming(owner)
-        outcome, forward = await forwarding
+        outcome, forward = forwarded(await forwarding)
         assert outcome == "accepted"
         assert (await to_relayer.next())[1:2] == b"A"
         owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
@@ -209,19 +210,19 @@ async def test_frames_injected_into_a_live_stream_are_dropped(
         assert waits[2] is not None, "the forged credit opened the window"
         await asyncio.sleep(0.3)
         assert not disconnected.done(), "the forged cancel reached the handler"
-        frames = [await asyncio.wait_for(forward.next(), 5) for _ in range(5)]
-        assert frames[0][0] == "start"
+        frames = [await next_part(forward) for _ in range(5)]
+        assert frames[0][0] == "head"
         assert [f[1] for f in frames[1:]] == [f"data: {i}\n\n".encode() for i in range(4)]
         assert await asyncio.wait_for(waits[2], 5) is True, "real credit still flows"
         owner.end(request_id, True)
-        assert await asyncio.wait_for(forward.next(), 5) == ("end", True)
+        assert await next_part(forward) == ("end", True)
         disconnected.cancel()
     assert relayer.stats()["rejected_replayed"] == 1
     assert owner.stats()["rejected_unsealed"] == 2
 
 
 async def _runs_streaming(owner: Any) -> list[bytes]:
-    item = await asyncio.wait_for(owner.next_request(), 5)
+    item = request(await asyncio.wait_for(owner.next_request(), 5))
     claimed = owner.claimed(item[0])
     if not isinstance(claimed, bool):
         claimed = await asyncio.wait_for(claimed, 5)
@@ -248,7 +249,9 @@ async def test_nodes_without_the_same_secret_run_nothing_and_say_why(
     with caplog.at_level(logging.WARNING, logger="mcp_db"):
         forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 300))
         assert await _runs(owner) == []
-        assert await forwarding == ("timeout", None), "the relayer hears no answer and says so"
+        assert forwarded(await forwarding) == ("timeout", None), (
+            "the relayer hears no answer and says so"
+        )
     assert owner.stats()[f"rejected_{cause}"] == 1
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(f"dropped 1 {cause} frame" in w and "relay_secret" in w for w in warnings), warnings
@@ -256,7 +259,7 @@ async def test_nodes_without_the_same_secret_run_nothing_and_say_why(
 
 async def test_a_short_secret_is_refused(store: RedisEventStore) -> None:
     with pytest.raises(ConfigError, match="at least 16"):
-        store._core.relay("node", secret=b"short")
+        store.deployment.relay("node", secret=b"short")
 
 
 # -- with the secret, the relay works as before ---------------------------------------------
@@ -276,9 +279,9 @@ async def test_a_streamed_response_through_sealed_frames(
 async def _sealed_stream(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store, SECRET, SECRET, window=4)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
-    item = await asyncio.wait_for(owner.next_request(), 5)
+    item = request(await asyncio.wait_for(owner.next_request(), 5))
     assert tuple(item[1:]) == ("relayer", "s", '{"m":1}', b"body")
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
     request_id = item[0]
 
@@ -291,11 +294,11 @@ async def _sealed_stream(store: RedisEventStore) -> None:
         owner.end(request_id, True)
 
     producing = asyncio.ensure_future(produce())
-    frames = [await asyncio.wait_for(forward.next(), 5)]
-    while frames[-1][0] not in ("end", "lost"):
-        frames.append(await asyncio.wait_for(forward.next(), 5))
+    frames = [await next_part(forward)]
+    while frames[-1][0] not in ("end", "cut"):
+        frames.append(await next_part(forward))
     await producing
-    assert frames[0] == ("start", 200, [(b"content-type", b"text/event-stream")])
+    assert frames[0] == ("head", 200, [(b"content-type", b"text/event-stream")])
     assert [f[1] for f in frames[1:-1]] == [f"data: {i}\n\n".encode() for i in range(20)]
     assert frames[-1] == ("end", True)
     assert owner.stats()["rejected"] == relayer.stats()["rejected"] == 0
@@ -317,7 +320,7 @@ async def test_a_client_that_never_reads_holds_at_most_the_byte_window(
     owner, relayer = await _pair(store, secret, secret)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     (request_id,) = await _runs_streaming(owner)
-    outcome, forward = await forwarding
+    outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
     owner.start(request_id, 200, [(b"content-type", b"text/event-stream")])
     sent = 0
@@ -336,9 +339,9 @@ async def test_a_client_that_never_reads_holds_at_most_the_byte_window(
     await asyncio.sleep(0.2)
     assert not stalled.done(), "the owner goes on although the client reads nothing"
     # The client reads half the window: credit comes back and the owner goes on.
-    assert (await asyncio.wait_for(forward.next(), 5))[0] == "start"
+    assert (await next_part(forward))[0] == "head"
     for _ in range(WINDOW_BYTES // 2 // CHUNK):
-        assert (await asyncio.wait_for(forward.next(), 5))[0] == "data"
+        assert (await next_part(forward))[0] == "chunk"
     assert await asyncio.wait_for(stalled, 5) is True
     owner.end(request_id, False)
     forward.cancel()
@@ -348,15 +351,15 @@ async def test_one_chunk_larger_than_the_window_still_goes(store: RedisEventStor
     owner, relayer = await _pair(store, None, None, window_bytes=1000)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", "{}", b"", 2000))
     (request_id,) = await _runs_streaming(owner)
-    _, forward = await forwarding
+    _, forward = forwarded(await forwarding)
     owner.start(request_id, 200, [])
     waiting = owner.send(request_id, b"y" * 5000)
     assert waiting is not None, "the window is exceeded by the one chunk"
-    assert (await asyncio.wait_for(forward.next(), 5))[0] == "start"
-    assert await asyncio.wait_for(forward.next(), 5) == ("data", b"y" * 5000)
+    assert (await next_part(forward))[0] == "head"
+    assert await next_part(forward) == ("chunk", b"y" * 5000)
     assert await asyncio.wait_for(waiting, 5) is True
     owner.end(request_id, True)
-    assert await asyncio.wait_for(forward.next(), 5) == ("end", True)
+    assert await next_part(forward) == ("end", True)
 
 
 # -- through SessionMiddleware, on real nodes ------------------------------------------------

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from mcp_db._core import ClaimOutcome
 from mcp_db.middleware import ownership as ownership_module
 from mcp_db.middleware.node import Lease
 from mcp_db.middleware.ownership import Owned, Ownership
@@ -72,7 +73,7 @@ def owned(
 def record(
     *, state: str = "ACTIVE", principal: str = "", owner: str = NODE, epoch: int = 2
 ) -> Record:
-    return Record(state, principal, owner, epoch, "{}", None)
+    return Record(state=state, principal=principal, owner=owner, epoch=epoch, init="{}")
 
 
 # -- decide_at_once: what the node decides from memory ------------------------------------
@@ -187,14 +188,6 @@ def test_a_relayed_request_for_a_session_owned_elsewhere_is_refused_as_moved() -
     assert found == RefuseMoved(OTHER, 4, let_go=False)
 
 
-def test_the_record_is_read_once_from_what_lookup_returns() -> None:
-    assert Record.read(None) is None
-    fields = {"state": "ACTIVE", "node": NODE, "epoch": "7", "init": "{}", "principal": ALICE}
-    assert Record.read(fields) == Record("ACTIVE", ALICE, NODE, 7, "{}", None)
-    fields["owner"] = OTHER
-    assert Record.read(fields).owner == OTHER  # type: ignore[union-attr]
-
-
 # -- decide_without_record: Redis cannot be read ------------------------------------------
 
 
@@ -252,20 +245,20 @@ def test_while_this_node_recovers_a_missing_lease_is_no_evidence_of_death() -> N
 
 
 def test_a_claim_this_node_won_is_a_takeover() -> None:
-    assert after_claim(True, "claimed") == Claimed(took_over=True)
+    assert after_claim(ClaimOutcome.CLAIMED) == Claimed(took_over=True)
 
 
 def test_a_claim_held_by_a_concurrent_request_here_is_no_new_takeover() -> None:
-    assert after_claim(True, "held") == Claimed(took_over=False)
+    assert after_claim(ClaimOutcome.HELD) == Claimed(took_over=False)
 
 
 def test_a_claim_of_a_closed_or_missing_session_is_not_found() -> None:
-    assert after_claim(False, "closed") == NotFound("closed")
-    assert after_claim(False, "missing") == NotFound("expired")
+    assert after_claim(ClaimOutcome.CLOSED) == NotFound("closed")
+    assert after_claim(ClaimOutcome.MISSING) == NotFound("expired")
 
 
 def test_a_claim_another_node_won_follows_the_session() -> None:
-    assert after_claim(False, "moved") is CLAIMED_ELSEWHERE
+    assert after_claim(ClaimOutcome.MOVED) is CLAIMED_ELSEWHERE
 
 
 # -- the lease ----------------------------------------------------------------------------

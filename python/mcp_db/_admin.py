@@ -19,7 +19,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from mcp_db import _core
-from mcp_db._core import redact
+from mcp_db._core import Refusal, Transition, redact
 from mcp_db._report import Progress, text
 from mcp_db.errors import McpDbError
 
@@ -306,50 +306,32 @@ class Deployment:
         pttl = _int(self.client.pttl(key)) or -1
         ttl_ms = max(pttl, MIN_TOMBSTONE_MS)
         try:
-            done = asyncio.run(self._transition(session, ttl_ms))
+            done, notified = asyncio.run(self._close(session, ttl_ms))
         except McpDbError as exc:
             raise Unreachable(f"cannot close session {session!r}: {exc}") from None
-        if not done[0] and done[1] == "missing":
+        if done.refusal == Refusal.MISSING:
             raise NotFound(
                 f"no session {session!r} under {self.where}: it never existed or expired "
                 "(an expired session already gets 404 everywhere)"
             )
-        already = not done[0]
-        if already and done[3] != "CLOSED":  # cannot happen without epoch or version
-            raise AdminError(f"Redis refused to close session {session!r}: {done[1]}")
-        # Again for a closed one too: a close cut short may not have told the owner.
-        notified = self._publish(f"closed {session}")
+        already = not done.done
+        if already and done.state != "CLOSED":  # cannot happen without epoch or version
+            raise AdminError(f"Redis refused to close session {session!r}: {done.refusal!r}")
         return {
             "id": session,
             "state": "CLOSED",
             "already_closed": already,
-            "version": done[1] if done[0] else done[2],
+            "version": done.version,
             "tombstone_ttl_ms": ttl_ms,
             "notified_nodes": notified,
         }
 
-    async def _transition(self, session: str, ttl_ms: int) -> Any:
-        core = _core.RedisEvents(
-            self.url,
-            prefix=self.prefix,
-            ttl_seconds=3600,
-            max_events_per_stream=1,
-            buffer_max_events=1,
-            timeout_seconds=5,
-            page_size=1,
-        )
-        try:
-            await core.connect()
-            return await core.sessions().transition(session, "CLOSED", ttl_ms, None, [], None)
-        finally:
-            await core.close()
-
-    def _publish(self, message: str) -> int:
-        """Publishes on the bus (what the middleware's DELETE does through the core's
-        ``Bus``, whose subscription a one-shot command has no use for); on a cluster
-        through the primary of slot 0, where the nodes subscribe (docs/redis.md)."""
-        channel = self.layout["bus"]
-        if self.cluster:
-            hub = self.client.nodes_manager.get_node_from_slot(0)
-            return int(self.client.publish(channel, message, target_nodes=hub))
-        return int(self.client.publish(channel, message))
+    async def _close(self, session: str, ttl_ms: int) -> tuple[Transition, int]:
+        """The CLOSED transition, then the news on the bus, as the middleware's DELETE
+        does: again for a closed session too, as a close cut short may not have told the
+        owner."""
+        deployment = _core.Deployment(self.url, prefix=self.prefix)
+        done = await deployment.sessions().transition(session, "CLOSED", ttl_ms)
+        if done.refusal == Refusal.MISSING:
+            return done, 0
+        return done, await deployment.bus().closed(session)

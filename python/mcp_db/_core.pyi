@@ -1,10 +1,7 @@
 """mcp-db's Rust core. Private: import from ``mcp_db`` instead.
 
-A replay page is ``(event_ids, runs)``. Each run is ``(tag, count, json, ends)``:
-``count`` consecutive messages of one kind, ``json`` a JSON array of them exactly as the
-SDK serialized each, ``ends`` the offset in ``json`` where each one ends (native ``u32``s);
-``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response) or ``e`` (error).
-Priming events never appear in a page.
+A :class:`Deployment` (one prefix on one Redis) builds everything else. Results cross as
+frozen classes and enums, never as positional tuples or strings.
 """
 
 import asyncio
@@ -14,9 +11,6 @@ from typing import Any, Literal, final
 __version__: str
 #: Longest ``Last-Event-ID`` the stores will parse; longer ones replay nothing.
 MAX_EVENT_ID_LEN: int
-
-Run = tuple[str, int, bytes, bytes]
-Page = tuple[list[str], list[Run]]
 
 def parse_event_id(event_id: str) -> tuple[str, str] | None:
     """``(session, stream)`` of an event ID, or ``None`` if it is not one of ours."""
@@ -58,6 +52,31 @@ def construct_models(
     ``fields`` unless ``extra_allowed``."""
 
 @final
+class Run:
+    """``count`` consecutive stored messages of one kind: ``json`` a JSON array of them
+    exactly as the SDK serialized each, ``ends`` the offset in ``json`` where each one ends
+    (native ``u32``s). ``tag`` is ``q`` (request), ``n`` (notification), ``r`` (response)
+    or ``e`` (error). Priming events never appear in a run."""
+
+    @property
+    def tag(self) -> str: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def json(self) -> bytes: ...
+    @property
+    def ends(self) -> bytes: ...
+
+@final
+class Page:
+    """One page of a replay: an event ID per message, and the messages in runs."""
+
+    @property
+    def ids(self) -> list[str]: ...
+    @property
+    def runs(self) -> list[Run]: ...
+
+@final
 class ReplayPages:
     """The rest of a replay, read ahead in the background."""
 
@@ -67,26 +86,74 @@ class ReplayPages:
         """Waits for the next page; ``None`` at the end."""
 
 @final
-class RedisEvents:
-    """Redis backend: batched durable appends, paged replay, a bounded fault buffer."""
+class Replay:
+    """The start of a replay: the ``stream`` it resumes, its first ``page``, and the
+    ``rest`` (``None`` when the first page is all there is)."""
 
-    def __new__(
-        cls,
-        url: str,
-        *,
-        prefix: str,
-        ttl_seconds: float,
-        max_events_per_stream: int,
-        buffer_max_events: int,
-        timeout_seconds: float,
-        page_size: int,
-    ) -> RedisEvents:
-        """Parses the URL and options (``mcp_db.ConfigError`` if bad); does not connect."""
+    @property
+    def stream(self) -> str: ...
+    @property
+    def page(self) -> Page: ...
+    @property
+    def rest(self) -> ReplayPages | None: ...
+
+@final
+class Deployment:
+    """One prefix on one Redis (or Redis Cluster), shared by every node of a deployment,
+    and one connection to it. Everything else is built from here."""
+
+    def __new__(cls, url: str, *, prefix: str, timeout_seconds: float = 5.0) -> Deployment:
+        """Parses the URL and options (``mcp_db.ConfigError`` if bad); does not connect.
+        ``timeout_seconds`` bounds every Redis operation."""
     @property
     def server(self) -> str:
         """``scheme://host:port/db`` without credentials."""
+    @property
+    def prefix(self) -> str: ...
     async def connect(self) -> None:
         """Opens the connection; ``mcp_db.RedisUnavailableError`` if Redis is unreachable."""
+    def events(
+        self,
+        *,
+        ttl_seconds: float,
+        max_events_per_stream: int,
+        buffer_max_events: int,
+        page_size: int,
+    ) -> RedisEvents:
+        """The event store: batched durable appends, paged replay, a bounded fault buffer.
+        Its writer starts now."""
+    def sessions(self) -> SessionRecords:
+        """Session records."""
+    def fence(self, session: str, epoch: int | None) -> None:
+        """Appends to ``session`` are written only while its record names ``epoch``
+        (``None``: unconditionally)."""
+    def ownership(self, node: str, lease_ms: int) -> Ownership:
+        """Node ``node``'s lease on the sessions it owns (``ConfigError`` below 100 ms)."""
+    def relay(
+        self,
+        node: str,
+        *,
+        window: int = 64,
+        window_bytes: int = 1048576,
+        sweep_ms: int = 1000,
+        secret: bytes | None = None,
+        max_age_ms: int = 30000,
+    ) -> Relay:
+        """Node ``node``'s end of the relay (subscribes on a dedicated connection).
+
+        The owner of a streamed response may have ``window`` body chunks and
+        ``window_bytes`` bytes unacknowledged (at least one chunk, however large).
+        ``secret`` (at least 16 bytes, the same on every node; ``ConfigError`` otherwise)
+        seals every frame: encrypted, bound to its sender, channel and time, accepted once.
+        A frame that does not open, or was sealed more than ``max_age_ms`` ago, is dropped,
+        counted in ``stats()`` and logged."""
+    def bus(self) -> Bus:
+        """The bus; it subscribes (on a dedicated connection) once asked for news."""
+
+@final
+class RedisEvents:
+    """Redis backend of the event store (``Deployment.events``)."""
+
     def append(
         self,
         wakeup: Wakeup,
@@ -99,39 +166,9 @@ class RedisEvents:
         """Queues one event (``data`` None: priming). ``future`` (of the loop ``wakeup``
         serves, see ``mcp_db._wake``) gets its event ID once Redis has it, or at once while
         Redis is unreachable (the event is buffered)."""
-    async def replay(
-        self, last_event_id: str, session: str | None
-    ) -> tuple[str, list[str], list[Run], ReplayPages | None] | None:
-        """``(stream, ids, runs, pages)`` after ``last_event_id``: the first page, and the
-        rest (``None`` if there is none). ``None`` for an unknown, garbled, expired or (when
-        ``session`` is given) foreign ID."""
-    def bus(self) -> Bus:
-        """Subscribes (on a dedicated connection) to the bus of this store's prefix."""
-    def sessions(self) -> SessionRecords:
-        """Session records under this store's prefix, on this store's connection."""
-    def ownership(self, node: str, lease_ms: int) -> Ownership:
-        """This node's lease on the sessions it owns (``ConfigError`` below 100 ms)."""
-    def relay(
-        self,
-        node: str,
-        *,
-        window: int = 64,
-        window_bytes: int = 1048576,
-        sweep_ms: int = 1000,
-        secret: bytes | None = None,
-        max_age_ms: int = 30000,
-    ) -> Relay:
-        """This node's end of the relay (subscribes on a dedicated connection).
-
-        The owner of a streamed response may have ``window`` body chunks and
-        ``window_bytes`` bytes unacknowledged (at least one chunk, however large).
-        ``secret`` (at least 16 bytes, the same on every node; ``ConfigError`` otherwise)
-        seals every frame: encrypted, bound to its sender, channel and time, accepted once.
-        A frame that does not open, or was sealed more than ``max_age_ms`` ago, is dropped,
-        counted in ``stats()`` and logged."""
-    def fence(self, session: str, epoch: int | None) -> None:
-        """Appends to ``session`` are written only while its record names ``epoch``
-        (``None``: unconditionally)."""
+    async def replay(self, last_event_id: str, session: str | None) -> Replay | None:
+        """What follows ``last_event_id``; ``None`` for an unknown, garbled, expired or
+        (when ``session`` is given) foreign ID."""
     async def close(self) -> None:
         """Writes what is queued, tries once more to write the buffer, then stops."""
     def stats(self) -> dict[str, int]:
@@ -148,12 +185,77 @@ class MemoryEvents:
         streams, dropping the least recently written stream first."""
     def append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         """Stores one event and returns its ID."""
-    def replay(
-        self, last_event_id: str, session: str | None
-    ) -> tuple[str, list[str], list[Run], None] | None:
-        """Everything after ``last_event_id`` in one page, or ``None`` (see ``RedisEvents``)."""
+    def replay(self, last_event_id: str, session: str | None) -> Replay | None:
+        """Everything after ``last_event_id`` in one page (``rest`` is ``None``), or
+        ``None`` (see ``RedisEvents``)."""
     def stats(self) -> dict[str, int]:
         """stored, replayed, streams, evicted_streams."""
+
+@final
+class SessionRecord:
+    """The fields of a session record the middleware reads."""
+
+    def __new__(
+        cls,
+        *,
+        state: str,
+        owner: str,
+        epoch: int,
+        version: int = 1,
+        principal: str = "",
+        node: str | None = None,
+        init: str = "null",
+        protocol: str | None = None,
+    ) -> SessionRecord: ...
+    @property
+    def state(self) -> str:
+        """``INITIALIZING``, ``INITIALIZED``, ``ACTIVE`` or ``CLOSED``."""
+    @property
+    def version(self) -> int:
+        """Bumped by every transition."""
+    @property
+    def node(self) -> str:
+        """The node that created the session."""
+    @property
+    def owner(self) -> str:
+        """The node that holds the session's live state (its creator, on old records)."""
+    @property
+    def epoch(self) -> int:
+        """The owner's epoch: each takeover adds one."""
+    @property
+    def principal(self) -> str: ...
+    @property
+    def init(self) -> str:
+        """The client's ``initialize`` params, as JSON."""
+    @property
+    def protocol(self) -> str | None: ...
+
+@final
+class Refusal:
+    """Why a transition was refused."""
+
+    MISSING: Refusal
+    """No record: never created, or expired."""
+    CONFLICT: Refusal
+    """The record's version is not the expected one."""
+    REFUSED: Refusal
+    """The state machine does not allow the move."""
+    FENCED: Refusal
+    """Another node owns the session at a later epoch."""
+
+@final
+class Transition:
+    """What a transition came to: ``done``, or the ``refusal`` and the record's
+    ``version`` and ``state`` as they are (no ``state`` when ``MISSING``)."""
+
+    @property
+    def done(self) -> bool: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def refusal(self) -> Refusal | None: ...
+    @property
+    def state(self) -> str | None: ...
 
 @final
 class SessionRecords:
@@ -172,11 +274,10 @@ class SessionRecords:
         expected_version: int | None = None,
         fields: list[tuple[str, str]] = ...,
         epoch: int | None = None,
-    ) -> tuple[Literal[True], int] | tuple[Literal[False], str, int, str]:
-        """``(True, version)``, or ``(False, reason, version, state)`` with reason
-        ``missing``, ``conflict`` (version mismatch), ``refused`` (not allowed) or
-        ``fenced`` (``epoch`` given and another node owns the session now)."""
-    async def lookup(self, session: str, ttl_ms: int) -> dict[str, str] | None:
+    ) -> Transition:
+        """Moves the record to ``state``; refused as ``FENCED`` when ``epoch`` is given and
+        another node owns the session now."""
+    async def lookup(self, session: str, ttl_ms: int) -> SessionRecord | None:
         """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
     async def forget_unlearned(self, session: str, node: str) -> bool:
         """Deletes the record of a session whose creation ``node`` gave up on (the client
@@ -184,13 +285,30 @@ class SessionRecords:
         ``node``'s first epoch, INITIALIZING or INITIALIZED; ``True`` if one was deleted."""
 
 @final
-class Bus:
-    """Pub/sub on ``{prefix}:bus``: news every node must hear (a session was closed)."""
+class News:
+    """One piece of news from the bus: a session ``closed``, or taken over by ``node`` at
+    ``epoch`` (``node`` and ``epoch`` are set for a takeover only)."""
 
-    async def next(self) -> str | None:
-        """The next message; waits for one."""
-    async def publish(self, message: str) -> int:
-        """Sends ``message`` to every subscribed node; how many received it."""
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def node(self) -> str | None: ...
+    @property
+    def epoch(self) -> int | None: ...
+
+@final
+class Bus:
+    """Pub/sub on ``{prefix}:bus``: news every node must hear. Messages are built and
+    parsed in the core only."""
+
+    async def next(self) -> News | None:
+        """The next news; waits for it. Subscribes on the first call."""
+    async def closed(self, session: str) -> int:
+        """Tells every node that ``session`` was closed; how many nodes heard it."""
+    async def taken_over(self, session: str, node: str, epoch: int) -> int:
+        """Tells every node that ``node`` took ``session`` over at ``epoch``."""
 
 @final
 class Ownership:
@@ -210,26 +328,147 @@ class Ownership:
         """Whether ``node``'s heartbeat lives."""
     async def claim(
         self, session: str, expected_owner: str, expected_epoch: int, ttl_ms: int
-    ) -> tuple[bool, str, int, str]:
-        """``(claimed, owner, epoch, why)``; why is ``claimed``, ``held``, ``moved``,
-        ``closed`` or ``missing``."""
-    async def touch(self, sessions: list[tuple[str, int]], ttl_ms: int) -> list[int]:
-        """Slides the TTL of owned sessions: 1 done, 0 expired, -1 closed, -2 moved."""
+    ) -> Claim:
+        """Takes ``session`` over from ``expected_owner`` at ``expected_epoch``."""
+    async def touch(self, sessions: list[tuple[str, int]], ttl_ms: int) -> list[Touched]:
+        """Slides the TTL of the ``(session, epoch)`` pairs this node owns and used."""
 
-Frame = tuple[Any, ...]
+@final
+class ClaimOutcome:
+    """What a claim of a session came to."""
+
+    CLAIMED: ClaimOutcome
+    """This node took the session over (epoch + 1)."""
+    HELD: ClaimOutcome
+    """This node held it already (a concurrent request here claimed it first)."""
+    MOVED: ClaimOutcome
+    """Another node owns it now."""
+    CLOSED: ClaimOutcome
+    MISSING: ClaimOutcome
+    """No record: never created, or expired."""
+
+@final
+class Claim:
+    """A claim's ``outcome``, and the ``owner`` and ``epoch`` the record names now."""
+
+    @property
+    def outcome(self) -> ClaimOutcome: ...
+    @property
+    def owner(self) -> str: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def claimed(self) -> bool:
+        """Whether this node owns the session now (``CLAIMED`` or ``HELD``)."""
+
+@final
+class Touched:
+    """What a heartbeat's touch found of one owned session."""
+
+    KEPT: Touched
+    """Still this node's: its TTL slid forward."""
+    EXPIRED: Touched
+    CLOSED: Touched
+    MOVED: Touched
+    """Another node owns it now."""
+
+@final
+class Whole:
+    """A whole response, in one part."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+    @property
+    def body(self) -> bytes: ...
+
+@final
+class Head:
+    """The status and headers of a streamed response."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]: ...
+
+@final
+class Chunk:
+    """A piece of a streamed response's body."""
+
+    @property
+    def data(self) -> bytes: ...
+
+@final
+class End:
+    """The end of a streamed response; ``ok`` is false if it broke off at the owner."""
+
+    @property
+    def ok(self) -> bool: ...
+
+@final
+class Cut:
+    """The response broke off here (the owner was lost, or a frame was): ``reason``."""
+
+    @property
+    def reason(self) -> str: ...
 
 @final
 class Forward:
-    """A forwarded request's response: ``("whole", status, headers, body)`` alone, or
-    ``("start", status, headers)``, then ``("data", bytes)`` and ``("end", ok)``; or
-    ``("lost", reason)`` at any point."""
+    """A forwarded request's response: a ``Whole`` alone, or a ``Head``, ``Chunk``s and an
+    ``End``; a ``Cut`` at any point ends it early."""
 
-    async def next(self) -> Frame:
+    async def next(self) -> Whole | Head | Chunk | End | Cut:
         """The next part of the response, waiting for it."""
-    def try_next(self) -> Frame | None:
+    def try_next(self) -> Whole | Head | Chunk | End | Cut | None:
         """The next part if it has arrived (or came with the acceptance), else ``None``."""
     def cancel(self) -> None:
         """The client went away: tells the owner."""
+
+@final
+class RelayOutcome:
+    """What relaying a request came to. The *owner* serves the session; the *client* sent
+    the request."""
+
+    ACCEPTED: RelayOutcome
+    """The owner took the request on; its response follows."""
+    UNREACHABLE: RelayOutcome
+    """Nobody listens on the owner's inbox, or the owner was found gone before it took the
+    request on: the request never runs."""
+    TIMEOUT: RelayOutcome
+    """The owner did not take the request on in time; it never will."""
+    OWNER_LOST: RelayOutcome
+    """The owner was found gone after it took the request on: it may have run."""
+    REFUSED: RelayOutcome
+    """The owner refused it (it is shutting down)."""
+
+@final
+class Forwarded:
+    """``Relay.forward``'s answer: the ``outcome``; the ``response`` when ``ACCEPTED``;
+    the ``reason`` for ``OWNER_LOST`` and ``REFUSED``."""
+
+    @property
+    def outcome(self) -> RelayOutcome: ...
+    @property
+    def response(self) -> Forward | None: ...
+    @property
+    def reason(self) -> str | None: ...
+
+@final
+class RelayedRequest:
+    """A request another node relayed here: ``id`` names it in ``claimed``, ``start``,
+    ``send`` and ``end``; ``sender`` is the node that relayed it."""
+
+    @property
+    def id(self) -> bytes: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def session(self) -> str: ...
+    @property
+    def head(self) -> str: ...
+    @property
+    def body(self) -> bytes: ...
 
 @final
 class Relay:
@@ -253,15 +492,12 @@ class Relay:
         altered, or naming another sender), rejected_stale, rejected_replayed."""
     async def forward(
         self, owner: str, session: str, head: str, body: bytes, accept_timeout_ms: int
-    ) -> tuple[str, Forward | str | None]:
-        """``("accepted", Forward)``; ``("unreachable", None)`` or ``("timeout", None)``,
-        and the request never runs; ``("lost", reason)``: the owner took it on and was then
-        found gone, so it may have run; or ``("refused", reason)``. Raises
-        ``RedisUnavailableError`` when Redis failed and the owner may have heard the
-        request: it must not be sent again."""
-    async def next_request(self) -> tuple[bytes, str, str, str, bytes] | None:
-        """The next request relayed here: ``(id, from_node, session, head, body)``. Its
-        claim is under way: run nothing of it before :meth:`claimed` says so."""
+    ) -> Forwarded:
+        """Relays a request to ``owner``. Raises ``RedisUnavailableError`` when Redis
+        failed and the owner may have heard the request: it must not be sent again."""
+    async def next_request(self) -> RelayedRequest | None:
+        """The next request relayed here; ``None`` once the relay is closed. Its claim is
+        under way: run nothing of it before :meth:`claimed` says so."""
     def claimed(self, id: bytes) -> bool | Awaitable[bool]:
         """Whether this node won the request's claim, or an awaitable of it while the
         claim is in flight. ``False``: the relaying node gave up; drop the request."""

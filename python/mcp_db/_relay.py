@@ -9,13 +9,18 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import logging
 from typing import Any
 
 from mcp_db._asgi import MOVED_HEADER, App, Message, Receive, Scope, Send
+from mcp_db._core import Chunk, Cut, End, Forward, Head, RelayedRequest, Whole
 
 logger = logging.getLogger("mcp_db")
+
+#: A part of a relayed response (``Forward.next``).
+Part = Whole | Head | Chunk | End | Cut
 
 #: Scope key marking a request this node runs for another node (value: that node's ID).
 RELAYED = "mcp_db.relayed_from"
@@ -66,14 +71,27 @@ def _is_stream(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
-async def pump(forward: Any, receive: Receive, send: Send) -> str:
-    """Streams ``forward``'s response to the client: ``"sent"``, or ``"not-found"`` if it
-    was the owner's 404. Nothing is sent when the result is ``"lost"`` (the response was
-    lost before it began) or ``"moved"`` (the owner refused: the session moved and nothing
-    ran), and the caller answers then; nor when it is ``"gone"`` (the client went away)."""
+class Pumped(enum.Enum):
+    """What streaming a relayed response to the client came to (:func:`pump`)."""
+
+    #: The owner's response went to the client.
+    SENT = "sent"
+    #: The owner's response was its 404, sent to the client.
+    NOT_FOUND = "not-found"
+    #: Nothing was sent: the owner refused, as the session moved from it, and ran nothing.
+    MOVED = "moved"
+    #: Nothing was sent: the response broke off before it began (the owner was lost).
+    OWNER_LOST = "owner-lost"
+    #: Nothing was sent: the client went away before the response began.
+    CLIENT_LEFT = "client-left"
+
+
+async def pump(forward: Forward, receive: Receive, send: Send) -> Pumped:
+    """Streams ``forward``'s response to the client. When nothing was sent, the caller
+    answers (see :class:`Pumped`)."""
     loop = asyncio.get_running_loop()
     started = client_gone = False
-    result = "lost"
+    result = Pumped.OWNER_LOST
     watcher: asyncio.Task[None] | None = None
 
     async def watch_client() -> None:
@@ -90,35 +108,34 @@ async def pump(forward: Any, receive: Receive, send: Send) -> str:
     # Most responses are over before a client could go away: watch only slower ones.
     timer = loop.call_later(_WATCH_AFTER, start_watching)
     try:
-        following = None
+        following: Part | None = None
         while True:
-            frame = following or forward.try_next() or await forward.next()
+            part = following or forward.try_next() or await forward.next()
             following = None
-            kind = frame[0]
-            if kind == "data":
+            if type(part) is Chunk:
                 # An end right behind the last chunk completes the response with it.
                 following = forward.try_next()
-                last = following is not None and following[0] == "end"
-                await send({"type": "http.response.body", "body": frame[1], "more_body": not last})
+                last = type(following) is End
+                await send({"type": "http.response.body", "body": part.data, "more_body": not last})
                 if last:
                     break
-            elif kind in ("start", "whole"):
-                status, headers = frame[1], frame[2]
+            elif type(part) is Head or type(part) is Whole:
+                status, headers = part.status, part.headers
                 if status == 503 and any(name == MOVED_HEADER for name, _ in headers):
                     forward.cancel()
-                    result = "moved"
+                    result = Pumped.MOVED
                     break
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 started = True
-                result = "not-found" if status == 404 else "sent"
-                if kind == "whole":
-                    await send({"type": "http.response.body", "body": frame[3]})
+                result = Pumped.NOT_FOUND if status == 404 else Pumped.SENT
+                if type(part) is Whole:
+                    await send({"type": "http.response.body", "body": part.body})
                     break
-            else:
+            else:  # End, or Cut
                 if client_gone:
-                    return "sent" if started else "gone"
-                if kind == "lost":
-                    logger.warning("relayed response broke off: %s", frame[1])
+                    return Pumped.SENT if started else Pumped.CLIENT_LEFT
+                if type(part) is Cut:
+                    logger.warning("relayed response broke off: %s", part.reason)
                 if started:
                     # A cut SSE stream is what a client resumes from (Last-Event-ID).
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -131,17 +148,12 @@ async def pump(forward: Any, receive: Receive, send: Send) -> str:
 
 
 async def serve(
-    app: App,
-    relay: Any,
-    request_id: bytes,
-    relayed_from: str,
-    head: str,
-    body: bytes,
-    state: dict[str, Any] | None,
+    app: App, relay: Any, request: RelayedRequest, state: dict[str, Any] | None
 ) -> None:
     """Runs one relayed request on this node, once its claim is won, and streams the
     response back."""
-    scope = decode_head(head, state, relayed_from)
+    request_id, relayed_from, body = request.id, request.sender, request.body
+    scope = decode_head(request.head, state, relayed_from)
     claimed = relay.claimed(request_id)
     if not isinstance(claimed, bool):
         claimed = await claimed

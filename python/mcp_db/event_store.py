@@ -18,6 +18,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcp_db import _core, _wake, metrics
+from mcp_db._core import Replay
 from mcp_db._sdk import (
     EventCallback,
     EventId,
@@ -45,11 +46,6 @@ _RESUME_WAIT_SECONDS = 2.0
 
 #: Session component of events stored through an unattached store.
 UNATTACHED = ""
-
-#: Consecutive stored messages of one kind: ``(tag, count, json_array, ends)``.
-Run = tuple[str, int, bytes, bytes]
-#: The first page of a replay: ``(stream_id, event_ids, runs, the_rest_or_None)``.
-Replay = tuple[str, list[str], list[Run], "_core.ReplayPages | None"]
 
 
 def _decode_run(tag: str, data: bytes, ends: bytes, first_id: str) -> list[Any]:
@@ -146,23 +142,23 @@ class _Base(_SdkEventStore):
         metrics.record_replay(time.perf_counter() - started, self._metric_attributes)
         if found is None:
             return None
-        stream, ids, runs, pages = found
+        page, rest = found.page, found.rest
         while True:
-            i = 0
-            for tag, _count, data, ends in runs:
-                for message in _decode_run(tag, data, ends, ids[i]):
+            ids, i = page.ids, 0
+            for run in page.runs:
+                for message in _decode_run(run.tag, run.json, run.ends, ids[i]):
                     if message is not None:
                         await send_callback(EventMessage(message, ids[i]))
                     i += 1
-            if pages is None:
-                return stream
+            if rest is None:
+                return found.stream
             # The next page was read ahead while this one was sent: usually it is there.
-            page = pages.try_next()
-            if page is False:
-                page = await pages.next()
-            if page is None:
-                return stream
-            ids, runs = page
+            following = rest.try_next()
+            if following is False:
+                following = await rest.next()
+            if following is None:
+                return found.stream
+            page = following
 
     def _warn_unattached(self) -> None:
         if not self._warned_unattached:
@@ -291,9 +287,12 @@ class RedisEventStore(_Base):
             )
         if not isinstance(prefix, str):
             raise ConfigError(f"prefix must be a string, got {prefix!r}")
-        self._core = _core.RedisEvents(
-            url,
-            prefix=prefix,
+        #: The Redis prefix this store writes under, and everything else a node needs from it
+        #: (session records, ownership, the relay, the bus): ``SessionMiddleware`` uses it.
+        self.deployment = _core.Deployment(
+            url, prefix=prefix, timeout_seconds=_number("timeout_seconds", timeout_seconds)
+        )
+        self._core = self.deployment.events(
             ttl_seconds=_number("ttl_seconds", ttl_seconds),
             max_events_per_stream=_number(
                 "max_events_per_stream", max_events_per_stream, integer=True
@@ -301,7 +300,6 @@ class RedisEventStore(_Base):
             buffer_max_events=_number(
                 "buffer_max_events", buffer_max_events, integer=True, minimum=0
             ),
-            timeout_seconds=_number("timeout_seconds", timeout_seconds),
             page_size=_number("replay_page_size", replay_page_size, integer=True),
         )
         self.prefix = prefix
@@ -312,10 +310,10 @@ class RedisEventStore(_Base):
     @property
     def server(self) -> str:
         """The Redis server, without credentials."""
-        return self._core.server
+        return self.deployment.server
 
     def __repr__(self) -> str:
-        return f"<RedisEventStore {self._core.server} prefix={self.prefix!r}>"
+        return f"<RedisEventStore {self.deployment.server} prefix={self.prefix!r}>"
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         wakeup, future = _wake.start()
@@ -327,7 +325,7 @@ class RedisEventStore(_Base):
 
     async def connect(self) -> None:
         """Opens the connection now. Raises ``ConnectionError`` naming the server if it cannot."""
-        await self._core.connect()
+        await self.deployment.connect()
 
     async def close(self) -> None:
         """Writes what is queued (and, if Redis is back, what is buffered), then stops."""

@@ -1,4 +1,5 @@
-//! mcp-db's core, without Python: the Redis key layout and connection, the event store
+//! mcp-db's core, without Python: a deployment (one prefix on one Redis, from which the
+//! rest is built), the Redis key layout and connection, the event store
 //! (IDs, replay pages, the batching writer, the in-memory backend), session records and
 //! ownership, the bus, and the relay between nodes.
 //!
@@ -7,6 +8,7 @@
 
 pub mod cluster;
 pub mod connection;
+pub mod deployment;
 pub mod error;
 pub mod events;
 pub mod keys;

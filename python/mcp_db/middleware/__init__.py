@@ -44,6 +44,7 @@ from mcp_db._asgi import (
     mcp_headers,
     store_unavailable,
 )
+from mcp_db._core import Deployment
 from mcp_db._relay import RELAYED
 from mcp_db._sdk import HANDSHAKE_VERSIONS
 from mcp_db._sdk.auth import principal
@@ -64,7 +65,6 @@ from mcp_db.middleware.routing import (
     STORE_UNAVAILABLE,
     AskRemembered,
     NotFound,
-    Record,
     RefuseMoved,
     Request,
     ServeAsOwner,
@@ -167,7 +167,8 @@ class SessionMiddleware:
         self.relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
         self.release_on_sigterm = release_on_sigterm
         self.max_body = int(getattr(self.manager, "max_request_body_size", 4 * 1024 * 1024))
-        self.records = store._core.sessions()
+        deployment = store.deployment
+        self.records = deployment.sessions()
         self.stateless = bool(getattr(self.manager, "stateless", False))
         #: Counters for tests and operators (see ``stats()``).
         self.counters = Counters()
@@ -175,12 +176,12 @@ class SessionMiddleware:
         self._relay: Any = None
         if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
             # First: a bad secret raises before anything is attached or started.
-            self._relay = store._core.relay(self.node_id, secret=_relay_secret(relay_secret))
+            self._relay = deployment.relay(self.node_id, secret=_relay_secret(relay_secret))
             store.attach(self.manager)
-            self._assemble(store._core.bus(), store._core.ownership(self.node_id, self.lease_ms))
+            self._assemble(deployment)
             watch(self, "middleware")
 
-    def _assemble(self, bus: Any, ownership: Any) -> None:
+    def _assemble(self, deployment: Deployment) -> None:
         """Builds the parts a request goes through, and puts them in the SDK's route."""
         install()  # the SDK can now rebuild sessions initialized (idempotent)
         # Where the SDK's route hands a request to the session manager: after the app's own
@@ -191,9 +192,10 @@ class SessionMiddleware:
         self._lease = Lease(self.node_id, self.lease_ms / 1000, self.ttl_ms / 1000 * 0.9)
         self._transports = live_transports(self.manager)
         self._table = table = Ownership(
-            self.node_id, self._lease, self.store._core.fence, self.manager, self._transports
+            self.node_id, self._lease, deployment.fence, self.manager, self._transports
         )
-        self._bus = Bus(bus, counters)
+        self._bus = Bus(deployment.bus(), counters)
+        ownership = deployment.ownership(self.node_id, self.lease_ms)
         self._node = Node(
             app=self.app,
             lease=self._lease,
@@ -329,7 +331,7 @@ class SessionMiddleware:
             if await self._forwarder.to_remembered(request, step.owner):
                 return
         try:
-            record = Record.read(await self.records.lookup(session_id, self.ttl_ms))
+            record = await self.records.lookup(session_id, self.ttl_ms)
         except McpDbError as exc:
             self.counters.redis_errors["session_lookup"] += 1
             await self._without_record(request, owned, local, exc)

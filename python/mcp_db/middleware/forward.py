@@ -20,7 +20,8 @@ from mcp_db._asgi import (
     store_unavailable,
     too_large,
 )
-from mcp_db._relay import encode_head, pump
+from mcp_db._core import RelayOutcome
+from mcp_db._relay import Pumped, encode_head, pump
 from mcp_db.errors import McpDbError
 from mcp_db.middleware.counters import Counters
 from mcp_db.middleware.node import Bus, Lease
@@ -122,7 +123,7 @@ class Forwarder:
                     return
                 if outcome == MOVED:
                     moves += 1
-                    fresh = Record.read(await self.records.lookup(session_id, self.ttl_ms))
+                    fresh = await self.records.lookup(session_id, self.ttl_ms)
                     step = after_move(fresh, self.table.node_id)
                     if isinstance(step, NotFound):
                         await not_found(request, self.counters, self.table, step)
@@ -147,15 +148,14 @@ class Forwarder:
                     patience = wait.patience
                     await anyio.sleep(SILENT_OWNER_RETRY)
                     continue
-                claimed, owner, epoch, why = await self.own.claim(
-                    session_id, owner, epoch, self.ttl_ms
-                )
+                answer = await self.own.claim(session_id, owner, epoch, self.ttl_ms)
             except McpDbError as exc:
                 self.counters.redis_errors["relay"] += 1
                 logger.error("cannot relay a request of session %s: %s", session_id[:8], exc)
                 await store_unavailable(scope).send(scope, send)
                 return
-            claim = after_claim(claimed, why)
+            owner, epoch = answer.owner, answer.epoch
+            claim = after_claim(answer.outcome)
             if isinstance(claim, Claimed):
                 # Adopted before the next await, so concurrent requests here see the claim.
                 self.table.adopt(session_id, epoch, record.principal)
@@ -179,34 +179,35 @@ class Forwarder:
         """Relays the request to ``owner`` once: ``SENT``, ``FAILED``, ``MOVED`` or
         ``UNHEARD`` (see their definitions). Raises McpDbError when Redis is unreachable."""
         scope, send, session_id = request.scope, request.send, request.session_id
-        outcome, forward = await self.relay.forward(
+        forwarded = await self.relay.forward(
             owner, session_id, encode_head(scope), body, self.relay_timeout_ms
         )
-        if outcome == "accepted":
+        outcome, response = forwarded.outcome, forwarded.response
+        if response is not None:  # ACCEPTED
             self.counters.relayed_out += 1
-            result = await pump(forward, request.receive, send)
-            if result == "sent":
+            result = await pump(response, request.receive, send)
+            if result is Pumped.SENT:
                 self.table.note_owner(session_id, owner)
                 scope[PATH] = "relayed"
                 return SENT
-            if result == "lost":
+            if result is Pumped.OWNER_LOST:
                 await OWNER_LOST.send(scope, send)
                 return FAILED
-            if result == "gone":  # the client went away before the answer began
+            if result is Pumped.CLIENT_LEFT:
                 return FAILED
             self.table.hints.pop(session_id, None)
-            if result == "not-found":  # the owner counted its 404
+            if result is Pumped.NOT_FOUND:  # the owner counted its 404
                 scope[PATH] = "relayed"
                 return SENT
             return MOVED
-        if outcome == "lost":
+        if outcome == RelayOutcome.OWNER_LOST:
             # The owner took the request on and was then found gone: it may have run, so it
             # is not sent again anywhere. The client decides.
             logger.warning("owner %s of session %s was lost mid-request: %s", owner,
-                           session_id[:8], forward)  # fmt: skip
+                           session_id[:8], forwarded.reason)  # fmt: skip
             await OWNER_LOST.send(scope, send)
             return FAILED
-        if outcome == "timeout" and await self.own.alive(owner):
+        if outcome == RelayOutcome.TIMEOUT and await self.own.alive(owner):
             logger.warning(
                 "owner %s of session %s did not take a request within %d ms: it is busy, or"
                 " it drops this node's frames because their relay secrets differ (its log"

@@ -11,12 +11,13 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import Any
 
 import anyio
 
 from mcp_db._asgi import App
+from mcp_db._core import Touched
 from mcp_db._relay import serve
 from mcp_db.errors import McpDbError
 from mcp_db.middleware.counters import Counters
@@ -72,9 +73,13 @@ class Lease:
         self.until = started + self.seconds * 0.9
 
 
+#: Why this node lets go of a session its heartbeat's touch did not keep.
+_LET_GO = {Touched.EXPIRED: "expired", Touched.CLOSED: "closed"}
+
+
 class Bus:
-    """News for the other nodes: a session closed, or taken over. The only place bus
-    messages are built and read."""
+    """News for the other nodes: a session closed, or taken over (the core's ``Bus``
+    builds and reads the messages)."""
 
     __slots__ = ("_bus", "_counters")
 
@@ -83,36 +88,36 @@ class Bus:
         self._counters = counters
 
     async def closed(self, session_id: str) -> None:
-        await self._announce(f"closed {session_id}")
+        await self._announce("close", session_id, self._bus.closed(session_id))
 
     async def taken_over(self, session_id: str, node_id: str, epoch: int) -> None:
-        await self._announce(f"owner {session_id} {node_id} {epoch}")
+        await self._announce(
+            "takeover", session_id, self._bus.taken_over(session_id, node_id, epoch)
+        )
 
-    async def _announce(self, message: str) -> None:
+    async def _announce(self, what: str, session_id: str, published: Awaitable[int]) -> None:
         """Only news: without it the record and the epoch fence still rule, and a node
         that missed it finds out on its next heartbeat."""
         try:
-            await self._bus.publish(message)
+            await published
         except McpDbError as exc:
             self._counters.redis_errors["relay"] += 1
-            kind, _, rest = message.partition(" ")
-            logger.warning("cannot announce %s of session %s: %s", kind, rest[:8], exc)
+            logger.warning("cannot announce the %s of session %s: %s", what, session_id[:8], exc)
 
     async def listen(self, table: Ownership) -> None:
         """Lets go of sessions closed, or taken over, by another node."""
         while True:
-            message = await self._bus.next()
-            if message is None:
+            news = await self._bus.next()
+            if news is None:
                 return
-            kind, _, rest = message.partition(" ")
-            session_id, _, new_owner = rest.partition(" ")
-            if kind == "closed":
+            session_id = news.session
+            if news.closed:
                 table.hints.pop(session_id, None)
-                await table.let_go(session_id, message)  # a no-op for sessions not held here
-            elif kind == "owner" and not new_owner.startswith(table.node_id + " "):
-                await table.let_go(session_id, message)
+                await table.let_go(session_id, "closed")  # a no-op for sessions not held here
+            elif news.node is not None and news.node != table.node_id:
+                await table.let_go(session_id, f"taken over by {news.node} at epoch {news.epoch}")
                 if session_id in table.hints:
-                    table.hints[session_id] = new_owner.partition(" ")[0]
+                    table.hints[session_id] = news.node
 
 
 class Node:
@@ -252,8 +257,8 @@ class Node:
             logger.warning("cannot refresh %d sessions: %s", len(used), exc)
             return
         for (session_id, _), status in zip(used, statuses, strict=True):
-            if status != 1:
-                await table.let_go(session_id, {0: "expired", -1: "closed"}.get(status, "moved"))
+            if status != Touched.KEPT:
+                await table.let_go(session_id, _LET_GO.get(status, "moved"))
 
     async def _take_relayed(self) -> None:
         """Serves requests other nodes relay to this one, each in its own task."""
@@ -268,9 +273,4 @@ class Node:
             if item is None:
                 return
             self.counters.relayed_in += 1
-            request_id, relayed_from, _session, head, body = item
-            self.spawn(
-                serve(
-                    self.app, self.relay, request_id, relayed_from, head, body, self.lifespan_state
-                )
-            )
+            self.spawn(serve(self.app, self.relay, item, self.lifespan_state))

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 
 from mcp_db._asgi import CLOSED, MOVED, NOT_FOUND, PATH, TOO_MANY, UNAVAILABLE, App
+from mcp_db._core import Refusal, Transition
 from mcp_db._sdk.rehydrate import TooManySessions, rehydrate
 from mcp_db.errors import McpDbError
 from mcp_db.middleware.counters import Counters
@@ -21,10 +22,10 @@ from mcp_db.middleware.routing import NotFound, Record, Request
 logger = logging.getLogger("mcp_db")
 
 
-def fenced(done: Any) -> bool:
-    """Whether a record transition (``Sessions.transition``) was refused because another
-    node owns the session at a higher epoch."""
-    return not done[0] and done[1] == "fenced"
+def fenced(done: Transition) -> bool:
+    """Whether a record transition (``SessionRecords.transition``) was refused because
+    another node owns the session at a higher epoch."""
+    return done.refusal == Refusal.FENCED
 
 
 async def not_found(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mcp_db._asgi import Receive, Scope, Send
+from mcp_db._core import ClaimOutcome, SessionRecord
 from mcp_db.middleware.ownership import Owned, Ownership
 
 
@@ -36,30 +37,8 @@ class Request:
         return str(self.scope["method"])
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """The fields of a session record the middleware reads (``Sessions.lookup``)."""
-
-    state: str
-    principal: str
-    owner: str
-    epoch: int
-    #: The client's ``initialize`` params, as JSON.
-    init: str
-    protocol: str | None
-
-    @classmethod
-    def read(cls, fields: dict[str, str] | None) -> Record | None:
-        if fields is None:
-            return None
-        return cls(
-            state=fields.get("state", ""),
-            principal=fields.get("principal", ""),
-            owner=fields.get("owner") or fields.get("node", ""),
-            epoch=int(fields.get("epoch") or 0),
-            init=fields.get("init", "null"),
-            protocol=fields.get("protocol"),
-        )
+#: The fields of a session record the middleware reads (``SessionRecords.lookup``).
+Record = SessionRecord
 
 
 # -- outcomes --------------------------------------------------------------------------------
@@ -280,12 +259,14 @@ def silent_owner(
     return WaitForOwner(patience)
 
 
-def after_claim(claimed: bool, why: str) -> Claimed | NotFound | ClaimedElsewhere:
+def after_claim(outcome: ClaimOutcome) -> Claimed | NotFound | ClaimedElsewhere:
     """What a claim of the session from a gone owner came to (``Ownership.claim``)."""
-    if claimed:  # "claimed", or "held": a concurrent request here claimed it first
-        return Claimed(took_over=why == "claimed")
-    if why == "closed":
+    if outcome == ClaimOutcome.CLAIMED:
+        return Claimed(took_over=True)
+    if outcome == ClaimOutcome.HELD:  # a concurrent request here claimed it first
+        return Claimed(took_over=False)
+    if outcome == ClaimOutcome.CLOSED:
         return NotFound("closed")
-    if why == "missing":
+    if outcome == ClaimOutcome.MISSING:
         return NotFound("expired")
-    return CLAIMED_ELSEWHERE  # "moved": another node took it over first
+    return CLAIMED_ELSEWHERE  # MOVED: another node took it over first

@@ -19,18 +19,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::connection::Connector;
 use crate::error::{Error, Result};
-use crate::keys::{events_key, record_key, validate_prefix};
-use crate::relay::{Relay, RelayOptions};
-use crate::sessions::bus::Bus;
-use crate::sessions::ownership::{check_lease, Owner};
-use crate::sessions::records::Records;
+use crate::keys::{events_key, record_key};
 use id::EventId;
 use page::Page;
 use replay::{Reader, ReplayPages};
@@ -45,15 +40,17 @@ pub fn parse_tag(tag: &str) -> Result<u8> {
     }
 }
 
-/// How a store is set up (`RedisEvents(url, ...)`).
-pub struct Options<'a> {
-    pub prefix: &'a str,
+/// How a store is set up (`Deployment::events`).
+pub struct Options {
     pub ttl_seconds: f64,
     pub max_events_per_stream: u64,
     pub buffer_max_events: usize,
-    pub timeout_seconds: f64,
     pub page_size: usize,
 }
+
+/// Epoch at which this node owns each session it owns (see `sessions/ownership.rs`): the
+/// deployment sets them, its event store checks each append against them.
+pub type Fences = Arc<Mutex<HashMap<String, i64>>>;
 
 /// The first page of a replay, and the rest of it if there is more.
 pub struct Replay {
@@ -63,8 +60,7 @@ pub struct Replay {
 }
 
 struct Inner<W> {
-    /// Epoch at which this node owns each session it owns (see `sessions/ownership.rs`).
-    fences: Mutex<HashMap<String, i64>>,
+    fences: Fences,
     reader: Arc<Reader>,
     tx: mpsc::UnboundedSender<Command<W>>,
 }
@@ -73,7 +69,6 @@ struct Inner<W> {
 /// is told its event ID.
 pub struct Store<W> {
     inner: Arc<Inner<W>>,
-    runtime: Handle,
 }
 
 impl<W: Completion> Inner<W> {
@@ -99,15 +94,18 @@ impl<W: Completion> Inner<W> {
 }
 
 impl<W: Completion> Store<W> {
-    /// Parses `url` and starts the writer on `runtime`; connects on first use.
-    pub fn new(url: &str, options: &Options<'_>, runtime: &Handle) -> Result<Self> {
-        validate_prefix(options.prefix).map_err(Error::Config)?;
+    /// Starts the writer on `runtime` (see `Deployment::events`).
+    pub(crate) fn start(
+        connector: Arc<Connector>,
+        prefix: &str,
+        fences: Fences,
+        options: &Options,
+        runtime: &Handle,
+    ) -> Result<Self> {
         let ttl_ms = positive_ms("ttl_seconds", options.ttl_seconds)?;
-        let timeout = Duration::from_millis(positive_ms("timeout_seconds", options.timeout_seconds)?);
         if options.max_events_per_stream == 0 || options.page_size == 0 {
             return Err(Error::Config("max_events_per_stream and page_size must be at least 1".into()));
         }
-        let connector = Arc::new(Connector::new(url, timeout)?);
         let stats = Arc::new(Stats::default());
         let limits = Limits {
             max_events_per_stream: options.max_events_per_stream,
@@ -118,59 +116,9 @@ impl<W: Completion> Store<W> {
         let (tx, rx) = mpsc::unbounded_channel();
         let writer = Writer::new(connector.clone(), stats.clone(), limits);
         runtime.spawn(writer.run(rx));
-        let reader =
-            Arc::new(Reader { prefix: options.prefix.to_owned(), page_size: options.page_size, connector, stats });
-        let inner = Inner { fences: Mutex::default(), reader, tx };
-        Ok(Store { inner: Arc::new(inner), runtime: runtime.clone() })
-    }
-
-    /// The server this store talks to, without credentials.
-    pub fn server(&self) -> &str {
-        self.inner.reader.connector.server()
-    }
-
-    /// Session records under this store's prefix, on this store's connection.
-    pub fn records(&self) -> Records {
-        Records::new(&self.inner.reader.prefix, self.inner.reader.connector.clone())
-    }
-
-    /// From now on, appends to `session` are written only while its record names `epoch`
-    /// (`None`: unconditionally again).
-    pub fn fence(&self, session: String, epoch: Option<i64>) {
-        if let Ok(mut fences) = self.inner.fences.lock() {
-            match epoch {
-                Some(e) => fences.insert(session, e),
-                None => fences.remove(&session),
-            };
-        }
-    }
-
-    /// This node's lease on the sessions it owns, named `node`.
-    pub fn owner(&self, node: &str, lease_ms: u64) -> Result<Owner> {
-        let lease_ms = check_lease(lease_ms)?;
-        Ok(Owner::new(&self.inner.reader.prefix, node, lease_ms, self.inner.reader.connector.clone()))
-    }
-
-    /// This node's end of the relay between nodes (its own pub/sub connection).
-    pub fn relay(&self, node: &str, options: RelayOptions) -> Result<Relay> {
-        let reader = &self.inner.reader;
-        Relay::spawn(reader.connector.clone(), &reader.prefix, node, options, &self.runtime)
-    }
-
-    /// Subscribes to the bus of this store's prefix (a dedicated connection).
-    pub fn bus(&self) -> Bus {
-        Bus::start(self.inner.reader.connector.clone(), &self.inner.reader.prefix, &self.runtime)
-    }
-
-    /// Opens the connection; fails naming the server if it cannot.
-    pub fn connect(&self) -> impl Future<Output = Result<()>> + Send + 'static {
-        let connector = self.inner.reader.connector.clone();
-        async move {
-            let mut ping = redis::pipe();
-            ping.cmd("PING");
-            connector.query(&ping).await?;
-            Ok(())
-        }
+        let reader = Arc::new(Reader { prefix: prefix.to_owned(), page_size: options.page_size, connector, stats });
+        let inner = Inner { fences, reader, tx };
+        Ok(Store { inner: Arc::new(inner) })
     }
 
     /// Queues one event; `waiter` gets its event ID once Redis has it, or at once,

@@ -33,9 +33,10 @@ pub enum Forwarded {
     /// request on: either way the request never runs.
     Unreachable,
     /// The owner was found gone after it took the request on: it may have run.
-    Lost(String),
+    OwnerLost(String),
     /// The owner did not take the request on within the bound; it never will.
     Timeout,
+    /// The owner refused it (it is shutting down): it never runs.
     Refused(String),
 }
 
@@ -111,7 +112,7 @@ pub(super) async fn forward(
                 None => {
                     forget(&shared);
                     shared.stats.lost.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Forwarded::Lost("the owner took the request on, then fell silent".into()));
+                    return Ok(Forwarded::OwnerLost("the owner took the request on, then fell silent".into()));
                 }
             }
         }
@@ -136,7 +137,7 @@ pub(super) async fn forward(
             Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
                 Forwarded::Unreachable
             } else {
-                Forwarded::Lost(String::from_utf8_lossy(&payload).into_owned())
+                Forwarded::OwnerLost(String::from_utf8_lossy(&payload).into_owned())
             })
         }
         // The relay closed, or a response began without its acceptance: the owner may have
@@ -144,7 +145,7 @@ pub(super) async fn forward(
         _ => {
             forget(&shared);
             shared.stats.lost.fetch_add(1, Ordering::Relaxed);
-            Ok(Forwarded::Lost("the relay closed before the owner answered".into()))
+            Ok(Forwarded::OwnerLost("the relay closed before the owner answered".into()))
         }
     }
 }
@@ -181,11 +182,11 @@ pub enum Part {
         ok: bool,
     },
     /// The response broke off: frames were missed, or the owner went away.
-    Lost(String),
+    Cut(String),
 }
 
 /// A forwarded request whose response is coming: `Whole` alone, or `Start`, then `Data`
-/// and `End`; or `Lost` at any point. Dropping it tells the owner to stop.
+/// and `End`; or `Cut` at any point. Dropping it tells the owner to stop.
 pub struct Forward {
     reader: Reader,
     id: ReqId,
@@ -209,7 +210,7 @@ impl Reader {
         let expected = state.next_seq.load(Ordering::SeqCst) + 1;
         if frame.kind != kind::LOST && frame.seq != expected {
             finish(shared, state, &frame.id);
-            return Part::Lost(format!("relay frames missed (got {}, expected {expected})", frame.seq));
+            return Part::Cut(format!("relay frames missed (got {}, expected {expected})", frame.seq));
         }
         state.next_seq.store(frame.seq, Ordering::SeqCst);
         match frame.kind {
@@ -217,7 +218,7 @@ impl Reader {
                 Some((status, headers)) => Part::Start { status, headers },
                 None => {
                     finish(shared, state, &frame.id);
-                    Part::Lost("malformed response start".into())
+                    Part::Cut("malformed response start".into())
                 }
             },
             kind::WHOLE => {
@@ -229,7 +230,7 @@ impl Reader {
                         let body = 4..4 + body.len();
                         Part::Whole { status, headers, payload: frame.payload, body }
                     }
-                    None => Part::Lost("malformed response".into()),
+                    None => Part::Cut("malformed response".into()),
                 }
             }
             kind::DATA => {
@@ -256,7 +257,7 @@ impl Reader {
             }
             _ => {
                 finish(shared, state, &frame.id);
-                Part::Lost(String::from_utf8_lossy(&frame.payload).into_owned())
+                Part::Cut(String::from_utf8_lossy(&frame.payload).into_owned())
             }
         }
     }

@@ -75,7 +75,7 @@ async fn a_lost_acceptance_is_not_taken_for_a_timeout() {
     claim.cmd("SET").arg(claim_key(PREFIX, "s", &id)).arg("b").arg("NX").arg("PX").arg(60_000);
     redis.query(&claim).await;
     match forwarded.await.expect("no panic").expect("no Redis error") {
-        Forwarded::Lost(why) => assert_eq!(why, "the owner took the request on, then fell silent"),
+        Forwarded::OwnerLost(why) => assert_eq!(why, "the owner took the request on, then fell silent"),
         _ => panic!("the owner has the request and may run it: that is no timeout"),
     }
     assert_eq!(a.stats()["timeouts"], 0);
@@ -106,7 +106,7 @@ async fn a_sequence_gap_ends_the_response() {
     assert!(b.send(&id, b"data: 1\n\n".to_vec()).unwrap().is_none());
     assert!(matches!(next_part(&forward).await, Part::Start { status: 200, .. }));
     match next_part(&forward).await {
-        Part::Lost(why) => assert_eq!(why, "relay frames missed (got 3, expected 2)"),
+        Part::Cut(why) => assert_eq!(why, "relay frames missed (got 3, expected 2)"),
         other => panic!("a gap must end the response, not yield {other:?}"),
     }
     assert!(a.shared.pending.lock().unwrap().is_empty(), "and forget the request");

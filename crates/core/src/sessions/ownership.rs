@@ -65,11 +65,62 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 return 1
 ";
 
+/// What a claim of a session came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This node took the session over (epoch + 1).
+    Claimed,
+    /// This node held it already (a concurrent request here claimed it first).
+    Held,
+    /// Another node owns it now.
+    Moved,
+    Closed,
+    /// No record: never created, or expired.
+    Missing,
+}
+
+impl ClaimOutcome {
+    /// From the claim script's answer: whether it claimed, and why.
+    fn read(claimed: bool, why: &str) -> ClaimOutcome {
+        match (claimed, why) {
+            (true, "held") => ClaimOutcome::Held,
+            (true, _) => ClaimOutcome::Claimed,
+            (false, "closed") => ClaimOutcome::Closed,
+            (false, "missing") => ClaimOutcome::Missing,
+            (false, _) => ClaimOutcome::Moved,
+        }
+    }
+}
+
+/// A claim's outcome, and the owner and epoch the record names now.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
-    pub claimed: bool,
+    pub outcome: ClaimOutcome,
     pub owner: String,
     pub epoch: i64,
-    pub why: String,
+}
+
+/// What a heartbeat's touch found of one owned session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touched {
+    /// Still this node's: its TTL slid forward.
+    Kept,
+    Expired,
+    Closed,
+    /// Another node owns it now.
+    Moved,
+}
+
+impl Touched {
+    /// From the touch script's status: 1 kept, 0 expired, -1 closed, -2 moved.
+    fn read(status: i64) -> Touched {
+        match status {
+            1 => Touched::Kept,
+            -1 => Touched::Closed,
+            -2 => Touched::Moved,
+            _ => Touched::Expired,
+        }
+    }
 }
 
 pub struct Owner {
@@ -138,16 +189,15 @@ impl Owner {
         call.arg(&self.node).arg(expected_owner).arg(expected_epoch).arg(ttl_ms).arg(now_ms());
         let reply: Vec<redis::Value> = self.connector.invoke(&call).await?;
         Ok(Claim {
-            claimed: int(reply.first()) == 1,
+            outcome: ClaimOutcome::read(int(reply.first()) == 1, &text(reply.get(3))),
             owner: text(reply.get(1)),
             epoch: int(reply.get(2)),
-            why: text(reply.get(3)),
         })
     }
 
     /// Slides the TTL of sessions this node owns and used: one status per session (see
     /// `TOUCH`). One pipeline, whatever the count.
-    pub async fn touch(&self, sessions: &[(String, i64)], ttl_ms: u64) -> Result<Vec<i64>> {
+    pub async fn touch(&self, sessions: &[(String, i64)], ttl_ms: u64) -> Result<Vec<Touched>> {
         if sessions.is_empty() {
             return Ok(Vec::new());
         }
@@ -157,7 +207,7 @@ impl Owner {
             pipe.cmd("EVAL").arg(TOUCH).arg(1).arg(record_key(&self.prefix, session)).arg(epoch).arg(ttl_ms);
         }
         let reply = self.connector.query(&pipe).await?;
-        Ok(reply.iter().map(|v| int(Some(v))).collect())
+        Ok(reply.iter().map(|v| Touched::read(int(Some(v)))).collect())
     }
 }
 
@@ -167,4 +217,20 @@ pub fn check_lease(lease_ms: u64) -> Result<u64> {
         return Err(Error::Config(format!("lease must be at least 0.1 s, got {lease_ms} ms")));
     }
     Ok(lease_ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ClaimOutcome, Touched};
+
+    #[test]
+    fn claims_and_touches_read_their_scripts_answers() {
+        assert_eq!(ClaimOutcome::read(true, "claimed"), ClaimOutcome::Claimed);
+        assert_eq!(ClaimOutcome::read(true, "held"), ClaimOutcome::Held);
+        assert_eq!(ClaimOutcome::read(false, "closed"), ClaimOutcome::Closed);
+        assert_eq!(ClaimOutcome::read(false, "missing"), ClaimOutcome::Missing);
+        assert_eq!(ClaimOutcome::read(false, "moved"), ClaimOutcome::Moved);
+        let statuses: Vec<Touched> = [1, 0, -1, -2].into_iter().map(Touched::read).collect();
+        assert_eq!(statuses, [Touched::Kept, Touched::Expired, Touched::Closed, Touched::Moved]);
+    }
 }

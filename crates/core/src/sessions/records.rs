@@ -174,12 +174,98 @@ impl Records {
         Ok(deleted == 1)
     }
 
-    /// The record's fields, or `None` if there is no record (unknown or expired).
-    pub async fn lookup(&self, session: &str, ttl_ms: u64) -> Result<Option<Vec<(String, String)>>> {
+    /// The record, or `None` if there is none (unknown or expired).
+    pub async fn lookup(&self, session: &str, ttl_ms: u64) -> Result<Option<Record>> {
         let key = record_key(&self.prefix, session);
         let mut call = self.lookup.key(&key);
         call.arg(ttl_ms);
         let fields: Vec<(String, String)> = self.connector.invoke(&call).await?;
-        Ok(if fields.is_empty() { None } else { Some(fields) })
+        Ok(if fields.is_empty() { None } else { Some(Record::from_fields(fields)) })
+    }
+}
+
+/// A session record, as read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub state: String,
+    /// Bumped by every transition.
+    pub version: i64,
+    pub principal: String,
+    /// The node that created the session.
+    pub node: String,
+    /// The node that holds its live state now.
+    pub owner: String,
+    pub epoch: i64,
+    /// The client's `initialize` params, as JSON.
+    pub init: String,
+    pub protocol: Option<String>,
+}
+
+impl Record {
+    /// From the hash's fields. A record written before ownership existed names its
+    /// creator (`node`) and no `owner`: the creator owns it.
+    #[must_use]
+    pub fn from_fields(fields: Vec<(String, String)>) -> Record {
+        let mut record = Record {
+            state: String::new(),
+            version: 0,
+            principal: String::new(),
+            node: String::new(),
+            owner: String::new(),
+            epoch: 0,
+            init: "null".to_owned(),
+            protocol: None,
+        };
+        for (name, value) in fields {
+            match name.as_str() {
+                "state" => record.state = value,
+                "version" => record.version = value.parse().unwrap_or(0),
+                "principal" => record.principal = value,
+                "node" => record.node = value,
+                "owner" => record.owner = value,
+                "epoch" => record.epoch = value.parse().unwrap_or(0),
+                "init" => record.init = value,
+                "protocol" => record.protocol = Some(value),
+                _ => {}
+            }
+        }
+        if record.owner.is_empty() {
+            record.owner.clone_from(&record.node);
+        }
+        record
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Record;
+
+    fn fields(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn a_record_is_read_from_its_fields() {
+        let mut found = fields(&[
+            ("state", "ACTIVE"),
+            ("version", "3"),
+            ("node", "n1"),
+            ("epoch", "7"),
+            ("init", "{}"),
+            ("principal", "alice"),
+        ]);
+        let expected = Record {
+            state: "ACTIVE".into(),
+            version: 3,
+            principal: "alice".into(),
+            node: "n1".into(),
+            owner: "n1".into(),
+            epoch: 7,
+            init: "{}".into(),
+            protocol: None,
+        };
+        assert_eq!(Record::from_fields(found.clone()), expected, "the creator owns a record without an owner");
+        found.push(("owner".into(), "n2".into()));
+        assert_eq!(Record::from_fields(found).owner, "n2", "owner, once set, wins over the creator");
     }
 }
