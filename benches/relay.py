@@ -11,10 +11,10 @@ path talks to A, the relayed path to B, in alternating blocks so both see the sa
 - throughput: ``clock`` sending events back to back, events per second at the client.
 
 All of it twice, on a pair of nodes without a relay secret and on a pair with one (every
-relay frame sealed: ChaCha20-Poly1305, see src/seal.rs), in alternating blocks, and the
-two relayed hops as a ratio. The hop alone, without HTTP and the SDK, is measured first: a
-round trip between two ends of the relay in this process, a request of a typical size
-out and a JSON reply back, with and without the secret.
+relay frame sealed: ChaCha20-Poly1305, see crates/core/src/relay/seal.rs), in alternating
+blocks, and the two relayed hops as a ratio. The hop alone, without HTTP and the SDK, is
+measured first: a round trip between two ends of the relay in this process, a request of a
+typical size out and a JSON reply back, with and without the secret.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.one_sdk_line
 @pytest.fixture(params=["redis-server", "redis-cluster"])
 async def store(request: pytest.FixtureRequest, prefix: str) -> AsyncIterator[RedisEventStore]:
     """The relay on one redis-server, and on a Redis Cluster (where all of its pub/sub goes
-    through one node, see src/cluster.rs)."""
+    through one node, see crates/core/src/cluster.rs)."""
     redis = request.getfixturevalue(request.param.replace("-", "_"))
     async with RedisEventStore(redis.url, prefix=prefix) as s:
         yield s

@@ -270,7 +270,7 @@ async def test_a_streamed_response_through_sealed_frames(
     request: pytest.FixtureRequest, prefix: str, deployment: str
 ) -> None:
     """On one server, and on a Redis Cluster (where the acceptance is not published by the
-    claim's script but by the owner, see src/relay.rs)."""
+    claim's script but by the owner, see crates/core/src/relay/serve.rs)."""
     redis = request.getfixturevalue(deployment.replace("-", "_"))
     async with RedisEventStore(redis.url, prefix=prefix) as store:
         await _sealed_stream(store)

@@ -1,4 +1,4 @@
-"""The Python ends of the relay (the frames travel in Rust, ``src/relay.rs``).
+"""The Python ends of the relay (the frames travel in Rust, ``crates/core/src/relay/``).
 
 - :func:`pump` writes a forwarded request's response to this node's client, frame by
   frame, and tells the owner when the client goes away.

@@ -1,6 +1,6 @@
 """``mcp-db events tail``: a session's stored events, then new ones as they come.
 
-Each event is one entry of a Redis stream of the session (``src/events.rs``): its one
+Each event is one entry of a Redis stream of the session (``crates/core/src/events/``): its one
 field's name is the message kind and its value the message JSON, empty for a priming event.
 """
 

@@ -1,4 +1,4 @@
-"""The event loop's end of ``src/wakeup.rs``: one socket per loop, watched with
+"""The event loop's end of ``src/bridge.rs``: one socket per loop, watched with
 ``add_reader``, through which the Rust core's I/O thread says results are in. Called by
 the core when it starts a piece of work; not public."""
 

@@ -13,7 +13,7 @@ For each handshake-era request it:
   another principal, on every node, before any transport exists (``routing.py``);
 - serves a session this node owns at once (no Redis round trip while its lease holds;
   ``owner.py``), and relays a request for a session another node owns to that node through
-  Redis (``forward.py``, ``_relay.py``, ``src/relay.rs``), so open streams, calls in
+  Redis (``forward.py``, ``_relay.py``, ``crates/core/src/relay/``), so open streams, calls in
   progress and requests to the client all stay where their state lives;
 - takes over a session whose owner is gone (crashed: after its lease; shut down: at once),
   fenced by an epoch, and rebuilds the SDK transport already initialized with the
