@@ -20,6 +20,7 @@ use crate::relay::{Relay, RelayOptions};
 use crate::sessions::bus::Bus;
 use crate::sessions::ownership::{check_lease, Owner};
 use crate::sessions::records::Records;
+use crate::subscriptions;
 
 /// One prefix on one Redis, and the connection to it. Cheap to share behind an `Arc`.
 pub struct Deployment {
@@ -99,5 +100,11 @@ impl Deployment {
     #[must_use]
     pub fn bus(&self) -> Bus {
         Bus::new(self.connector.clone(), &self.prefix, &self.runtime)
+    }
+
+    /// The subscription bus (events for the server's subscribers, on every node); it
+    /// subscribes (a dedicated connection) once asked for a delivery.
+    pub fn subscriptions(&self) -> Result<subscriptions::Bus> {
+        subscriptions::Bus::new(self.connector.clone(), &self.prefix, &self.runtime)
     }
 }

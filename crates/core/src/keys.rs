@@ -8,6 +8,7 @@
 //! {prefix}:r:<node>                 CHANNEL  frames for a node: replies, credit, cancels
 //! {prefix}:r:<node>:q               CHANNEL  a node's inbox of relayed requests
 //! {prefix}:bus                      CHANNEL  "owner …" and "closed …" announcements
+//! {prefix}:sub                      CHANNEL  events for subscribers (subscriptions/)
 //! ```
 //!
 //! Every key of a session carries the session in one hash tag, so a Redis Cluster keeps all
@@ -95,6 +96,11 @@ pub fn inbox_channel(prefix: &str, node: &str) -> String {
 /// The channel every node listens on for ownership changes and closed sessions.
 pub fn bus_channel(prefix: &str) -> String {
     format!("{prefix}:bus")
+}
+
+/// The channel of the subscription bus (`subscriptions/`).
+pub fn subscriptions_channel(prefix: &str) -> String {
+    format!("{prefix}:sub")
 }
 
 /// `key` for a log line: the session inside its hash tag cut to 8 characters, as the

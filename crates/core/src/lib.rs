@@ -14,6 +14,7 @@ pub mod events;
 pub mod keys;
 pub mod relay;
 pub mod sessions;
+pub mod subscriptions;
 
 #[cfg(test)]
 pub(crate) mod testing;
