@@ -96,6 +96,12 @@ impl Deployment {
         crate::bus::Bus::new(self.deployment.bus())
     }
 
+    /// The subscription bus: events for the server's subscribers, on every node. It
+    /// subscribes (a dedicated connection) once asked for a delivery.
+    fn subscriptions(&self) -> PyResult<crate::subscriptions::SubscriptionBus> {
+        Ok(crate::subscriptions::SubscriptionBus::new(self.deployment.subscriptions().map_err(to_py)?))
+    }
+
     fn __repr__(&self) -> String {
         format!("<Deployment {} prefix={:?}>", self.deployment.server(), self.deployment.prefix())
     }

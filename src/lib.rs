@@ -17,6 +17,7 @@ pub mod memory;
 pub mod ownership;
 pub mod relay;
 pub mod sessions;
+pub mod subscriptions;
 
 /// Splits an event ID into `(session, stream)`, or `None` if it is not one of ours.
 #[pyfunction]
@@ -126,6 +127,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<relay::Chunk>()?;
     m.add_class::<relay::End>()?;
     m.add_class::<relay::Cut>()?;
+    m.add_class::<subscriptions::SubscriptionBus>()?;
+    m.add_class::<subscriptions::EventKind>()?;
+    m.add_class::<subscriptions::Delivery>()?;
     m.add_class::<bridge::Wakeup>()?;
     Ok(())
 }

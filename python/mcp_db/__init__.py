@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         UnattachedStoreWarning,
     )
     from mcp_db.middleware import SessionMiddleware
+    from mcp_db.subscriptions import RedisSubscriptionBus
 
 #: Imported on first use: the stores and the middleware import the SDK, which the `mcp-db`
 #: command does not need (importing `mcp` is most of its start-up time). Nothing here
@@ -36,6 +37,7 @@ _LAZY = {
     "SessionEventStore": "mcp_db.event_store",
     "UnattachedStoreWarning": "mcp_db.event_store",
     "SessionMiddleware": "mcp_db.middleware",
+    "RedisSubscriptionBus": "mcp_db.subscriptions",
 }
 
 
@@ -54,6 +56,7 @@ __all__ = [
     "MemoryEventStore",
     "RedisEventStore",
     "RedisOutOfMemoryError",
+    "RedisSubscriptionBus",
     "RedisUnavailableError",
     "SessionEventStore",
     "SessionMiddleware",

@@ -149,6 +149,9 @@ class Deployment:
         counted in ``stats()`` and logged."""
     def bus(self) -> Bus:
         """The bus; it subscribes (on a dedicated connection) once asked for news."""
+    def subscriptions(self) -> SubscriptionBus:
+        """The subscription bus: events for the server's subscribers, on every node. It
+        subscribes (on a dedicated connection) once asked for a delivery."""
 
 @final
 class RedisEvents:
@@ -525,3 +528,39 @@ class Wakeup:
         """The socket the loop watches for readability."""
     def drain(self) -> None:
         """Completes every future whose result has come (the loop's reader callback)."""
+
+@final
+class EventKind:
+    """What a subscription bus delivery is."""
+
+    TOOLS_LIST_CHANGED: EventKind
+    PROMPTS_LIST_CHANGED: EventKind
+    RESOURCES_LIST_CHANGED: EventKind
+    RESOURCE_UPDATED: EventKind
+    RESUBSCRIBED: EventKind
+    """The subscription came back after an outage: events published meanwhile are lost."""
+
+@final
+class Delivery:
+    """One delivery: its ``kind``, and the ``uri`` of a ``RESOURCE_UPDATED``."""
+
+    @property
+    def kind(self) -> EventKind: ...
+    @property
+    def uri(self) -> str | None: ...
+
+@final
+class SubscriptionBus:
+    """The subscription bus of one prefix (``Deployment.subscriptions()``): one Redis
+    subscription, the publisher's own events skipped, a backlog bounded in bytes."""
+
+    async def publish(self, kind: EventKind, uri: str | None = None) -> int:
+        """Sends an event to every other process's bus; how many subscriptions Redis
+        handed it to. ``uri`` goes with ``RESOURCE_UPDATED`` only (``ValueError``
+        otherwise). Raises ``McpDbError`` if Redis failed (counted)."""
+    async def next(self) -> Delivery | None:
+        """The next delivery from another process; ``None`` once the bus is gone for
+        good. The first call subscribes."""
+    def stats(self) -> dict[str, int]:
+        """published, publish_failed, received, dropped_backlog (the reader fell too far
+        behind), malformed, redis_errors."""

@@ -143,7 +143,13 @@ impl Bus {
             }
             let mut pipe = redis::pipe();
             pipe.cmd("PUBLISH").arg(&channel).arg(message);
-            match connector.query(&pipe).await {
+            // The first command on a connection that broke fails, and the connection is
+            // opened again: once more then, or the first event after an outage is lost.
+            let sent = match connector.query(&pipe).await {
+                Err(Error::Unavailable(_)) => connector.query(&pipe).await,
+                sent => sent,
+            };
+            match sent {
                 Ok(reply) => {
                     stats.published.fetch_add(1, Ordering::Relaxed);
                     Ok(match reply.first() {

@@ -1,0 +1,150 @@
+"""``RedisSubscriptionBus``: the SDK's ``SubscriptionBus`` (mcp 2.x, the 2026-07-28
+protocol's ``subscriptions/listen``) across every node of a deployment.
+
+``MCPServer(..., subscriptions=RedisSubscriptionBus(url, prefix=...))``: a change
+published on any node (``ctx.notify_tools_list_changed()``, ``notify_resource_updated``...)
+reaches every listen stream on every node, each once. The Redis side is the core's
+(``crates/core/src/subscriptions/``): one subscription per bus, whatever the number of
+listen streams, and a compact encoding of the four events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import anyio.lowlevel
+
+from mcp_db import _core
+from mcp_db._core import EventKind
+from mcp_db.errors import ConfigError, McpDbError
+from mcp_db.event_store import RedisEventStore
+
+try:  # mcp 2.x
+    from mcp.shared.subscriptions import (
+        PromptsListChanged,
+        ResourcesListChanged,
+        ResourceUpdated,
+        ToolsListChanged,
+    )
+except ImportError:  # mcp 1.x has no subscriptions/listen
+    ToolsListChanged = PromptsListChanged = ResourcesListChanged = ResourceUpdated = None  # type: ignore[assignment,misc]
+
+logger = logging.getLogger("mcp_db")
+
+Listener = Callable[[Any], None]
+
+
+def _kind_of(event: Any) -> tuple[EventKind, str | None]:
+    if isinstance(event, ResourceUpdated):
+        return EventKind.RESOURCE_UPDATED, event.uri
+    if isinstance(event, ToolsListChanged):
+        return EventKind.TOOLS_LIST_CHANGED, None
+    if isinstance(event, PromptsListChanged):
+        return EventKind.PROMPTS_LIST_CHANGED, None
+    if isinstance(event, ResourcesListChanged):
+        return EventKind.RESOURCES_LIST_CHANGED, None
+    raise TypeError(f"not a subscription event: {event!r}")
+
+
+class RedisSubscriptionBus:
+    """A ``SubscriptionBus`` over Redis pub/sub, for ``MCPServer(subscriptions=...)``.
+
+    ``redis`` is a Redis URL (``prefix`` then names the deployment's keys, as for
+    :class:`RedisEventStore`) or the deployment's ``RedisEventStore``, whose connection
+    and prefix it shares.
+
+    As the SDK's in-process bus does, ``publish`` calls this process's listeners at once;
+    the other processes' listeners get the event through Redis, and this process skips
+    its own events when they come back. ``publish`` never raises: with Redis down, the
+    event reaches this process's listeners only, and is counted in ``stats()`` as dropped
+    and logged. Pub/sub keeps nothing, so once the subscription comes back after an outage
+    every listener is told that the tool, prompt and resource lists changed: clients
+    refetch what they may have missed (a refetch is always correct, only sometimes
+    unneeded).
+    """
+
+    def __init__(
+        self, redis: str | RedisEventStore, *, prefix: str = "mcp", timeout_seconds: float = 5.0
+    ) -> None:
+        if ToolsListChanged is None:
+            raise ConfigError(
+                "RedisSubscriptionBus needs mcp 2.x: mcp 1.x has no subscriptions/listen"
+            )
+        if isinstance(redis, RedisEventStore):
+            deployment = redis.deployment
+        elif isinstance(redis, str):
+            deployment = _core.Deployment(redis, prefix=prefix, timeout_seconds=timeout_seconds)
+        else:
+            raise ConfigError(
+                f"redis must be a Redis URL or a RedisEventStore, got {type(redis).__name__}"
+            )
+        self._core = deployment.subscriptions()
+        self._listeners: dict[object, Listener] = {}
+        self._reader: asyncio.Task[None] | None = None
+        self._delivered = 0
+        self._dropped = 0
+
+    async def publish(self, event: Any) -> None:
+        """Delivers ``event`` to every listener, on every node."""
+        self._deliver(event)
+        try:
+            await self._core.publish(*_kind_of(event))
+        except McpDbError as exc:
+            self._dropped += 1
+            logger.warning("subscription event %r reached this node only: %s", event, exc)
+        except Exception:  # never into the handler that published
+            self._dropped += 1
+            logger.exception("cannot publish subscription event %r", event)
+        await anyio.lowlevel.checkpoint()
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Registers ``listener`` (called on this event loop); an idempotent unsubscribe.
+        The first listener starts this process's subscription to Redis."""
+        token = object()
+        self._listeners[token] = listener
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+
+        def unsubscribe() -> None:
+            self._listeners.pop(token, None)
+
+        return unsubscribe
+
+    def stats(self) -> dict[str, int]:
+        """published, publish_failed, received (from other processes), dropped_backlog
+        (this loop fell too far behind), malformed, redis_errors; delivered (calls of
+        listeners) and dropped (events that reached this node only)."""
+        return {**self._core.stats(), "delivered": self._delivered, "dropped": self._dropped}
+
+    def _deliver(self, event: Any) -> None:
+        for listener in list(self._listeners.values()):
+            try:
+                listener(event)
+                self._delivered += 1
+            except Exception:  # one listener must not starve the others
+                logger.exception("subscription listener raised; continuing")
+
+    async def _read(self) -> None:
+        while True:
+            try:
+                delivery = await self._core.next()
+            except McpDbError as exc:
+                logger.warning("subscription bus: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            if delivery is None:
+                return
+            if delivery.kind == EventKind.RESUBSCRIBED:
+                for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
+                    self._deliver(event)
+            elif delivery.kind == EventKind.RESOURCE_UPDATED:
+                self._deliver(ResourceUpdated(uri=delivery.uri or ""))
+            elif delivery.kind == EventKind.TOOLS_LIST_CHANGED:
+                self._deliver(ToolsListChanged())
+            elif delivery.kind == EventKind.PROMPTS_LIST_CHANGED:
+                self._deliver(PromptsListChanged())
+            else:
+                self._deliver(ResourcesListChanged())

@@ -1,0 +1,139 @@
+"""``RedisSubscriptionBus`` against a real redis-server: two buses stand for two nodes
+(each bus is one process's subscription, with its own origin). Every listener gets each
+event once, in order, the publisher's included; with Redis down a publish reaches this
+node only and never raises; after an outage every listener is told to refetch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from mcp_db import ConfigError, RedisEventStore, RedisSubscriptionBus
+from mcp_db._sdk import SDK_MAJOR
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
+
+if SDK_MAJOR >= 2:
+    from mcp.server.subscriptions import (
+        PromptsListChanged,
+        ResourcesListChanged,
+        ResourceUpdated,
+        ToolsListChanged,
+    )
+
+    PROBE = ResourceUpdated(uri="probe:subscribed")
+
+
+class Heard:
+    """A listener that keeps what it hears."""
+
+    def __init__(self) -> None:
+        self.events: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, event: Any) -> None:
+        self.events.append(event)
+        self.changed.set()
+
+    async def until(self, count: int, timeout: float = 5) -> list[Any]:
+        async def enough() -> None:
+            while len(self.events) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(enough(), timeout)
+        return self.events
+
+
+async def subscribed(bus: RedisSubscriptionBus, publisher: RedisSubscriptionBus) -> None:
+    """Waits until ``bus`` listens on Redis (its first listener started it): ``publisher``
+    sends probes until one arrives."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while bus.stats()["received"] == 0:
+        assert loop.time() < deadline, "the bus subscribed in time"
+        await publisher.publish(PROBE)
+        await asyncio.sleep(0.02)
+
+
+async def test_every_listener_on_every_node_gets_each_event_once_in_order(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    a = RedisSubscriptionBus(redis_server.url, prefix=prefix)
+    b = RedisSubscriptionBus(redis_server.url, prefix=prefix)
+    on_a, on_b, also_on_b = Heard(), Heard(), Heard()
+    a.subscribe(on_a)
+    b.subscribe(on_b)
+    unsubscribe = b.subscribe(also_on_b)
+    await subscribed(b, a)
+    await asyncio.sleep(0.1)  # the last probes still on their way
+    probes = len(on_b.events)
+    sent = [
+        ToolsListChanged(),
+        ResourceUpdated(uri="file:///notes/1"),
+        PromptsListChanged(),
+        ResourcesListChanged(),
+    ]
+    for event in sent:
+        await a.publish(event)
+    heard_on_b = await on_b.until(probes + len(sent))
+    assert heard_on_b[probes:] == sent, "another node's listeners: each event once, in order"
+    assert on_a.events[-len(sent) :] == sent
+    await asyncio.sleep(0.3)  # an echo from Redis would have arrived by now
+    assert [e for e in on_a.events if e != PROBE] == sent, (
+        "the publisher's own listener got each event once (locally), not again from Redis"
+    )
+    assert len(also_on_b.events) == len(on_b.events), "every listener of a node"
+    unsubscribe()
+    unsubscribe()  # idempotent
+    await a.publish(ToolsListChanged())
+    await on_b.until(probes + len(sent) + 1)
+    assert len(also_on_b.events) == probes + len(sent), "an unsubscribed listener hears nothing"
+
+
+async def test_with_redis_down_a_publish_reaches_this_node_only_and_never_raises(
+    persistent_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    bus = RedisSubscriptionBus(persistent_redis.url, prefix="down", timeout_seconds=0.5)
+    here = Heard()
+    bus.subscribe(here)
+    persistent_redis.stop()
+    with caplog.at_level(logging.WARNING, logger="mcp_db"):
+        await bus.publish(ToolsListChanged())
+    assert here.events == [ToolsListChanged()]
+    stats = bus.stats()
+    assert stats["dropped"] == 1 and stats["publish_failed"] == 1, stats
+    assert any("reached this node only" in r.getMessage() for r in caplog.records)
+
+
+async def test_after_an_outage_every_listener_is_told_to_refetch_every_list(
+    persistent_redis: RedisServer,
+) -> None:
+    a = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
+    b = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
+    heard = Heard()
+    b.subscribe(heard)
+    await subscribed(b, a)
+    await asyncio.sleep(0.1)
+    before = len(heard.events)
+    persistent_redis.stop()
+    persistent_redis.start()
+    events = await heard.until(before + 3, timeout=15)
+    assert events[before:] == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()]
+    await a.publish(ResourceUpdated(uri="file:///after"))
+    assert (await heard.until(before + 4))[-1] == ResourceUpdated(uri="file:///after")
+
+
+async def test_a_bus_shares_a_stores_deployment_and_refuses_anything_else(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    async with RedisEventStore(redis_server.url, prefix=prefix) as store:
+        bus = RedisSubscriptionBus(store)
+        await bus.publish(ToolsListChanged())
+        assert bus.stats()["published"] == 1
+    with pytest.raises(ConfigError, match="Redis URL or a RedisEventStore"):
+        RedisSubscriptionBus(42)  # type: ignore[arg-type]
