@@ -7,6 +7,7 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 - ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
   ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
+- ``MCP_DB_SUBSCRIPTIONS`` (mcp 2.x): ``RedisSubscriptionBus`` as the server's bus
 """
 
 # No `from __future__ import annotations`: FastMCP 1.12 inspects real annotations.
@@ -62,11 +63,16 @@ if os.environ.get("MCP_TEST_AUTH"):
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
 
-    server: Any = MCPServer("mcp-db-test", **auth_options)
+    server_options: dict[str, Any] = {}
+    if os.environ.get("MCP_DB_SUBSCRIPTIONS"):
+        from mcp_db import RedisSubscriptionBus
+
+        server_options["subscriptions"] = RedisSubscriptionBus(store)
+    server: Any = MCPServer("mcp-db-test", **server_options, **auth_options)
 else:
     from mcp.server.fastmcp import Context, FastMCP
 
-    server_options: dict[str, Any] = {"event_store": store}
+    server_options = {"event_store": store}
     if "retry_interval" in inspect.signature(FastMCP).parameters:  # since SEP-1699 (1.2x)
         server_options["retry_interval"] = RETRY_MS
     if IDLE_TIMEOUT is not None:
@@ -197,6 +203,19 @@ def greeting() -> str:
 def review(code: str) -> str:
     """A prompt with one argument."""
     return f"Please review: {code}"
+
+
+if SDK_MAJOR >= 2:
+
+    @server.tool()
+    async def publish(kind: str, ctx: Context, uri: str = "") -> str:
+        """Publishes a change for ``subscriptions/listen`` streams: ``tools``, ``prompts``,
+        ``resources`` (list changed) or ``resource`` (``uri`` updated)."""
+        if kind == "resource":
+            await ctx.notify_resource_updated(uri)
+        else:
+            await getattr(ctx, f"notify_{kind}_changed")()
+        return f"pid {os.getpid()}"
 
 
 if SDK_MAJOR >= 2:

@@ -1,0 +1,69 @@
+"""2026-07-28 ``subscriptions/listen`` across nodes: SDK servers under uvicorn with
+``RedisSubscriptionBus``, and the SDK's own ``Client``. A change published by a tool call
+on one node reaches a listen stream opened on another, once, and only what it asked for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from mcp_db._sdk import SDK_MAJOR
+from tests._nodes import Node
+from tests.support.redis_server import RedisServer
+
+pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
+
+if SDK_MAJOR >= 2:
+    from mcp.client import Client
+    from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+
+
+@pytest.fixture
+def nodes(redis_server: RedisServer, prefix: str) -> Iterator[list[Node]]:
+    env = {
+        "MCP_DB_REDIS_URL": redis_server.url,
+        "MCP_DB_PREFIX": prefix,
+        "MCP_DB_SUBSCRIPTIONS": "1",
+    }
+    started = [Node(env=env).start() for _ in range(2)]
+    try:
+        yield started
+    finally:
+        for node in started:
+            node.stop()
+
+
+async def test_a_change_published_on_one_node_reaches_a_listen_stream_on_another(
+    nodes: list[Node],
+) -> None:
+    publisher, listener = nodes
+    heard: list[Any] = []
+    async with Client(listener.url, mode="auto") as watching, Client(publisher.url) as acting:
+        async with watching.listen(
+            tools_list_changed=True, resource_subscriptions=["note://watched"]
+        ) as sub:
+
+            async def collect() -> None:
+                async for event in sub:
+                    heard.append(event)
+
+            reader = asyncio.ensure_future(collect())
+            # Until the listening node's subscription to Redis is up, a change may pass it
+            # by (pub/sub keeps nothing): publish until the first one is heard.
+            for _ in range(100):
+                await acting.call_tool("publish", {"kind": "tools"})
+                await asyncio.sleep(0.05)
+                if heard:
+                    break
+            assert heard, "a change published on the other node arrived"
+            heard.clear()
+            await acting.call_tool("publish", {"kind": "prompts"})  # not asked for
+            await acting.call_tool("publish", {"kind": "resource", "uri": "note://other"})
+            await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
+            await acting.call_tool("publish", {"kind": "tools"})
+            await asyncio.sleep(0.5)  # anything else would have arrived by now
+            reader.cancel()
+    assert heard == [ResourceUpdated(uri="note://watched"), ToolsListChanged()], heard
