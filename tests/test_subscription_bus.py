@@ -137,3 +137,40 @@ async def test_a_bus_shares_a_stores_deployment_and_refuses_anything_else(
         assert bus.stats()["published"] == 1
     with pytest.raises(ConfigError, match="Redis URL or a RedisEventStore"):
         RedisSubscriptionBus(42)  # type: ignore[arg-type]
+
+
+async def test_published_delivered_and_dropped_are_exported(persistent_redis: RedisServer) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from mcp_db import metrics
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    metrics.register(provider.get_meter("test"))
+
+    def exported() -> dict[str, float]:
+        data = reader.get_metrics_data()
+        assert data is not None
+        return {
+            metric.name: sum(float(point.value) for point in metric.data.data_points)
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            if metric.name.startswith("mcp_db.subscriptions.")
+        }
+
+    try:
+        before = exported()
+        bus = RedisSubscriptionBus(persistent_redis.url, prefix="metrics", timeout_seconds=0.5)
+        bus.subscribe(Heard())
+        await bus.publish(ToolsListChanged())
+        persistent_redis.stop()
+        await bus.publish(PromptsListChanged())
+        after = exported()
+        grew = {name: after[name] - before.get(name, 0) for name in after}
+        assert grew["mcp_db.subscriptions.published"] == 1, grew
+        assert grew["mcp_db.subscriptions.delivered"] == 2, grew
+        assert grew["mcp_db.subscriptions.dropped"] == 1, grew
+    finally:
+        provider.shutdown()

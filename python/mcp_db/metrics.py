@@ -107,6 +107,7 @@ _FAMILIES = {
     "middleware": _Family(
         _read_middleware, frozenset({"relay.in_flight_forwarded", "relay.in_flight_served"})
     ),
+    "subscriptions": _Family(_read_store, frozenset()),
 }
 
 _lock = threading.Lock()
@@ -156,10 +157,10 @@ def _setup() -> bool:
     return _enabled
 
 
-def watch(obj: Any, family: Literal["redis", "memory", "middleware"]) -> None:
-    """Counts ``obj`` (a store of the ``redis`` or ``memory`` family, or a
-    ``SessionMiddleware``) in the instruments, by weak reference. A no-op without
-    OpenTelemetry."""
+def watch(obj: Any, family: Literal["redis", "memory", "middleware", "subscriptions"]) -> None:
+    """Counts ``obj`` (a store of the ``redis`` or ``memory`` family, a
+    ``SessionMiddleware`` or a ``RedisSubscriptionBus``) in the instruments, by weak
+    reference. A no-op without OpenTelemetry."""
     if _setup():
         _FAMILIES[family].add(obj)
 
@@ -222,6 +223,9 @@ def _redis_errors(_options: Any) -> Iterable[Any]:
     if stores:
         counts["event_write"] = stores.get("redis_errors", 0)
         counts["replay"] = stores.get("replay_errors", 0)
+    buses = _FAMILIES["subscriptions"].totals()
+    if buses:
+        counts["subscriptions"] = buses.get("redis_errors", 0)
     return [Observation(value, {"operation": name}) for name, value in sorted(counts.items())]
 
 
@@ -316,6 +320,20 @@ def register(meter: Any) -> None:
         unit="{request}",
         description="Relayed requests under way now",
     )
+    for name, key, unit, description in [
+        ("published", "published", "{event}", "Subscription events published through Redis"),
+        ("delivered", "delivered", "{call}", "Subscription events handed to listeners here"),
+        ("dropped", "dropped", "{event}",
+         "Subscription events that reached this node only: Redis failed"),
+        ("dropped_backlog", "dropped_backlog", "{event}",
+         "Subscription events from other nodes dropped: this node's loop fell behind"),
+    ]:  # fmt: skip
+        counter(
+            f"mcp_db.subscriptions.{name}",
+            callbacks=[_observations("subscriptions", key)],
+            unit=unit,
+            description=description,
+        )
     counter(
         "mcp_db.locks.contended",
         callbacks=[_by_attribute("middleware", "lock_waits.", "lock")],

@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio.lowlevel
 
-from mcp_db import _core
+from mcp_db import _core, metrics
 from mcp_db._core import EventKind
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
@@ -86,6 +86,7 @@ class RedisSubscriptionBus:
         self._reader: asyncio.Task[None] | None = None
         self._delivered = 0
         self._dropped = 0
+        metrics.watch(self, "subscriptions")
 
     async def publish(self, event: Any) -> None:
         """Delivers ``event`` to every listener, on every node."""
