@@ -22,8 +22,10 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyString;
 
-/// Builds a finished piece of work's result (or error) as a Python object, on the loop.
-pub type Finish = Box<dyn FnOnce(Python<'_>) -> PyResult<Py<PyAny>> + Send>;
+/// Builds a finished piece of work's result (or error) as a Python object, on the loop;
+/// or, when its future is already done (its caller was cancelled: `wanted` is false),
+/// disposes of the result and returns `None`.
+pub type Finish = Box<dyn FnOnce(Python<'_>, bool) -> Option<PyResult<Py<PyAny>>> + Send>;
 
 /// A future of the loop, and how to build its result.
 pub type Done = (Py<PyAny>, Finish);
@@ -82,7 +84,8 @@ impl Wakeup {
     }
 
     /// Completes every future whose result has come (the loop's reader callback). A
-    /// future already done (its caller was cancelled) is skipped, and its result dropped.
+    /// future already done (its caller was cancelled) is not completed; its result is
+    /// disposed of as its work says (dropped, or handed back).
     fn drain(&self, py: Python<'_>) {
         let mut buf = [0u8; 64];
         while matches!((&self.inner.reader).read(&mut buf), Ok(n) if n > 0) {}
@@ -91,12 +94,11 @@ impl Wakeup {
         let done = std::mem::take(&mut *self.inner.done.lock().unwrap());
         for (future, finish) in done {
             let future = future.bind(py);
-            if future.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true) {
-                continue;
-            }
-            let outcome = match finish(py) {
-                Ok(value) => future.call_method1("set_result", (value,)),
-                Err(e) => future.call_method1("set_exception", (e.into_value(py),)),
+            let wanted = !future.call_method0("done").and_then(|d| d.is_truthy()).unwrap_or(true);
+            let outcome = match finish(py, wanted) {
+                None => continue,
+                Some(Ok(value)) => future.call_method1("set_result", (value,)),
+                Some(Err(e)) => future.call_method1("set_exception", (e.into_value(py),)),
             };
             if let Err(e) = outcome {
                 tracing::warn!("cannot complete an asyncio future: {e}");
@@ -117,7 +119,8 @@ impl Completion for Waiter {
     fn complete_all(done: Vec<(Waiter, String)>) {
         let mut groups: Vec<(Arc<Inner>, Vec<Done>)> = Vec::new();
         for (waiter, id) in done {
-            let finish: Finish = Box::new(move |py| Ok(PyString::new(py, &id).into_any().unbind()));
+            let finish: Finish =
+                Box::new(move |py, wanted| wanted.then(|| Ok(PyString::new(py, &id).into_any().unbind())));
             match groups.iter_mut().find(|(inner, _)| Arc::ptr_eq(inner, &waiter.wakeup)) {
                 Some((_, items)) => items.push((waiter.future, finish)),
                 None => groups.push((waiter.wakeup, vec![(waiter.future, finish)])),
@@ -132,12 +135,34 @@ impl Completion for Waiter {
 static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Runs `work` on the I/O thread and returns an asyncio future of the running loop that
-/// completes with `finish(result)`, built on the loop's thread.
-pub fn spawn<'py, T, W, F>(py: Python<'py>, work: W, finish: F) -> PyResult<Bound<'py, PyAny>>
+/// completes with `finish(result)`, built on the loop's thread. A result that comes after
+/// its caller was cancelled is dropped.
+pub fn spawn<T, W, F>(py: Python<'_>, work: W, finish: F) -> PyResult<Bound<'_, PyAny>>
 where
     T: Send + 'static,
     W: Future<Output = PyResult<T>> + Send + 'static,
     F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+{
+    spawn_or_give_back(py, work, finish, drop)
+}
+
+/// [`spawn`], for work whose result must not be lost when its caller is cancelled: a
+/// result that comes after that goes to `give_back` instead (on the loop's thread).
+///
+/// Cancelling the future aborts the work, but only once the loop runs the done callbacks;
+/// the work can finish in between. A wait for the next relayed request, say, may by then
+/// have taken and claimed one, which must go to the next wait, not to nobody.
+pub fn spawn_or_give_back<'py, T, W, F, G>(
+    py: Python<'py>,
+    work: W,
+    finish: F,
+    give_back: G,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: Send + 'static,
+    W: Future<Output = PyResult<T>> + Send + 'static,
+    F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
+    G: FnOnce(T) + Send + 'static,
 {
     let start = START.get_or_try_init(py, || Ok::<_, PyErr>(py.import("mcp_db._wake")?.getattr("start")?.unbind()))?;
     let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
@@ -145,10 +170,19 @@ where
     let target = future.clone().unbind();
     let task = crate::runtime().spawn(async move {
         let result = work.await;
-        inner.push(target, Box::new(move |py| finish(py, result?)));
+        inner.push(
+            target,
+            Box::new(move |py, wanted| match result {
+                Ok(value) if wanted => Some(finish(py, value)),
+                Ok(value) => {
+                    give_back(value);
+                    None
+                }
+                Err(e) => wanted.then_some(Err(e)),
+            }),
+        );
     });
-    // A caller that is cancelled stops the work too (as with `future_into_py`): a wait
-    // for the next relayed request, say, must not take one for nobody.
+    // A caller that is cancelled stops the work too (as with `future_into_py`).
     future.call_method1("add_done_callback", (Abort(task.abort_handle()),))?;
     Ok(future)
 }

@@ -91,17 +91,28 @@ impl Relay {
     fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let next = self.relay.next_request();
         let work = async move { Ok(next.await) };
-        bridge::spawn(py, work, |py, incoming: Option<Incoming>| {
-            let Some(incoming) = incoming else { return Ok(py.None()) };
-            let request = RelayedRequest {
-                id: PyBytes::new(py, &incoming.id).unbind(),
-                sender: incoming.from,
-                session: incoming.session,
-                head: incoming.head,
-                body: PyBytes::new(py, &incoming.body).unbind(),
-            };
-            Ok(Py::new(py, request)?.into_any())
-        })
+        let relay = self.relay.clone();
+        let give_back = move |incoming: Option<Incoming>| {
+            if let Some(incoming) = incoming {
+                relay.give_back(incoming);
+            }
+        };
+        bridge::spawn_or_give_back(
+            py,
+            work,
+            |py, incoming: Option<Incoming>| {
+                let Some(incoming) = incoming else { return Ok(py.None()) };
+                let request = RelayedRequest {
+                    id: PyBytes::new(py, &incoming.id).unbind(),
+                    sender: incoming.from,
+                    session: incoming.session,
+                    head: incoming.head,
+                    body: PyBytes::new(py, &incoming.body).unbind(),
+                };
+                Ok(Py::new(py, request)?.into_any())
+            },
+            give_back,
+        )
     }
 
     /// Whether this node won the claim of a request from `next_request`: a bool if that is

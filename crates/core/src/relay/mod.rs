@@ -82,7 +82,9 @@ struct Shared {
     connector: Arc<Connector>,
     pending: Mutex<HashMap<ReqId, Pending>>,
     served: Mutex<HashMap<ReqId, Arc<Served>>>,
-    requests: tokio::sync::Mutex<mpsc::Receiver<Incoming>>,
+    requests: tokio::sync::Mutex<Waiting>,
+    /// Requests taken for a caller who stopped waiting ([`Relay::give_back`]).
+    returned: mpsc::UnboundedSender<Incoming>,
     out: mpsc::UnboundedSender<(String, Frame, Unheard)>,
     claim: redis::Script,
     draining: AtomicBool,
@@ -92,6 +94,13 @@ struct Shared {
     unsubscribe: Notify,
     stats: RelayStats,
     rejections: Rejections,
+}
+
+/// Where `next_request` takes requests from: those given back first (already registered
+/// and claimed), then those fresh from the inbox.
+struct Waiting {
+    fresh: mpsc::Receiver<Incoming>,
+    returned: mpsc::UnboundedReceiver<Incoming>,
 }
 
 #[derive(Default)]
@@ -177,6 +186,7 @@ impl Relay {
         }
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_BACKLOG);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
+        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             prefix: prefix.to_owned(),
             node: node.to_owned(),
@@ -188,7 +198,8 @@ impl Relay {
             connector,
             pending: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
-            requests: tokio::sync::Mutex::new(inbox_rx),
+            requests: tokio::sync::Mutex::new(Waiting { fresh: inbox_rx, returned: returned_rx }),
+            returned: returned_tx,
             out: out_tx,
             claim: redis::Script::new(CLAIM_AND_ACCEPT),
             draining: AtomicBool::new(false),

@@ -9,7 +9,7 @@ use tokio::sync::Notify;
 
 use super::frame::{encode_start, encode_whole, kind, Frame, Incoming, ReqId};
 use super::outbox::Unheard;
-use super::{id_of, Relay, Shared, CLAIM_TTL_MS};
+use super::{id_of, Relay, Shared, Waiting, CLAIM_TTL_MS};
 use crate::error::Result;
 use crate::keys::{claim_key, reply_channel};
 
@@ -173,8 +173,15 @@ impl Relay {
         let shared = self.shared.clone();
         async move {
             loop {
-                let incoming = shared.requests.lock().await.recv().await;
-                let incoming = incoming?;
+                let incoming = {
+                    let mut guard = shared.requests.lock().await;
+                    let Waiting { fresh, returned } = &mut *guard;
+                    tokio::select! {
+                        biased;
+                        Some(returned) = returned.recv() => return Some(returned),
+                        fresh = fresh.recv() => fresh?,
+                    }
+                };
                 if shared.draining.load(Ordering::SeqCst) {
                     let refusal = Frame { kind: kind::REFUSED, id: incoming.id, seq: 0, payload: b"draining".to_vec() };
                     shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
@@ -186,6 +193,14 @@ impl Relay {
                 return Some(incoming);
             }
         }
+    }
+
+    /// Hands a request from `next_request` back when the caller it was taken for stopped
+    /// waiting before it was delivered: the next `next_request` returns it, as it is (it is
+    /// registered, and its claim is under way or decided).
+    pub fn give_back(&self, incoming: Incoming) {
+        // Fails only once the relay is gone; then the request ends with it.
+        let _ = self.shared.returned.send(incoming);
     }
 
     /// Whether this node won the claim of a request from `next_request`. `false`: the

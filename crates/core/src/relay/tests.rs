@@ -147,3 +147,29 @@ async fn the_owner_waits_for_credit_once_the_byte_window_is_full() {
     // 60 bytes read, over half the byte window: credit, and 60 unacknowledged is room.
     assert!(timeout(LONG, room).await.expect("credit in time").expect("no panic"));
 }
+
+#[tokio::test]
+async fn a_request_given_back_is_the_next_one_taken_and_still_served_once() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    let first = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"first".to_vec(), 5_000));
+    let taken = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    let second = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"second".to_vec(), 5_000));
+    // The caller `taken` was meant for stopped waiting: the next caller gets it, before
+    // anything that came after it, and its claim is not made a second time.
+    b.give_back(taken);
+    let again = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    assert_eq!(again.body, b"first");
+    let then = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    assert_eq!(then.body, b"second");
+    for (incoming, forwarded) in [(again, first), (then, second)] {
+        let won = match b.claimed(&incoming.id).expect("an ID") {
+            Claimed::Decided(won) => won,
+            Claimed::Pending(wait) => timeout(LONG, wait.wait()).await.expect("in time"),
+        };
+        assert!(won, "b claims each request once, and wins");
+        assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+        b.respond(&incoming.id, 200, &[], b"{}").unwrap();
+    }
+    assert_eq!(b.stats()["served"], 2);
+}
