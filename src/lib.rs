@@ -111,6 +111,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<sessions::SessionRecord>()?;
     m.add_class::<sessions::Transition>()?;
     m.add_class::<sessions::Refusal>()?;
+    m.add_class::<sessions::Subscribed>()?;
     m.add_class::<bus::Bus>()?;
     m.add_class::<bus::News>()?;
     m.add_class::<ownership::Ownership>()?;

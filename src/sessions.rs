@@ -81,6 +81,24 @@ impl SessionRecords {
         })
     }
 
+    /// Records that the session's client subscribed to resource `uri` (`on=True`) or
+    /// unsubscribed, as the owner at `epoch` when given (a `Subscribed`).
+    #[pyo3(signature = (session, uri, on, epoch=None))]
+    fn subscribe<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        uri: String,
+        on: bool,
+        epoch: Option<i64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let records = self.records.clone();
+        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+            let outcome = records.subscribe(&session, &uri, on, epoch).await.map_err(to_py)?;
+            Ok(Subscribed::from(outcome))
+        })
+    }
+
     /// The record (its idle TTL slid forward), or `None`.
     fn lookup<'py>(&self, py: Python<'py>, session: String, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
@@ -98,7 +116,10 @@ pub struct SessionRecord(records::Record);
 #[pymethods]
 impl SessionRecord {
     #[new]
-    #[pyo3(signature = (*, state, owner, epoch, version = 1, principal = "", node = None, init = "null", protocol = None))]
+    #[pyo3(signature = (
+        *, state, owner, epoch, version = 1, principal = "", node = None, init = "null", protocol = None,
+        subscriptions = Vec::new()
+    ))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments Python sees
     fn new(
         state: String,
@@ -109,10 +130,11 @@ impl SessionRecord {
         node: Option<String>,
         init: &str,
         protocol: Option<String>,
+        subscriptions: Vec<String>,
     ) -> Self {
         let node = node.unwrap_or_else(|| owner.clone());
         let (principal, init) = (principal.to_owned(), init.to_owned());
-        SessionRecord(records::Record { state, version, principal, node, owner, epoch, init, protocol })
+        SessionRecord(records::Record { state, version, principal, node, owner, epoch, init, protocol, subscriptions })
     }
 
     #[getter]
@@ -155,9 +177,48 @@ impl SessionRecord {
         self.0.protocol.as_deref()
     }
 
+    /// The resources the client subscribed to (`resources/subscribe`), sorted.
+    #[getter]
+    fn subscriptions(&self) -> Vec<String> {
+        self.0.subscriptions.clone()
+    }
+
     fn __repr__(&self) -> String {
         let r = &self.0;
         format!("SessionRecord(state={:?}, owner={:?}, epoch={}, version={})", r.state, r.owner, r.epoch, r.version)
+    }
+}
+
+/// What recording a resource subscription came to (`SessionRecords.subscribe`).
+#[pyclass(frozen, eq, hash, module = "mcp_db._core")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Subscribed {
+    /// Recorded.
+    #[pyo3(name = "DONE")]
+    Done,
+    /// It was so already.
+    #[pyo3(name = "UNCHANGED")]
+    Unchanged,
+    /// No open session: never created, expired or closed.
+    #[pyo3(name = "MISSING")]
+    Missing,
+    /// Another node owns the session at a later epoch.
+    #[pyo3(name = "FENCED")]
+    Fenced,
+    /// The session's subscribed URIs would pass their byte bound.
+    #[pyo3(name = "FULL")]
+    Full,
+}
+
+impl From<records::Subscribed> for Subscribed {
+    fn from(outcome: records::Subscribed) -> Self {
+        match outcome {
+            records::Subscribed::Done => Subscribed::Done,
+            records::Subscribed::Unchanged => Subscribed::Unchanged,
+            records::Subscribed::Missing => Subscribed::Missing,
+            records::Subscribed::Fenced => Subscribed::Fenced,
+            records::Subscribed::Full => Subscribed::Full,
+        }
     }
 }
 

@@ -209,6 +209,7 @@ class SessionRecord:
         node: str | None = None,
         init: str = "null",
         protocol: str | None = None,
+        subscriptions: list[str] = ...,
     ) -> SessionRecord: ...
     @property
     def state(self) -> str:
@@ -232,6 +233,24 @@ class SessionRecord:
         """The client's ``initialize`` params, as JSON."""
     @property
     def protocol(self) -> str | None: ...
+    @property
+    def subscriptions(self) -> list[str]:
+        """The resources the client subscribed to (``resources/subscribe``), sorted."""
+
+@final
+class Subscribed:
+    """What recording a resource subscription came to (``SessionRecords.subscribe``)."""
+
+    DONE: Subscribed
+    """Recorded."""
+    UNCHANGED: Subscribed
+    """It was so already."""
+    MISSING: Subscribed
+    """No open session: never created, expired or closed."""
+    FENCED: Subscribed
+    """Another node owns the session at a later epoch."""
+    FULL: Subscribed
+    """The session's subscribed URIs would pass their byte bound (64 KiB)."""
 
 @final
 class Refusal:
@@ -280,6 +299,12 @@ class SessionRecords:
     ) -> Transition:
         """Moves the record to ``state``; refused as ``FENCED`` when ``epoch`` is given and
         another node owns the session now."""
+    async def subscribe(
+        self, session: str, uri: str, on: bool, epoch: int | None = None
+    ) -> Subscribed:
+        """Records that the session's client subscribed to resource ``uri`` (``on``) or
+        unsubscribed, as the owner at ``epoch`` when given. ``ConfigError`` for a URI over
+        8 KiB."""
     async def lookup(self, session: str, ttl_ms: int) -> SessionRecord | None:
         """The record, its idle TTL slid forward unless CLOSED; ``None`` if absent."""
     async def forget_unlearned(self, session: str, node: str) -> bool:

@@ -2,10 +2,14 @@
 protocol's ``subscriptions/listen``) across every node of a deployment.
 
 ``MCPServer(..., subscriptions=RedisSubscriptionBus(url, prefix=...))``: a change
-published on any node (``ctx.notify_tools_list_changed()``, ``notify_resource_updated``...)
+published on any node (``ctx.notify_tools_changed()``, ``notify_resource_updated``...)
 reaches every listen stream on every node, each once. The Redis side is the core's
 (``crates/core/src/subscriptions/``): one subscription per bus, whatever the number of
 listen streams, and a compact encoding of the four events.
+
+Given to ``SessionMiddleware(..., bus=...)`` too, the same events reach handshake-era
+sessions (see ``middleware/bridge.py``). On mcp 1.x, which has no ``subscriptions/listen``,
+that is all the bus does, and the server publishes with ``bus.notify_*``.
 """
 
 from __future__ import annotations
@@ -29,15 +33,21 @@ try:  # mcp 2.x
         ResourceUpdated,
         ToolsListChanged,
     )
-except ImportError:  # mcp 1.x has no subscriptions/listen
-    ToolsListChanged = PromptsListChanged = ResourcesListChanged = ResourceUpdated = None  # type: ignore[assignment,misc]
+except ImportError:  # mcp 1.x: mcp-db's own, for handshake-era sessions
+    from mcp_db._events import (  # type: ignore[assignment]
+        PromptsListChanged,
+        ResourcesListChanged,
+        ResourceUpdated,
+        ToolsListChanged,
+    )
 
 logger = logging.getLogger("mcp_db")
 
 Listener = Callable[[Any], None]
 
 
-def _kind_of(event: Any) -> tuple[EventKind, str | None]:
+def kind_of(event: Any) -> tuple[EventKind, str | None]:
+    """An event's kind, and its URI (``ResourceUpdated`` only)."""
     if isinstance(event, ResourceUpdated):
         return EventKind.RESOURCE_UPDATED, event.uri
     if isinstance(event, ToolsListChanged):
@@ -69,10 +79,6 @@ class RedisSubscriptionBus:
     def __init__(
         self, redis: str | RedisEventStore, *, prefix: str = "mcp", timeout_seconds: float = 5.0
     ) -> None:
-        if ToolsListChanged is None:
-            raise ConfigError(
-                "RedisSubscriptionBus needs mcp 2.x: mcp 1.x has no subscriptions/listen"
-            )
         if isinstance(redis, RedisEventStore):
             deployment = redis.deployment
         elif isinstance(redis, str):
@@ -92,7 +98,7 @@ class RedisSubscriptionBus:
         """Delivers ``event`` to every listener, on every node."""
         self._deliver(event)
         try:
-            await self._core.publish(*_kind_of(event))
+            await self._core.publish(*kind_of(event))
         except McpDbError as exc:
             self._dropped += 1
             logger.warning("subscription event %r reached this node only: %s", event, exc)
@@ -100,6 +106,19 @@ class RedisSubscriptionBus:
             self._dropped += 1
             logger.exception("cannot publish subscription event %r", event)
         await anyio.lowlevel.checkpoint()
+
+    async def notify_tools_changed(self) -> None:
+        """Publishes ``ToolsListChanged`` (as ``ctx.notify_tools_changed()`` does on 2.x)."""
+        await self.publish(ToolsListChanged())
+
+    async def notify_prompts_changed(self) -> None:
+        await self.publish(PromptsListChanged())
+
+    async def notify_resources_changed(self) -> None:
+        await self.publish(ResourcesListChanged())
+
+    async def notify_resource_updated(self, uri: str) -> None:
+        await self.publish(ResourceUpdated(uri=str(uri)))
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Registers ``listener`` (called on this event loop); an idempotent unsubscribe.

@@ -8,6 +8,8 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
   ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
 - ``MCP_DB_SUBSCRIPTIONS`` (mcp 2.x): ``RedisSubscriptionBus`` as the server's bus
+- ``MCP_DB_BRIDGE``: the same bus given to ``SessionMiddleware(bus=...)`` too, so its
+  events reach handshake-era sessions (on mcp 1.x, the ``publish`` tool publishes on it)
 """
 
 # No `from __future__ import annotations`: FastMCP 1.12 inspects real annotations.
@@ -60,14 +62,19 @@ if os.environ.get("MCP_TEST_AUTH"):
         ),
     }
 
+BRIDGE = bool(os.environ.get("MCP_DB_BRIDGE"))
+bus: Any = None
+if os.environ.get("MCP_DB_SUBSCRIPTIONS") or BRIDGE:
+    from mcp_db import RedisSubscriptionBus
+
+    bus = RedisSubscriptionBus(store)
+
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
 
     server_options: dict[str, Any] = {}
-    if os.environ.get("MCP_DB_SUBSCRIPTIONS"):
-        from mcp_db import RedisSubscriptionBus
-
-        server_options["subscriptions"] = RedisSubscriptionBus(store)
+    if bus is not None:
+        server_options["subscriptions"] = bus
     server: Any = MCPServer("mcp-db-test", **server_options, **auth_options)
 else:
     from mcp.server.fastmcp import Context, FastMCP
@@ -205,17 +212,18 @@ def review(code: str) -> str:
     return f"Please review: {code}"
 
 
-if SDK_MAJOR >= 2:
-
-    @server.tool()
-    async def publish(kind: str, ctx: Context, uri: str = "") -> str:
-        """Publishes a change for ``subscriptions/listen`` streams: ``tools``, ``prompts``,
-        ``resources`` (list changed) or ``resource`` (``uri`` updated)."""
-        if kind == "resource":
-            await ctx.notify_resource_updated(uri)
-        else:
-            await getattr(ctx, f"notify_{kind}_changed")()
-        return f"pid {os.getpid()}"
+@server.tool()
+async def publish(kind: str, uri: str = "", ctx: Context = None) -> str:  # type: ignore[assignment]
+    """Publishes a change: ``tools``, ``prompts``, ``resources`` (list changed) or
+    ``resource`` (``uri`` updated). On mcp 2.x through the server's bus, as a handler
+    would (``ctx.notify_*``), for listen streams and, with ``MCP_DB_BRIDGE``, handshake-era
+    sessions; on mcp 1.x through the bus itself (``bus.notify_*``)."""
+    target = ctx if SDK_MAJOR >= 2 else bus
+    if kind == "resource":
+        await target.notify_resource_updated(uri)
+    else:
+        await getattr(target, f"notify_{kind}_changed")()
+    return f"pid {os.getpid()}"
 
 
 if SDK_MAJOR >= 2:
@@ -270,6 +278,7 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         session_manager=server.session_manager,
         node_id=f"node-{os.getpid()}",
         session_ttl_seconds=float(ttl) if ttl else None,
+        bus=bus if BRIDGE else None,
         **middleware_options,
     )
 else:

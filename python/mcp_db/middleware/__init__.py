@@ -50,10 +50,12 @@ from mcp_db._sdk import HANDSHAKE_VERSIONS
 from mcp_db._sdk.auth import principal
 from mcp_db._sdk.manager import find_session_manager, hook_entry_point, live_transports
 from mcp_db._sdk.rehydrate import install
+from mcp_db._sdk.resources import install as install_subscriptions
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
 from mcp_db.metrics import request_duration, watch
 from mcp_db.middleware.admission import Admission
+from mcp_db.middleware.bridge import Bridge
 from mcp_db.middleware.counters import Counters, attributes
 from mcp_db.middleware.forward import Forwarder
 from mcp_db.middleware.node import Bus, Lease, Node
@@ -72,6 +74,7 @@ from mcp_db.middleware.routing import (
     decide_by_record,
     decide_without_record,
 )
+from mcp_db.subscriptions import RedisSubscriptionBus, kind_of
 
 logger = logging.getLogger("mcp_db")
 
@@ -132,6 +135,12 @@ class SessionMiddleware:
             requests (``Authorization`` headers included) and responses, and anyone who can
             publish there can make a node run a request. Nodes with different secrets, or
             with and without one, cannot relay to each other (see docs/security.md).
+        bus: the deployment's :class:`~mcp_db.RedisSubscriptionBus` (the one given to
+            ``MCPServer(subscriptions=...)`` on mcp 2.x). Its events then reach
+            handshake-era sessions too, on whichever node owns each: list-changed to every
+            session, ``ResourceUpdated(uri)`` to those that sent ``resources/subscribe`` for
+            ``uri`` (recorded with the session, so it survives a takeover). See
+            ``middleware/bridge.py`` and docs/subscriptions.md.
     """
 
     def __init__(
@@ -146,11 +155,18 @@ class SessionMiddleware:
         relay_timeout_seconds: float = 5.0,
         release_on_sigterm: bool = True,
         relay_secret: bytes | str | None = None,
+        bus: RedisSubscriptionBus | None = None,
     ) -> None:
         if not isinstance(store, RedisEventStore):
             raise ConfigError(
                 f"SessionMiddleware needs a RedisEventStore shared by all nodes, got {store!r}"
             )
+        if bus is not None and not isinstance(bus, RedisSubscriptionBus):
+            raise ConfigError(
+                f"bus must be a RedisSubscriptionBus (a bus of this process only would reach "
+                f"this node's sessions only), got {bus!r}"
+            )
+        self.bus = bus
         self.app = app
         self.store = store
         self.manager = session_manager if session_manager is not None else find_session_manager(app)
@@ -195,6 +211,17 @@ class SessionMiddleware:
             self.node_id, self._lease, deployment.fence, self.manager, self._transports
         )
         self._bus = Bus(deployment.bus(), counters)
+        self._bridge: Bridge | None = None
+        if self.bus is not None:
+            self._bridge = Bridge(
+                bus=self.bus,
+                kind_of=kind_of,
+                table=table,
+                records=self.records,
+                counters=counters,
+                lease=self._lease,
+            )
+            install_subscriptions(self.manager.app, self._bridge.record)
         ownership = deployment.ownership(self.node_id, self.lease_ms)
         self._node = Node(
             app=self.app,
@@ -207,6 +234,8 @@ class SessionMiddleware:
             lease_ms=self.lease_ms,
             ttl_ms=self.ttl_ms,
             release_on_sigterm=self.release_on_sigterm,
+            bridge=self._bridge,
+            server=self.manager.app,
         )
         self._admission = Admission(
             inner=self._inner,
@@ -251,10 +280,16 @@ class SessionMiddleware:
         """Counters: ``admitted``, ``refused_initialize``, ``refused_full`` (``initialize``
         answered 503: Redis out of memory), ``rehydrated``, ``taken_over``,
         ``not_found.<reason>``, ``lock_waits.<lock>``, ``redis_errors.<operation>`` and
-        ``relay.<counter>`` (the relay's own). What the ``mcp_db.sessions.*``,
-        ``mcp_db.relay.*``, ``mcp_db.locks.contended`` and ``mcp_db.redis.errors``
-        instruments report."""
-        return self.counters.stats(self._relay)
+        ``relay.<counter>`` (the relay's own), and with a ``bus``, ``bridge.delivered`` and
+        ``bridge.dropped`` (notifications to handshake-era sessions). What the
+        ``mcp_db.sessions.*``, ``mcp_db.relay.*``, ``mcp_db.locks.contended`` and
+        ``mcp_db.redis.errors`` instruments report."""
+        counts = self.counters.stats(self._relay)
+        bridge = getattr(self, "_bridge", None)
+        if bridge is not None:
+            for key, value in bridge.stats().items():
+                counts["bridge." + key] = value
+        return counts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.stateless:

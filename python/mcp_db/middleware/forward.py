@@ -158,7 +158,7 @@ class Forwarder:
             claim = after_claim(answer.outcome)
             if isinstance(claim, Claimed):
                 # Adopted before the next await, so concurrent requests here see the claim.
-                self.table.adopt(session_id, epoch, record.principal)
+                self.table.adopt(session_id, epoch, record.principal, record.subscriptions)
                 if claim.took_over:
                     self.counters.takeovers += 1
                     scope[PATH] = "takeover"

@@ -19,6 +19,7 @@ import anyio
 from mcp_db._asgi import App
 from mcp_db._core import Touched
 from mcp_db._relay import serve
+from mcp_db._sdk.listen import close_listen_streams
 from mcp_db.errors import McpDbError
 from mcp_db.middleware.counters import Counters
 from mcp_db.middleware.ownership import Ownership
@@ -136,6 +137,8 @@ class Node:
         lease_ms: int,
         ttl_ms: int,
         release_on_sigterm: bool,
+        bridge: Any = None,
+        server: Any = None,
     ) -> None:
         self.app = app
         self.lease = lease
@@ -147,6 +150,10 @@ class Node:
         self.lease_ms = lease_ms
         self.ttl_ms = ttl_ms
         self.release_on_sigterm = release_on_sigterm
+        #: Bus events to handshake-era sessions (``bridge.py``), if the node has a bus.
+        self.bridge = bridge
+        #: The SDK's lowlevel server: its listen streams end gracefully on release.
+        self.server = server
         self.node_id = table.node_id
         self.released = False
         self.started = False
@@ -159,6 +166,8 @@ class Node:
         self.started = True
         self.spawn(self.bus.listen(self.table))
         self.spawn(self._take_relayed())
+        if self.bridge is not None:
+            self.bridge.start()
         if not await self.relay.ready(2000):
             logger.error("node %s cannot listen for relayed requests yet", self.node_id)
         await self._beat()
@@ -195,6 +204,10 @@ class Node:
         self.released = True
         self.lease.until = 0.0
         self.relay.drain()
+        if self.bridge is not None:
+            self.bridge.stop()
+        if close_listen_streams(self.server):
+            logger.info("node %s ended its listen streams: clients listen again elsewhere", self.node_id)
         try:
             await self.own.release()
             logger.info("node %s released its %d sessions", self.node_id, len(self.table.owned))

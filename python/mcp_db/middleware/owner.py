@@ -65,7 +65,7 @@ class Owner:
     async def serve_as_owner(self, request: Request, record: Record, epoch: int) -> None:
         """Serves a session the record says this node owns, rebuilding it if need be."""
         session_id = request.session_id
-        owned = self.table.adopt(session_id, epoch, record.principal)
+        owned = self.table.adopt(session_id, epoch, record.principal, record.subscriptions)
         owned.active = owned.active or record.state == "ACTIVE"
         if not self.table.holds(session_id):
             try:

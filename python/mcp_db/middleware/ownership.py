@@ -4,8 +4,8 @@ owner last seen of sessions it relays to."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mcp_db._sdk.rehydrate import forget
@@ -29,6 +29,8 @@ class Owned:
     used: bool = True
     in_flight: int = 0
     last_used: float = 0.0
+    #: The resources its client subscribed to (``resources/subscribe``), as recorded.
+    subscriptions: set[str] = field(default_factory=set)
 
 
 class Ownership:
@@ -55,12 +57,20 @@ class Ownership:
         #: The owner last seen of sessions owned elsewhere: requests go straight there.
         self.hints: dict[str, str] = {}
 
-    def adopt(self, session_id: str, epoch: int, principal: str) -> Owned:
-        """Owns ``session_id`` at ``epoch`` from now on (confirmed under the current lease)."""
+    def adopt(
+        self, session_id: str, epoch: int, principal: str, subscriptions: Iterable[str] = ()
+    ) -> Owned:
+        """Owns ``session_id`` at ``epoch`` from now on (confirmed under the current lease);
+        ``subscriptions`` as its record has them, when it is new here."""
         self.hints.pop(session_id, None)
         owned = self.owned.get(session_id)
         if owned is None or owned.epoch != epoch:
-            owned = Owned(epoch=epoch, principal=principal, gen=self.lease.gen)
+            owned = Owned(
+                epoch=epoch,
+                principal=principal,
+                gen=self.lease.gen,
+                subscriptions=set(subscriptions),
+            )
             self.owned[session_id] = owned
             self._fence(session_id, epoch)
         owned.gen = self.lease.gen
