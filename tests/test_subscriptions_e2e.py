@@ -5,9 +5,12 @@ on one node reaches a listen stream opened on another, once, and only what it as
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from mcp_db._sdk import SDK_MAJOR
@@ -18,6 +21,7 @@ pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is m
 
 if SDK_MAJOR >= 2:
     from mcp.client import Client
+    from mcp.client.subscriptions import SubscriptionLost
     from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 
 
@@ -67,3 +71,35 @@ async def test_a_change_published_on_one_node_reaches_a_listen_stream_on_another
             await asyncio.sleep(0.5)  # anything else would have arrived by now
             reader.cancel()
     assert heard == [ResourceUpdated(uri="note://watched"), ToolsListChanged()], heard
+
+
+async def test_sigterm_ends_a_listen_stream_gracefully(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """A node told to stop (SIGTERM) ends its listen streams with the final result frame,
+    so clients listen again elsewhere; it does not keep them open, nor cut them."""
+    env = {
+        "MCP_DB_REDIS_URL": redis_server.url,
+        "MCP_DB_PREFIX": prefix,
+        "MCP_DB_SUBSCRIPTIONS": "1",
+        "MCP_DB_MIDDLEWARE": "1",
+    }
+    node = Node(env=env).start()
+    try:
+        async with Client(node.url, mode="auto") as watching:
+            async with watching.listen(tools_list_changed=True) as stream:
+                assert node.process is not None
+                os.kill(node.process.pid, signal.SIGTERM)
+                ended = "open"
+                with anyio.move_on_after(5):
+                    try:
+                        async for _ in stream:
+                            pass
+                        ended = "graceful"
+                    except SubscriptionLost:
+                        ended = "lost"
+                assert ended == "graceful", f"the listen stream ended: {ended}"
+        # uvicorn re-raises the signal it handled once it has shut down: -SIGTERM.
+        assert node.process.wait(10) in (0, -signal.SIGTERM), "the node then stopped"
+    finally:
+        node.stop()

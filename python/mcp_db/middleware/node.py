@@ -207,7 +207,9 @@ class Node:
         if self.bridge is not None:
             self.bridge.stop()
         if close_listen_streams(self.server):
-            logger.info("node %s ended its listen streams: clients listen again elsewhere", self.node_id)
+            logger.info(
+                "node %s ended its listen streams: clients listen again elsewhere", self.node_id
+            )
         try:
             await self.own.release()
             logger.info("node %s released its %d sessions", self.node_id, len(self.table.owned))
