@@ -14,8 +14,10 @@ Any number of nodes sharing one Redis (run this on every node, behind any load b
 Environment:
 
 - ``MCP_DB_REDIS_URL``: with it, events and sessions live in Redis and the app is wrapped
-  in ``SessionMiddleware``, so every node serves every session; without it, the in-process
-  ``MemoryEventStore`` serves one process.
+  in ``SessionMiddleware``, so every node serves every session, and a change published on
+  any node (``edit_note``) reaches the clients of every node, in both protocol eras
+  (``RedisSubscriptionBus``); without it, the in-process ``MemoryEventStore`` serves one
+  process.
 - ``MCP_DB_PREFIX``: the prefix of mcp-db's Redis keys (``mcp`` unless given).
 - ``MCP_ALLOWED_HOSTS``: comma-separated ``host[:port]`` patterns (``mcp.example.com``,
   ``mcp:*``) that the SDK's DNS-rebinding protection lets through. By default only local
@@ -31,7 +33,7 @@ import os
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 
-from mcp_db import MemoryEventStore, RedisEventStore, SessionMiddleware
+from mcp_db import MemoryEventStore, RedisEventStore, RedisSubscriptionBus, SessionMiddleware
 
 # Clients wait this long (ms) before resuming a cut stream; it is also the SDK client's
 # default. A stream resumed through another node is relayed to the session's owner, which
@@ -44,6 +46,9 @@ store = (
     if redis_url
     else MemoryEventStore()
 )
+# One publish reaches every client that asked, on every node: 2026-07-28 listen streams
+# (the server's bus) and handshake-era sessions (SessionMiddleware's bus, below).
+bus = RedisSubscriptionBus(store) if isinstance(store, RedisEventStore) else None
 
 # Without MCP_ALLOWED_HOSTS, None keeps the SDK's default: protection on, local hosts only.
 allowed_hosts = [h.strip() for h in os.environ.get("MCP_ALLOWED_HOSTS", "").split(",") if h.strip()]
@@ -60,7 +65,7 @@ security = (
 try:  # mcp 2.x
     from mcp.server.mcpserver import Context, MCPServer
 
-    server = MCPServer("mcp-db-example")
+    server = MCPServer("mcp-db-example", **({"subscriptions": bus} if bus else {}))
     SDK_2 = True
 except ImportError:  # mcp 1.x
     from mcp.server.fastmcp import Context, FastMCP
@@ -96,10 +101,25 @@ def where() -> str:
     return f"{os.environ.get('NODE_NAME', 'node')} pid {os.getpid()}"
 
 
+NOTE = {"text": "hello from mcp-db"}
+
+
 @server.resource("note://hello")
 def hello() -> str:
-    """A fixed note."""
-    return "hello from mcp-db"
+    """A note that ``edit_note`` changes."""
+    return NOTE["text"]
+
+
+@server.tool()
+async def edit_note(text: str, ctx: Context) -> str:
+    """Changes ``note://hello`` and tells every client subscribed to it, on every node. (The
+    note lives in this process; a real server keeps what it serves in a shared database.)"""
+    NOTE["text"] = text
+    if bus is not None:
+        await bus.notify_resource_updated("note://hello")  # on 2.x: ctx.notify_resource_updated
+    else:  # one process, handshake era: the SDK's own way, this session only
+        await ctx.session.send_resource_updated("note://hello")
+    return "saved"
 
 
 @server.prompt()
@@ -120,7 +140,7 @@ if isinstance(store, RedisEventStore):
     # node other than the session's owner is relayed to the owner through Redis, and a
     # survivor takes the session over if the owner dies. It also binds each session to its
     # own events.
-    app = SessionMiddleware(app, store=store)
+    app = SessionMiddleware(app, store=store, bus=bus)
 else:
     # One process: one line binds each session to its own events (no cross-session replay).
     store.attach(server.session_manager)

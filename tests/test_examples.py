@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
+import anyio
+import mcp.types as types
 import pytest
 
 import mcp_db
-from tests._client import AUTO_RESUME
-from tests._nodes import ROOT
+from tests._client import AUTO_RESUME, client_session
+from tests._nodes import ROOT, Node
+from tests.support.redis_server import RedisServer
 
 
 def demo(*args: str) -> subprocess.CompletedProcess[str]:
@@ -74,3 +78,38 @@ def test_the_installed_package_holds_no_demo_or_launcher() -> None:
     names = sorted(str(f.relative_to(installed)) for f in installed.rglob("*.py"))
     assert names, installed
     assert [n for n in names if any(w in n for w in ("demo", "nginx", "redis_server"))] == []
+
+
+async def test_an_edit_on_one_node_reaches_a_subscriber_on_another(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """examples/server.py on two nodes: ``edit_note`` called through one reaches a session
+    subscribed to ``note://hello`` through the other (the README's bus example)."""
+    env = {"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix}
+    nodes = [Node(app="examples.server:app", env=env) for _ in range(2)]
+    heard: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        notification = getattr(message, "root", message)
+        if isinstance(notification, types.ResourceUpdatedNotification):
+            heard.append(str(notification.params.uri))
+
+    try:
+        for node in nodes:
+            node.start()
+        async with (
+            client_session(nodes[0].url, message_handler=on_message) as watching,
+            client_session(nodes[1].url) as editing,
+        ):
+            with warnings.catch_warnings():  # mcp 2.x calls resources/subscribe deprecated
+                warnings.simplefilter("ignore")
+                await watching.subscribe_resource("note://hello")  # type: ignore[arg-type]
+            for attempt in range(40):  # until the GET stream is up, updates pass it by
+                await editing.call_tool("edit_note", {"text": f"edit {attempt}"})
+                await anyio.sleep(0.1)
+                if heard:
+                    break
+            assert heard and set(heard) == {"note://hello"}
+    finally:
+        for node in nodes:
+            node.stop()
