@@ -27,6 +27,7 @@ from mcp import ClientSession
 from mcp_db._sdk import SDK_MAJOR
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._cluster import Cluster
+from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 
 LEASE_SECONDS = 1.5
@@ -73,7 +74,7 @@ class Listener:
 
 
 @asynccontextmanager
-async def listener(url: str) -> AsyncIterator[Listener]:
+async def listener(deployment: Deployment) -> AsyncIterator[Listener]:
     heard: list[str] = []
 
     async def on_message(message: Any) -> None:
@@ -83,32 +84,71 @@ async def listener(url: str) -> AsyncIterator[Listener]:
         elif type(notification) in METHODS:
             heard.append(METHODS[type(notification)])
 
-    async with client_session(url, message_handler=on_message) as session:
+    async with client_session(
+        deployment.url, message_handler=on_message, fresh_connections=deployment.workers
+    ) as session:
         yield Listener(session, heard)
 
 
-@pytest.fixture
-def cluster(redis_server: RedisServer, prefix: str) -> Iterator[Cluster]:
-    started = Cluster(
-        redis_server,
-        prefix,
-        size=3,
-        MCP_DB_BRIDGE="1",
-        MCP_DB_LEASE_SECONDS=str(LEASE_SECONDS),
-    ).start()
+class Deployment:
+    """Three nodes behind nginx round robin, or one ``uvicorn --workers 3`` port (each
+    request on a new connection, so the kernel spreads them over the workers)."""
+
+    def __init__(self, kind: str, redis: RedisServer, prefix: str) -> None:
+        env = {"MCP_DB_BRIDGE": "1", "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS)}
+        self.workers = kind == "workers"
+        self.cluster: Cluster | None = None
+        self.node: Node | None = None
+        if self.workers:
+            base = {"MCP_DB_REDIS_URL": redis.url, "MCP_DB_PREFIX": prefix}
+            self.node = Node(env={**base, "MCP_DB_MIDDLEWARE": "1", **env}, workers=3)
+        else:
+            self.cluster = Cluster(redis, prefix, size=3, **env)
+
+    @property
+    def url(self) -> str:
+        return self.cluster.url if self.cluster is not None else self.node.url  # type: ignore[union-attr]
+
+    def start(self) -> Deployment:
+        if self.cluster is not None:
+            self.cluster.start()
+            return self
+        assert self.node is not None
+        self.node.start()
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 3:  # every worker up
+            assert time.monotonic() < deadline, f"only workers {pids} answered"
+            with httpx.Client(timeout=5) as http:  # a new connection each time
+                pids.add(http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"])
+        return self
+
+    def stop(self) -> None:
+        if self.cluster is not None:
+            self.cluster.stop()
+        elif self.node is not None:
+            self.node.stop()
+
+
+@pytest.fixture(params=["nginx", "workers"])
+def deployment(
+    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
+) -> Iterator[Deployment]:
+    started = Deployment(request.param, redis_server, prefix)
+    started.start()
     try:
         yield started
     finally:
         started.stop()
 
 
-async def on_three_nodes(stack: AsyncExitStack, url: str) -> list[Listener]:
+async def on_three_nodes(stack: AsyncExitStack, deployment: Deployment) -> list[Listener]:
     """Three sessions owned by three different nodes."""
     found: dict[int, Listener] = {}
-    for _ in range(12):
+    for _ in range(20):
         inner = AsyncExitStack()
         await stack.enter_async_context(inner)
-        candidate = await inner.enter_async_context(listener(url))
+        candidate = await inner.enter_async_context(listener(deployment))
         if await candidate.whoami() in found:
             await inner.aclose()
             continue
@@ -137,9 +177,11 @@ async def warm_up(actor: Listener, *listeners: Listener) -> None:
         each.heard.clear()
 
 
-async def test_publishes_reach_sessions_on_every_node_by_subscription(cluster: Cluster) -> None:
+async def test_publishes_reach_sessions_on_every_node_by_subscription(
+    deployment: Deployment,
+) -> None:
     async with AsyncExitStack() as stack:
-        subscriber, other, actor = await on_three_nodes(stack, cluster.url)
+        subscriber, other, actor = await on_three_nodes(stack, deployment)
         await subscriber.subscribe("note://watched")
         await warm_up(actor, subscriber, other)
 
@@ -164,9 +206,9 @@ async def test_publishes_reach_sessions_on_every_node_by_subscription(cluster: C
 
 
 @pytest.mark.skipif(not AUTO_RESUME, reason="mcp 1.12's client does not resume a cut GET stream")
-async def test_a_subscription_survives_a_takeover_of_its_session(cluster: Cluster) -> None:
+async def test_a_subscription_survives_a_takeover_of_its_session(deployment: Deployment) -> None:
     async with AsyncExitStack() as stack:
-        subscriber, other, actor = await on_three_nodes(stack, cluster.url)
+        subscriber, other, actor = await on_three_nodes(stack, deployment)
         await subscriber.subscribe("note://watched")
         await warm_up(actor, subscriber, other)
         os.kill(subscriber.pid, signal.SIGKILL)
@@ -189,8 +231,8 @@ async def test_a_subscription_survives_a_takeover_of_its_session(cluster: Cluste
         assert other.heard.count("note://watched") == 0
 
 
-async def test_a_subscription_is_refused_past_its_byte_bound(cluster: Cluster) -> None:
-    async with listener(cluster.url) as one:
+async def test_a_subscription_is_refused_past_its_byte_bound(deployment: Deployment) -> None:
+    async with listener(deployment) as one:
         with pytest.raises(Exception, match="8192 bytes"):
             await one.subscribe("note://" + "x" * 9000)
         # 64 KiB of URIs in all: eight of 8,008 bytes fit (64,064), a ninth does not.
@@ -205,22 +247,25 @@ async def test_a_subscription_is_refused_past_its_byte_bound(cluster: Cluster) -
 
 @pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
 async def test_one_publish_reaches_a_listen_stream_and_a_handshake_session(
-    cluster: Cluster,
+    deployment: Deployment,
 ) -> None:
     from mcp.client import Client
     from mcp.shared.subscriptions import ResourceUpdated
 
     async with AsyncExitStack() as stack:
-        subscriber, _, actor = await on_three_nodes(stack, cluster.url)
+        subscriber, _, actor = await on_three_nodes(stack, deployment)
         await subscriber.subscribe("note://both")
-        # The listen stream on the third node: neither the subscriber's nor the actor's.
-        pids = {
-            httpx.get(f"http://127.0.0.1:{n.port}/debug/pid").json()["pid"]: n
-            for n in cluster.nodes
-        }
-        third = next(n for pid, n in pids.items() if pid not in (subscriber.pid, actor.pid))
+        # Through nginx, the listen stream on the third node: neither the subscriber's nor
+        # the actor's. With --workers, on whichever worker its connection reaches.
+        url = deployment.url
+        if deployment.cluster is not None:
+            pids = {
+                httpx.get(f"http://127.0.0.1:{n.port}/debug/pid").json()["pid"]: n
+                for n in deployment.cluster.nodes
+            }
+            url = next(n.url for p, n in pids.items() if p not in (subscriber.pid, actor.pid))
         heard: list[Any] = []
-        async with Client(third.url, mode="auto") as watching:
+        async with Client(url, mode="auto") as watching:
             async with watching.listen(
                 tools_list_changed=True, resource_subscriptions=["note://both"]
             ) as stream:
@@ -246,3 +291,47 @@ async def test_one_publish_reaches_a_listen_stream_and_a_handshake_session(
                     tasks.cancel_scope.cancel()
         assert heard == [ResourceUpdated(uri="note://both")]
         assert subscriber.heard == ["note://both"]
+
+
+@pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
+async def test_a_listen_stream_through_the_balancer_hears_each_node_once(
+    deployment: Deployment,
+) -> None:
+    from mcp.client import Client
+    from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+
+    async with AsyncExitStack() as stack:
+        actors = await on_three_nodes(stack, deployment)
+        watched = [f"note://from/{actor.pid}" for actor in actors]
+        heard: list[Any] = []
+        async with Client(deployment.url, mode="auto") as watching:
+            async with watching.listen(
+                tools_list_changed=True, resource_subscriptions=watched
+            ) as stream:
+
+                async def collect() -> None:
+                    async for event in stream:
+                        heard.append(event)
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(collect)
+                    for _ in range(40):  # until the listening node's bus is subscribed
+                        await publish(actors[0], "tools")
+                        await anyio.sleep(0.1)
+                        if heard:
+                            break
+                    await anyio.sleep(QUIET_SECONDS)
+                    heard.clear()
+                    for actor in actors:  # a call that runs on each node in turn
+                        await publish(actor, "resource", f"note://from/{actor.pid}")
+                        await publish(actor, "resource", "note://not-watched")
+                        await publish(actor, "prompts")  # not asked for
+                        await publish(actor, "tools")
+                    with anyio.move_on_after(3):
+                        while len(heard) < 6:
+                            await anyio.sleep(0.01)
+                    await anyio.sleep(QUIET_SECONDS)
+                    tasks.cancel_scope.cancel()
+    expected = [ResourceUpdated(uri=uri) for uri in watched] + [ToolsListChanged()] * 3
+    # Events of one node keep their order; those of different nodes may interleave.
+    assert sorted(map(repr, heard)) == sorted(map(repr, expected)), heard

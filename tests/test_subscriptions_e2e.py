@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from mcp_db._sdk import SDK_MAJOR
@@ -22,7 +23,12 @@ pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is m
 if SDK_MAJOR >= 2:
     from mcp.client import Client
     from mcp.client.subscriptions import SubscriptionLost
-    from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
+    from mcp.shared.subscriptions import (
+        PromptsListChanged,
+        ResourcesListChanged,
+        ResourceUpdated,
+        ToolsListChanged,
+    )
 
 
 @pytest.fixture
@@ -103,3 +109,59 @@ async def test_sigterm_ends_a_listen_stream_gracefully(
         assert node.process.wait(10) in (0, -signal.SIGTERM), "the node then stopped"
     finally:
         node.stop()
+
+
+async def test_a_redis_restart_drops_what_it_must_and_nudges_every_listen_stream(
+    persistent_redis: RedisServer, prefix: str
+) -> None:
+    """Publishes while Redis is down reach no other node and are counted as dropped; once
+    Redis is back, every listen stream is told that every list changed."""
+    env = {
+        "MCP_DB_REDIS_URL": persistent_redis.url,
+        "MCP_DB_PREFIX": prefix,
+        "MCP_DB_SUBSCRIPTIONS": "1",
+        "MCP_DB_MIDDLEWARE": "1",  # for /debug/stats; 2026 requests pass it untouched
+    }
+    publisher, listener = [Node(env=env).start() for _ in range(2)]
+    heard: list[Any] = []
+
+    def dropped() -> int:
+        stats = httpx.get(f"http://127.0.0.1:{publisher.port}/debug/stats").json()
+        return int(stats["bus"]["dropped"])
+
+    try:
+        async with Client(listener.url, mode="auto") as watching, Client(publisher.url) as acting:
+            async with watching.listen(
+                tools_list_changed=True,
+                prompts_list_changed=True,
+                resources_list_changed=True,
+                resource_subscriptions=["note://watched"],
+            ) as stream:
+
+                async def collect() -> None:
+                    async for event in stream:
+                        heard.append(event)
+
+                async with anyio.create_task_group() as tasks:
+                    tasks.start_soon(collect)
+                    for _ in range(100):  # until the listening node's subscription is up
+                        await acting.call_tool("publish", {"kind": "tools"})
+                        await anyio.sleep(0.05)
+                        if heard:
+                            break
+                    assert heard
+                    await anyio.sleep(0.3)
+                    heard.clear()
+                    persistent_redis.stop()
+                    await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
+                    assert dropped() == 1, "counted as dropped on the publishing node"
+                    persistent_redis.start()
+                    with anyio.move_on_after(15):
+                        while len(heard) < 3:
+                            await anyio.sleep(0.05)
+                    await anyio.sleep(0.3)
+                    tasks.cancel_scope.cancel()
+        assert heard == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()], heard
+    finally:
+        publisher.stop()
+        listener.stop()

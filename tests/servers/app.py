@@ -261,8 +261,9 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         return StreamingResponse(body(), media_type="text/plain")
 
     async def stats(request: Request) -> JSONResponse:
-        """Test-only: this node's counters (the middleware's and the store's)."""
-        return JSONResponse({"middleware": app.stats(), "store": store.stats()})
+        """Test-only: this node's counters (the middleware's, the store's, the bus's)."""
+        counts = {"middleware": app.stats(), "store": store.stats()}
+        return JSONResponse({**counts, "bus": bus.stats() if bus is not None else None})
 
     app.router.routes.append(Route("/debug/stats", stats))
     app.router.routes.append(Route("/debug/sessions", sessions))
