@@ -129,12 +129,17 @@ class Deployment:
         elif self.node is not None:
             self.node.stop()
 
+    def revive(self) -> None:
+        """Restarts the nodes that died (``--workers``: the supervisor restarts them)."""
+        for node in self.cluster.nodes if self.cluster is not None else []:
+            if node.process is None or node.process.poll() is not None:
+                node.start()
 
-@pytest.fixture(params=["nginx", "workers"])
-def deployment(
-    request: pytest.FixtureRequest, redis_server: RedisServer, prefix: str
-) -> Iterator[Deployment]:
-    started = Deployment(request.param, redis_server, prefix)
+
+@pytest.fixture(scope="module", params=["nginx", "workers"])
+def deployment(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterator[Deployment]:
+    """One deployment for the module's tests (each test has sessions of its own)."""
+    started = Deployment(request.param, redis_server, f"bridge-{request.param}")
     started.start()
     try:
         yield started
@@ -212,6 +217,7 @@ async def test_a_subscription_survives_a_takeover_of_its_session(deployment: Dep
         await subscriber.subscribe("note://watched")
         await warm_up(actor, subscriber, other)
         os.kill(subscriber.pid, signal.SIGKILL)
+        stack.callback(deployment.revive)
         before = subscriber.pid
         # The next request of the session, once the dead owner's lease ran out, takes the
         # session over on another node; its client resumes the GET stream there.
