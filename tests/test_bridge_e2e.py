@@ -115,13 +115,17 @@ class Deployment:
             return self
         assert self.node is not None
         self.node.start()
+        self._every_worker_answers()
+        return self
+
+    def _every_worker_answers(self) -> None:
+        assert self.node is not None
         pids: set[int] = set()
         deadline = time.monotonic() + 20
-        while len(pids) < 3:  # every worker up
+        while len(pids) < 3:
             assert time.monotonic() < deadline, f"only workers {pids} answered"
             with httpx.Client(timeout=5) as http:  # a new connection each time
                 pids.add(http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"])
-        return self
 
     def stop(self) -> None:
         if self.cluster is not None:
@@ -130,8 +134,11 @@ class Deployment:
             self.node.stop()
 
     def revive(self) -> None:
-        """Restarts the nodes that died (``--workers``: the supervisor restarts them)."""
-        for node in self.cluster.nodes if self.cluster is not None else []:
+        """Restarts the nodes that died (``--workers``: waits for the supervisor to)."""
+        if self.cluster is None:
+            self._every_worker_answers()
+            return
+        for node in self.cluster.nodes:
             if node.process is None or node.process.poll() is not None:
                 node.start()
 
@@ -150,7 +157,7 @@ def deployment(request: pytest.FixtureRequest, redis_server: RedisServer) -> Ite
 async def on_three_nodes(stack: AsyncExitStack, deployment: Deployment) -> list[Listener]:
     """Three sessions owned by three different nodes."""
     found: dict[int, Listener] = {}
-    for _ in range(20):
+    for _ in range(30):
         inner = AsyncExitStack()
         await stack.enter_async_context(inner)
         candidate = await inner.enter_async_context(listener(deployment))

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 
 import anyio
@@ -65,6 +66,11 @@ async def test_prometheus_example_counts_what_happens(nodes: list[Node]) -> None
         tools = await session.list_tools()
         assert {"echo", "where"} <= {t.name for t in tools.tools}
         assert result_text(await session.call_tool("echo", {"text": "hi"})) == "hi"
+        # A change to a resource the session subscribed to, through the subscription bus.
+        with warnings.catch_warnings():  # mcp 2.x calls resources/subscribe deprecated
+            warnings.simplefilter("ignore")
+            await session.subscribe_resource("note://hello")  # type: ignore[arg-type]
+        assert result_text(await session.call_tool("edit_note", {"text": "new"})) == "saved"
 
     async with httpx.AsyncClient(timeout=10) as http:
         raw = await RawSession(http, owner.url).open()
@@ -117,6 +123,8 @@ async def test_prometheus_example_counts_what_happens(nodes: list[Node]) -> None
     assert value(at_other, seconds, path="relayed", method="POST") == 1
     assert value(at_other, seconds, path="not_found", method="POST") == 1
     assert value(at_owner, "mcp_db_redis_errors_total", operation="event_write") == 0
+    assert value(at_owner, "mcp_db_notifications_delivered_total") == 1
+    assert value(at_other, "mcp_db_notifications_delivered_total") == 0
     buckets = [
         v
         for (name, labels), v in at_owner.items()

@@ -28,7 +28,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.resources import Resource
 from prometheus_client import make_asgi_app
 
-from mcp_db import RedisEventStore, SessionMiddleware
+from mcp_db import RedisEventStore, RedisSubscriptionBus, SessionMiddleware
 
 # The reader registers with prometheus_client's default registry, which make_asgi_app()
 # serves. mcp-db's instruments report to whatever provider is set, whenever it is set.
@@ -41,12 +41,13 @@ store = RedisEventStore(
     os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0"),
     prefix=os.environ.get("MCP_DB_PREFIX", "mcp"),
 )
+bus = RedisSubscriptionBus(store)
 
 server: Any
 try:  # mcp 2.x
     from mcp.server.mcpserver import MCPServer
 
-    server = MCPServer("mcp-db-prometheus")
+    server = MCPServer("mcp-db-prometheus", subscriptions=bus)
     SDK_2 = True
 except ImportError:  # mcp 1.x
     from mcp.server.fastmcp import FastMCP
@@ -62,6 +63,13 @@ def echo(text: str) -> str:
 
 
 @server.tool()
+async def edit_note(text: str) -> str:
+    """Tells every client subscribed to ``note://hello``, on every node, that it changed."""
+    await bus.notify_resource_updated("note://hello")
+    return "saved"
+
+
+@server.tool()
 def where() -> str:
     """Which process served this request."""
     return f"pid {os.getpid()}"
@@ -70,6 +78,7 @@ def where() -> str:
 mcp_app = SessionMiddleware(
     server.streamable_http_app(event_store=store) if SDK_2 else server.streamable_http_app(),
     store=store,
+    bus=bus,
 )
 metrics_app = make_asgi_app()
 

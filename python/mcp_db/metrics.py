@@ -334,6 +334,16 @@ def register(meter: Any) -> None:
             unit=unit,
             description=description,
         )
+    for name, description in [
+        ("delivered", "Bus events sent to handshake-era sessions owned here"),
+        ("dropped", "Bus events not sent to a handshake-era session: it moved, ended or lagged"),
+    ]:
+        counter(
+            f"mcp_db.notifications.{name}",
+            callbacks=[_observations("middleware", f"bridge.{name}")],
+            unit="{notification}",
+            description=description,
+        )
     counter(
         "mcp_db.locks.contended",
         callbacks=[_by_attribute("middleware", "lock_waits.", "lock")],
