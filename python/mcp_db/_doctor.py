@@ -1,8 +1,10 @@
-"""``mcp-db doctor``: is this Redis fit for mcp-db, and are the nodes alive and in time?
+"""``mcp-db doctor``: is this Redis fit for mcp-db, and are the nodes alive, in time, and
+agreed on their request-state keys?
 
 Each check is PASS, WARN or FAIL with one line of detail. FAIL means mcp-db cannot work
-as deployed (Redis too old, commands missing, cluster down); WARN means it works but
-something deserves a look (slow Redis, eviction, no nodes, a node's clock off).
+as deployed (Redis too old, commands missing, cluster down, nodes that cannot unseal each
+other's request state); WARN means it works but something deserves a look (slow Redis,
+eviction, no nodes, a node's clock off, a key rotation half done).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from redis.cluster import RedisCluster
 from mcp_db._admin import Deployment
 from mcp_db._core import redact
 from mcp_db._report import ago, plural
+from mcp_db._request_keys import unseals
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 #: Commands the nodes run: streams, scripts, pub/sub.
@@ -100,6 +103,7 @@ def run(dep: Deployment) -> dict[str, Any]:
     nodes = [n for n in nodes if n["alive"]]
     checks.append(_nodes(dep, nodes))
     checks.append(_skew(nodes))
+    checks.append(request_keys(nodes))
     return {
         "ok": all(c["status"] != FAIL for c in checks),
         "prefix": dep.prefix,
@@ -226,6 +230,85 @@ def _skew(nodes: list[dict[str, Any]]) -> dict[str, Any]:
         detail += f"; not measured on {', '.join(unknown)} (no lease in the heartbeat)"
     status = WARN if off or unknown else PASS
     return _check("clock skew", status, detail, worst_ms=worst, spread_ms=spread)
+
+
+#: The fix, as the check and the node's start-up warning both name it.
+SHARE_KEYS = (
+    "pass MCPServer(..., request_state_security=RequestStateSecurity(keys=[...])) with the "
+    "same keys on every node (docs/deploy/2026-clients.md)"
+)
+
+
+def request_keys(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether a multi-round-trip request (protocol 2026-07-28) can have its rounds on any
+    live node: each node must unseal the ``requestState`` every other one seals.
+
+    A FAIL, not a WARN, when they cannot: such a request then fails with -32602 whenever
+    two of its rounds land on different nodes, which behind a round-robin balancer is most
+    of the time, and the reason is only in one node's log. A node on ephemeral keys among
+    others is the commonest case (``MCPServer``'s default). Pure: ``nodes`` are the live
+    nodes as ``Deployment.node`` reads them.
+    """
+    rings = {n["node"]: n["request_state"] for n in nodes if "request_state" in n}
+    if not rings:
+        detail = (
+            "no node seals request state (mcp 1.x, or a server without it): not checked"
+            if nodes
+            else "no node to compare"
+        )
+        return _check("request-state keys", PASS, detail, groups={})
+    ephemeral = sorted(name for name, ring in rings.items() if ring.get("ephemeral") is True)
+    custom = sorted(name for name, ring in rings.items() if not ring.get("fingerprint"))
+    groups: dict[str, list[str]] = {}
+    for name, ring in sorted(rings.items()):
+        if ring.get("fingerprint"):
+            groups.setdefault(ring["fingerprint"], []).append(name)
+    data = {"groups": groups, "ephemeral": ephemeral, "not_compared": custom}
+    # Pairs (sealer, opener) whose rounds cannot cross: what the client would hit.
+    broken = [
+        (a, b)
+        for a, ring_a in sorted(rings.items())
+        for b, ring_b in sorted(rings.items())
+        if a != b and a not in custom and b not in custom and not unseals(ring_a, ring_b)
+    ]
+    named = "; ".join(f"{fp}: {', '.join(names)}" for fp, names in groups.items())
+    notes = f"; not compared (the application's own codec): {', '.join(custom)}" if custom else ""
+    if ephemeral and len(nodes) > 1:
+        detail = (
+            f"ephemeral keys (a key per process) on {', '.join(ephemeral)} while "
+            f"{plural(len(nodes), 'node')} are alive: a multi-round-trip request whose rounds "
+            f"land on two nodes fails with -32602 'Invalid or expired requestState'; {SHARE_KEYS}"
+        )
+        return _check("request-state keys", FAIL, detail + notes, **data)
+    if broken:
+        pairs = ", ".join(f"{a} -> {b}" for a, b in broken[:6])
+        detail = (
+            f"nodes hold different key rings (fingerprint: nodes) {named}; state sealed on one "
+            f"node does not unseal on the other ({pairs}): those rounds fail with -32602; "
+            f"{SHARE_KEYS}"
+        )
+        return _check("request-state keys", FAIL, detail + notes, **data)
+    if len(groups) > 1:
+        detail = (
+            f"key rings differ but every node unseals what the others seal, as halfway through "
+            f"a rotation: {named}; finish it (every node on the same keys=[...])"
+        )
+        return _check("request-state keys", WARN, detail + notes, **data)
+    if ephemeral:
+        detail = (
+            f"the only node, {ephemeral[0]}, is on ephemeral keys: state it sealed does not "
+            f"survive a restart, and a second node breaks multi-round-trip requests; {SHARE_KEYS}"
+        )
+        return _check("request-state keys", WARN, detail + notes, **data)
+    if not groups:
+        return _check("request-state keys", PASS, "not compared" + notes, **data)
+    ((fp, names),) = groups.items()
+    ring = rings[names[0]]
+    detail = (
+        f"{plural(len(names), 'node')} share one key ring: fingerprint {fp}, "
+        f"{plural(len(ring.get('keys') or ()), 'key')}, audience {ring.get('audience')!r}"
+    )
+    return _check("request-state keys", PASS, detail + notes, **data)
 
 
 def render(report: dict[str, Any]) -> list[str]:
