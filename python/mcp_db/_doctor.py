@@ -257,58 +257,67 @@ def request_keys(nodes: list[dict[str, Any]]) -> dict[str, Any]:
             else "no node to compare"
         )
         return _check("request-state keys", PASS, detail, groups={})
-    ephemeral = sorted(name for name, ring in rings.items() if ring.get("ephemeral") is True)
-    custom = sorted(name for name, ring in rings.items() if not ring.get("fingerprint"))
-    groups: dict[str, list[str]] = {}
-    for name, ring in sorted(rings.items()):
-        if ring.get("fingerprint"):
-            groups.setdefault(ring["fingerprint"], []).append(name)
-    data = {"groups": groups, "ephemeral": ephemeral, "not_compared": custom}
-    # Pairs (sealer, opener) whose rounds cannot cross: what the client would hit.
-    broken = [
-        (a, b)
-        for a, ring_a in sorted(rings.items())
-        for b, ring_b in sorted(rings.items())
-        if a != b and a not in custom and b not in custom and not unseals(ring_a, ring_b)
-    ]
-    named = "; ".join(f"{fp}: {', '.join(names)}" for fp, names in groups.items())
-    notes = f"; not compared (the application's own codec): {', '.join(custom)}" if custom else ""
-    if ephemeral and len(nodes) > 1:
-        detail = (
-            f"ephemeral keys (a key per process) on {', '.join(ephemeral)} while "
-            f"{plural(len(nodes), 'node')} are alive: a multi-round-trip request whose rounds "
-            f"land on two nodes fails with -32602 'Invalid or expired requestState'; {SHARE_KEYS}"
+    data = _compare_rings(rings)
+    status, detail = _verdict(data, len(nodes))
+    if data["not_compared"]:
+        detail += (
+            f"; not compared (a codec of the application's own): {', '.join(data['not_compared'])}"
         )
-        return _check("request-state keys", FAIL, detail + notes, **data)
+    return _check("request-state keys", status, detail, **data)
+
+
+def _compare_rings(rings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The nodes grouped by fingerprint, those on ephemeral keys, those whose rings cannot
+    be read (a custom codec), and the pairs ``[sealer, opener]`` whose rounds cannot cross:
+    what a client would hit."""
+    custom = sorted(name for name, ring in rings.items() if not ring.get("fingerprint"))
+    compared = {name: ring for name, ring in sorted(rings.items()) if name not in custom}
+    groups: dict[str, list[str]] = {}
+    for name, ring in compared.items():
+        groups.setdefault(ring["fingerprint"], []).append(name)
+    broken = [
+        [a, b]
+        for a, sealer in compared.items()
+        for b, opener in compared.items()
+        if a != b and not unseals(sealer, opener)
+    ]
+    ephemeral = sorted(name for name, ring in rings.items() if ring.get("ephemeral") is True)
+    return {"groups": groups, "ephemeral": ephemeral, "not_compared": custom, "broken": broken}
+
+
+def _verdict(data: dict[str, Any], alive: int) -> tuple[str, str]:
+    """The status and the detail for what :func:`_compare_rings` found among ``alive``
+    live nodes."""
+    groups, ephemeral, broken = data["groups"], data["ephemeral"], data["broken"]
+    named = "; ".join(f"{fp}: {', '.join(names)}" for fp, names in groups.items())
+    if ephemeral and alive > 1:
+        return FAIL, (
+            f"ephemeral keys (a key per process) on {', '.join(ephemeral)} while "
+            f"{plural(alive, 'node')} are alive: a multi-round-trip request whose rounds land "
+            f"on two nodes fails with -32602 'Invalid or expired requestState'; {SHARE_KEYS}"
+        )
     if broken:
         pairs = ", ".join(f"{a} -> {b}" for a, b in broken[:6])
-        detail = (
+        more = f" and {len(broken) - 6} more" if len(broken) > 6 else ""
+        return FAIL, (
             f"nodes hold different key rings (fingerprint: nodes) {named}; state sealed on one "
-            f"node does not unseal on the other ({pairs}): those rounds fail with -32602; "
-            f"{SHARE_KEYS}"
+            f"node does not unseal on the other ({pairs}{more}): those rounds fail with "
+            f"-32602; {SHARE_KEYS}"
         )
-        return _check("request-state keys", FAIL, detail + notes, **data)
     if len(groups) > 1:
-        detail = (
+        return WARN, (
             f"key rings differ but every node unseals what the others seal, as halfway through "
             f"a rotation: {named}; finish it (every node on the same keys=[...])"
         )
-        return _check("request-state keys", WARN, detail + notes, **data)
     if ephemeral:
-        detail = (
+        return WARN, (
             f"the only node, {ephemeral[0]}, is on ephemeral keys: state it sealed does not "
             f"survive a restart, and a second node breaks multi-round-trip requests; {SHARE_KEYS}"
         )
-        return _check("request-state keys", WARN, detail + notes, **data)
     if not groups:
-        return _check("request-state keys", PASS, "not compared" + notes, **data)
+        return PASS, "no key ring to compare"
     ((fp, names),) = groups.items()
-    ring = rings[names[0]]
-    detail = (
-        f"{plural(len(names), 'node')} share one key ring: fingerprint {fp}, "
-        f"{plural(len(ring.get('keys') or ()), 'key')}, audience {ring.get('audience')!r}"
-    )
-    return _check("request-state keys", PASS, detail + notes, **data)
+    return PASS, f"{plural(len(names), 'node')} share one key ring and audience: fingerprint {fp}"
 
 
 def render(report: dict[str, Any]) -> list[str]:
