@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -145,3 +147,18 @@ def test_the_doctor_skips_nodes_that_report_no_keys() -> None:
     assert request_keys([])["status"] == PASS
     custom = request_keys([{"node": "n1", "request_state": {"codec": "Kms", "ephemeral": False}}])
     assert custom["status"] == PASS and "not compared" in custom["detail"], custom
+
+
+@needs_v2
+def test_a_server_built_before_mcp_db_was_imported_has_an_unknown_ephemeral_flag() -> None:
+    """mcp-db notes ephemeral rings from its import on: before that, it cannot know (a fresh
+    interpreter, since this one imported mcp-db long ago)."""
+    script = (
+        "from mcp.server.mcpserver import MCPServer\n"
+        "app = MCPServer('svc').streamable_http_app()\n"
+        "from mcp_db._sdk import request_keys\n"
+        "from mcp_db._sdk.manager import find_session_manager\n"
+        "print(request_keys(find_session_manager(app))['ephemeral'])\n"
+    )
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert ran.stdout.strip() == "None", ran.stderr
