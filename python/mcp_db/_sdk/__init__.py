@@ -38,8 +38,9 @@ if SDK_MAJOR >= 2:
     from mcp_db._sdk.request_state import request_keys, track
     from mcp_db._sdk.v2 import HANDSHAKE_VERSIONS, decode, decode_run, encode
 
-    # As early as mcp-db is imported, so that the servers built afterwards (all of them,
-    # when the imports come first) say whether their request-state keys are ephemeral.
+    # As soon as mcp-db's SDK layer is imported (the store, the middleware or the bus), so
+    # that the servers built afterwards (all of them, when the imports come first) can say
+    # whether their request-state keys are ephemeral.
     track()
 else:
     from mcp_db._sdk.v1 import HANDSHAKE_VERSIONS, decode, decode_run, encode, request_keys
