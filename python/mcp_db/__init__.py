@@ -29,8 +29,10 @@ if TYPE_CHECKING:
 
 #: Imported on first use: the stores and the middleware import the SDK, which the `mcp-db`
 #: command does not need (importing `mcp` is most of its start-up time). Nothing here
-#: changes the SDK: on mcp 1.x, building a `SessionMiddleware` installs the session class
-#: that rebuilt sessions need (`_sdk/session_v1.py`).
+#: changes what the SDK does: on mcp 1.x, building a `SessionMiddleware` installs the
+#: session class that rebuilt sessions need (`_sdk/session_v1.py`); on mcp 2.x, the first
+#: of these imports starts noting which request-state policies are ephemeral
+#: (`_sdk/request_state.py`).
 _LAZY = {
     "MemoryEventStore": "mcp_db.event_store",
     "RedisEventStore": "mcp_db.event_store",

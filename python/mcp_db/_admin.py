@@ -238,6 +238,8 @@ class Deployment:
         if not isinstance(beat, dict):
             beat = {}
         info.update(pid=beat.get("pid"), host=beat.get("host"), ttl_ms=_int(pttl))
+        if isinstance(beat.get("request_state"), dict):  # mcp 2.x nodes of mcp-db >= issue 13
+            info["request_state"] = beat["request_state"]
         lease, sent = beat.get("lease"), beat.get("beat")
         info["lease_ms"] = lease
         if isinstance(lease, int) and isinstance(pttl, int) and pttl >= 0:

@@ -1,8 +1,10 @@
-"""``mcp-db doctor``: is this Redis fit for mcp-db, and are the nodes alive and in time?
+"""``mcp-db doctor``: is this Redis fit for mcp-db, and are the nodes alive, in time, and
+agreed on their request-state keys?
 
 Each check is PASS, WARN or FAIL with one line of detail. FAIL means mcp-db cannot work
-as deployed (Redis too old, commands missing, cluster down); WARN means it works but
-something deserves a look (slow Redis, eviction, no nodes, a node's clock off).
+as deployed (Redis too old, commands missing, cluster down, nodes that cannot unseal each
+other's request state); WARN means it works but something deserves a look (slow Redis,
+eviction, no nodes, a node's clock off, a key rotation half done).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from redis.cluster import RedisCluster
 from mcp_db._admin import Deployment
 from mcp_db._core import redact
 from mcp_db._report import ago, plural
+from mcp_db._request_keys import unseals
 
 PASS, WARN, FAIL = "PASS", "WARN", "FAIL"
 #: Commands the nodes run: streams, scripts, pub/sub.
@@ -100,6 +103,7 @@ def run(dep: Deployment) -> dict[str, Any]:
     nodes = [n for n in nodes if n["alive"]]
     checks.append(_nodes(dep, nodes))
     checks.append(_skew(nodes))
+    checks.append(request_keys(nodes))
     return {
         "ok": all(c["status"] != FAIL for c in checks),
         "prefix": dep.prefix,
@@ -226,6 +230,94 @@ def _skew(nodes: list[dict[str, Any]]) -> dict[str, Any]:
         detail += f"; not measured on {', '.join(unknown)} (no lease in the heartbeat)"
     status = WARN if off or unknown else PASS
     return _check("clock skew", status, detail, worst_ms=worst, spread_ms=spread)
+
+
+#: The fix, as the check and the node's start-up warning both name it.
+SHARE_KEYS = (
+    "pass MCPServer(..., request_state_security=RequestStateSecurity(keys=[...])) with the "
+    "same keys on every node (docs/deploy/2026-clients.md)"
+)
+
+
+def request_keys(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether a multi-round-trip request (protocol 2026-07-28) can have its rounds on any
+    live node: each node must unseal the ``requestState`` every other one seals.
+
+    A FAIL, not a WARN, when they cannot: such a request then fails with -32602 whenever
+    two of its rounds land on different nodes, which behind a round-robin balancer is most
+    of the time, and the reason is only in one node's log. A node on ephemeral keys among
+    others is the commonest case (``MCPServer``'s default). Pure: ``nodes`` are the live
+    nodes as ``Deployment.node`` reads them.
+    """
+    rings = {n["node"]: n["request_state"] for n in nodes if "request_state" in n}
+    if not rings:
+        detail = (
+            "no node seals request state (mcp 1.x, or a server without it): not checked"
+            if nodes
+            else "no node to compare"
+        )
+        return _check("request-state keys", PASS, detail, groups={})
+    data = _compare_rings(rings)
+    status, detail = _verdict(data, len(nodes))
+    if data["not_compared"]:
+        detail += (
+            f"; not compared (a codec of the application's own): {', '.join(data['not_compared'])}"
+        )
+    return _check("request-state keys", status, detail, **data)
+
+
+def _compare_rings(rings: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The nodes grouped by fingerprint, those on ephemeral keys, those whose rings cannot
+    be read (a custom codec), and the pairs ``[sealer, opener]`` whose rounds cannot cross:
+    what a client would hit."""
+    custom = sorted(name for name, ring in rings.items() if not ring.get("fingerprint"))
+    compared = {name: ring for name, ring in sorted(rings.items()) if name not in custom}
+    groups: dict[str, list[str]] = {}
+    for name, ring in compared.items():
+        groups.setdefault(ring["fingerprint"], []).append(name)
+    broken = [
+        [a, b]
+        for a, sealer in compared.items()
+        for b, opener in compared.items()
+        if a != b and not unseals(sealer, opener)
+    ]
+    ephemeral = sorted(name for name, ring in rings.items() if ring.get("ephemeral") is True)
+    return {"groups": groups, "ephemeral": ephemeral, "not_compared": custom, "broken": broken}
+
+
+def _verdict(data: dict[str, Any], alive: int) -> tuple[str, str]:
+    """The status and the detail for what :func:`_compare_rings` found among ``alive``
+    live nodes."""
+    groups, ephemeral, broken = data["groups"], data["ephemeral"], data["broken"]
+    named = "; ".join(f"{fp}: {', '.join(names)}" for fp, names in groups.items())
+    if ephemeral and alive > 1:
+        return FAIL, (
+            f"ephemeral keys (a key per process) on {', '.join(ephemeral)} while "
+            f"{plural(alive, 'node')} are alive: a multi-round-trip request whose rounds land "
+            f"on two nodes fails with -32602 'Invalid or expired requestState'; {SHARE_KEYS}"
+        )
+    if broken:
+        pairs = ", ".join(f"{a} -> {b}" for a, b in broken[:6])
+        more = f" and {len(broken) - 6} more" if len(broken) > 6 else ""
+        return FAIL, (
+            f"nodes hold different key rings (fingerprint: nodes) {named}; state sealed on one "
+            f"node does not unseal on the other ({pairs}{more}): those rounds fail with "
+            f"-32602; {SHARE_KEYS}"
+        )
+    if len(groups) > 1:
+        return WARN, (
+            f"key rings differ but every node unseals what the others seal, as halfway through "
+            f"a rotation: {named}; finish it (every node on the same keys=[...])"
+        )
+    if ephemeral:
+        return WARN, (
+            f"the only node, {ephemeral[0]}, is on ephemeral keys: state it sealed does not "
+            f"survive a restart, and a second node breaks multi-round-trip requests; {SHARE_KEYS}"
+        )
+    if not groups:
+        return PASS, "no key ring to compare"
+    ((fp, names),) = groups.items()
+    return PASS, f"{plural(len(names), 'node')} share one key ring and audience: fingerprint {fp}"
 
 
 def render(report: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
   ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
 - ``MCP_DB_SUBSCRIPTIONS`` (mcp 2.x): ``RedisSubscriptionBus`` as the server's bus
+- ``MCP_DB_REQUEST_STATE_KEY`` (mcp 2.x): the request-state key every node shares (hex);
+  a fixed test key unless given
 - ``MCP_DB_BRIDGE``: the same bus given to ``SessionMiddleware(bus=...)`` too, so its
   events reach handshake-era sessions (on mcp 1.x, the ``publish`` tool publishes on it)
 """
@@ -72,7 +74,13 @@ if os.environ.get("MCP_DB_SUBSCRIPTIONS") or BRIDGE:
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
 
-    server_options: dict[str, Any] = {}
+    from mcp.server.request_state import RequestStateSecurity
+
+    # Every node shares its request-state keys, as a deployment must (docs/deploy/2026-clients.md).
+    key = os.environ.get("MCP_DB_REQUEST_STATE_KEY", "6d63702d6462" + "20" * 26)
+    server_options: dict[str, Any] = {
+        "request_state_security": RequestStateSecurity(keys=[bytes.fromhex(key)])
+    }
     if bus is not None:
         server_options["subscriptions"] = bus
     server: Any = MCPServer("mcp-db-test", **server_options, **auth_options)

@@ -5,7 +5,8 @@ root model; 2.x moved them to the ``mcp_types`` package and hands the store the 
 message class. Everything version-specific lives in :mod:`v1` and :mod:`v2` (messages, the
 handshake versions), :mod:`session_v1` and :mod:`session_v2` (a session born initialized).
 The manager's and transports' private parts are reached through :mod:`manager` only, the
-SDK's authentication through :mod:`auth`, rebuilding a session through :mod:`rehydrate`.
+SDK's authentication through :mod:`auth`, rebuilding a session through :mod:`rehydrate`,
+the request-state key ring (2.x; 1.x has none) through :mod:`request_state`.
 """
 
 from __future__ import annotations
@@ -34,9 +35,15 @@ if _release(SDK_VERSION) < (1, 12, 4) or SDK_MAJOR >= 3:
     )
 
 if SDK_MAJOR >= 2:
+    from mcp_db._sdk.request_state import request_keys, track
     from mcp_db._sdk.v2 import HANDSHAKE_VERSIONS, decode, decode_run, encode
+
+    # As soon as mcp-db's SDK layer is imported (the store, the middleware or the bus), so
+    # that the servers built afterwards (all of them, when the imports come first) can say
+    # whether their request-state keys are ephemeral.
+    track()
 else:
-    from mcp_db._sdk.v1 import HANDSHAKE_VERSIONS, decode, decode_run, encode
+    from mcp_db._sdk.v1 import HANDSHAKE_VERSIONS, decode, decode_run, encode, request_keys
 
 
 def valid_initialize_params(params: object) -> bool:
@@ -62,5 +69,6 @@ __all__ = [
     "decode",
     "decode_run",
     "encode",
+    "request_keys",
     "valid_initialize_params",
 ]

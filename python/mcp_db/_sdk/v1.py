@@ -36,3 +36,9 @@ def encode(message: Any) -> tuple[str, bytes]:
     root = message.root
     data = root.__pydantic_serializer__.to_json(root, by_alias=True, exclude_none=True)
     return _codec.tag(root), data
+
+
+def request_keys(manager: Any) -> dict[str, Any] | None:
+    """Always ``None``: the 1.x line speaks no protocol with request state (2026-07-28), so
+    its nodes have no request-state keys to compare."""
+    return None

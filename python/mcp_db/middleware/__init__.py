@@ -46,7 +46,7 @@ from mcp_db._asgi import (
 )
 from mcp_db._core import Deployment
 from mcp_db._relay import RELAYED
-from mcp_db._sdk import HANDSHAKE_VERSIONS
+from mcp_db._sdk import HANDSHAKE_VERSIONS, request_keys
 from mcp_db._sdk.auth import principal
 from mcp_db._sdk.manager import find_session_manager, hook_entry_point, live_transports
 from mcp_db._sdk.rehydrate import install
@@ -236,6 +236,7 @@ class SessionMiddleware:
             release_on_sigterm=self.release_on_sigterm,
             bridge=self._bridge,
             server=self.manager.app,
+            request_keys=request_keys(self.manager),
         )
         self._admission = Admission(
             inner=self._inner,

@@ -1,5 +1,8 @@
 """The life of a node: its lease (heartbeat and generation), joining and leaving the
-cluster (lifespan, SIGTERM), the bus, and taking requests other nodes relay to it."""
+cluster (lifespan, SIGTERM), the bus, and taking requests other nodes relay to it.
+
+The heartbeat also says what every node must agree on and cannot check alone: the
+fingerprint of its request-state key ring (``mcp-db doctor`` compares them)."""
 
 from __future__ import annotations
 
@@ -139,6 +142,7 @@ class Node:
         release_on_sigterm: bool,
         bridge: Any = None,
         server: Any = None,
+        request_keys: dict[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.lease = lease
@@ -154,6 +158,9 @@ class Node:
         self.bridge = bridge
         #: The SDK's lowlevel server: its listen streams end gracefully on release.
         self.server = server
+        #: The server's request-state key ring, as the heartbeat tells it (``None``: the
+        #: server seals no request state, or the SDK line has none).
+        self.request_keys = request_keys
         self.node_id = table.node_id
         self.released = False
         self.started = False
@@ -164,6 +171,7 @@ class Node:
         if self.started:
             return
         self.started = True
+        self._warn_of_ephemeral_keys()
         self.spawn(self.bus.listen(self.table))
         self.spawn(self._take_relayed())
         if self.bridge is not None:
@@ -174,6 +182,19 @@ class Node:
         self.spawn(self._heartbeat())
         if self.release_on_sigterm:
             self._hook_sigterm()
+
+    def _warn_of_ephemeral_keys(self) -> None:
+        """Says once, on start, what only shows much later as a bare -32602 on some other
+        node: a key that is this process's alone cannot unseal another node's rounds."""
+        if self.request_keys is not None and self.request_keys.get("ephemeral") is True:
+            logger.warning(
+                "node %s: request-state keys are ephemeral (a key per process): "
+                "multi-round-trip requests (protocol 2026-07-28) whose rounds land on another "
+                "node will fail with -32602 'Invalid or expired requestState'; pass "
+                "MCPServer(..., request_state_security=RequestStateSecurity(keys=[...])) with "
+                "the same keys on every node (docs/deploy/2026-clients.md)",
+                self.node_id,
+            )
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -233,14 +254,15 @@ class Node:
         self.lease.renewed(started, held)
 
     def _info(self) -> str:
-        return json.dumps(
-            {
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-                "beat": int(time.time() * 1000),
-                "lease": self.lease_ms,  # with the key's PTTL, `mcp-db doctor` measures skew
-            }
-        )
+        info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "beat": int(time.time() * 1000),
+            "lease": self.lease_ms,  # with the key's PTTL, `mcp-db doctor` measures skew
+        }
+        if self.request_keys is not None:
+            info["request_state"] = self.request_keys
+        return json.dumps(info)
 
     async def _heartbeat(self) -> None:
         # Often enough to renew the lease, and to slide a session's TTL before it runs out.
