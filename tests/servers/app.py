@@ -73,7 +73,6 @@ if os.environ.get("MCP_DB_SUBSCRIPTIONS") or BRIDGE:
 
 if SDK_MAJOR >= 2:
     from mcp.server.mcpserver import Context, MCPServer
-
     from mcp.server.request_state import RequestStateSecurity
 
     # Every node shares its request-state keys, as a deployment must (docs/deploy/2026-clients.md).
