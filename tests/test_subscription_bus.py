@@ -1,18 +1,21 @@
-"""``RedisSubscriptionBus`` against a real redis-server: two buses stand for two nodes
-(each bus is one process's subscription, with its own origin). Every listener gets each
-event once, in order, the publisher's included; with Redis down a publish reaches this
-node only and never raises; after an outage every listener is told to refetch."""
+"""``RedisSubscriptionBus`` against a real redis-server, a Redis Cluster, and a server that
+speaks TLS only and wants a password: two buses stand for two nodes (each bus is one
+process's subscription, with its own origin). Every listener gets each event once, in
+order, the publisher's included; with Redis down a publish reaches this node only and
+never raises; after an outage every listener is told to refetch."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from mcp_db import ConfigError, RedisEventStore, RedisSubscriptionBus
 from mcp_db._sdk import SDK_MAJOR
+from tests._redis_deployments import RedisCluster, TlsRedis
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
@@ -60,11 +63,48 @@ async def subscribed(bus: RedisSubscriptionBus, publisher: RedisSubscriptionBus)
         await asyncio.sleep(0.02)
 
 
+DEPLOYMENTS = ["redis-server", "redis-cluster", "tls"]
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A shared deployment's URL: one redis-server; a Redis Cluster, where the bus
+    publishes and subscribes through the hub (``crates/core/src/cluster.rs``); TLS with a
+    user and password."""
+    if request.param == "redis-server":
+        return str(request.getfixturevalue("redis_server").url)
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("tls_redis").url())
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def outage(request: pytest.FixtureRequest) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A deployment of the test's own, and how to cut every subscription to it and bring
+    it back: kill -9 and restart the server; on a cluster, kill -9 of the hub the buses
+    listen on, after which the cluster promotes its replica."""
+    if request.param == "redis-server":
+        server = request.getfixturevalue("persistent_redis")
+        yield server.url, lambda: (server.stop(), server.start())
+    elif request.param == "redis-cluster":
+        cluster = RedisCluster(hub_replica=True).start()
+        try:
+            yield cluster.url, cluster.kill_the_hub
+        finally:
+            cluster.cleanup()
+    else:
+        tls = TlsRedis().start()
+        try:
+            yield tls.url(), lambda: (tls.server.stop(), tls.server.start())
+        finally:
+            tls.cleanup()
+
+
 async def test_every_listener_on_every_node_gets_each_event_once_in_order(
-    redis_server: RedisServer, prefix: str
+    redis_url: str, prefix: str
 ) -> None:
-    a = RedisSubscriptionBus(redis_server.url, prefix=prefix)
-    b = RedisSubscriptionBus(redis_server.url, prefix=prefix)
+    a = RedisSubscriptionBus(redis_url, prefix=prefix)
+    b = RedisSubscriptionBus(redis_url, prefix=prefix)
     on_a, on_b, also_on_b = Heard(), Heard(), Heard()
     a.subscribe(on_a)
     b.subscribe(on_b)
@@ -111,17 +151,17 @@ async def test_with_redis_down_a_publish_reaches_this_node_only_and_never_raises
 
 
 async def test_after_an_outage_every_listener_is_told_to_refetch_every_list(
-    persistent_redis: RedisServer,
+    outage: tuple[str, Callable[[], None]],
 ) -> None:
-    a = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
-    b = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
+    url, cut = outage
+    a = RedisSubscriptionBus(url, prefix="outage")
+    b = RedisSubscriptionBus(url, prefix="outage")
     heard = Heard()
     b.subscribe(heard)
     await subscribed(b, a)
     await asyncio.sleep(0.1)
     before = len(heard.events)
-    persistent_redis.stop()
-    persistent_redis.start()
+    await asyncio.to_thread(cut)
     events = await heard.until(before + 3, timeout=15)
     assert events[before:] == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()]
     await a.publish(ResourceUpdated(uri="file:///after"))
