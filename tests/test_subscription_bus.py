@@ -168,6 +168,38 @@ async def test_after_an_outage_every_listener_is_told_to_refetch_every_list(
     assert (await heard.until(before + 4))[-1] == ResourceUpdated(uri="file:///after")
 
 
+async def test_on_a_cluster_a_planned_failover_of_the_hub_loses_nothing(prefix: str) -> None:
+    """``CLUSTER FAILOVER`` demotes the hub and keeps it running, so the subscription on it
+    stays open. A classic PUBLISH reaches every node of a cluster, replicas included: that
+    subscription goes on hearing every event, those a bus started after the failover
+    publishes through the new hub too, with no resubscription and no refetch."""
+    cluster = RedisCluster(hub_replica=True).start()
+    try:
+        a = RedisSubscriptionBus(cluster.url, prefix=prefix)
+        b = RedisSubscriptionBus(cluster.url, prefix=prefix)
+        heard = Heard()
+        b.subscribe(heard)
+        await subscribed(b, a)
+        await asyncio.sleep(0.1)
+        before = len(heard.events)
+        old_hub = cluster.hub()
+        await asyncio.to_thread(cluster.fail_over_the_hub)
+        assert cluster.hub() != old_hub
+        c = RedisSubscriptionBus(cluster.url, prefix=prefix)  # publishes through the new hub
+        sent = [ResourceUpdated(uri=f"file:///{i}") for i in range(3)]
+        for event in sent:
+            await a.publish(event)
+        for event in sent:
+            await c.publish(event)
+        assert (await heard.until(before + 6))[before:] == sent + sent
+        await asyncio.sleep(0.3)
+        assert len(heard.events) == before + 6, "no refetch: nothing was missed"
+        assert b.stats()["redis_errors"] == 0, b.stats()
+        assert a.stats()["dropped"] == 0 and c.stats()["dropped"] == 0
+    finally:
+        cluster.cleanup()
+
+
 async def test_a_bus_shares_a_stores_deployment_and_refuses_anything_else(
     redis_server: RedisServer, prefix: str
 ) -> None:
