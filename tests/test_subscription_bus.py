@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis as redis_py
 
 from mcp_db import ConfigError, RedisEventStore, RedisSubscriptionBus
 from mcp_db._sdk import SDK_MAJOR
@@ -166,6 +167,33 @@ async def test_after_an_outage_every_listener_is_told_to_refetch_every_list(
     assert events[before:] == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()]
     await a.publish(ResourceUpdated(uri="file:///after"))
     assert (await heard.until(before + 4))[-1] == ResourceUpdated(uri="file:///after")
+
+
+def _publishes(port: int) -> int:
+    with redis_py.Redis(port=port) as node:
+        return int(node.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+
+async def test_on_a_cluster_the_bus_publishes_and_subscribes_through_the_hub(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    """The relay's hub rule (``crates/core/src/cluster.rs``) serves the bus too: every
+    PUBLISH goes to the primary of slot 0, and the subscription listens there."""
+    a = RedisSubscriptionBus(redis_cluster.url, prefix=prefix)
+    b = RedisSubscriptionBus(redis_cluster.url, prefix=prefix)
+    b.subscribe(Heard())
+    await subscribed(b, a)
+    hub = redis_cluster.hub()
+    ports = [node.port for node in redis_cluster.nodes]
+    before = {port: _publishes(port) for port in ports}
+    for _ in range(20):
+        await a.publish(ToolsListChanged())
+    grew = {port: _publishes(port) - before[port] for port in ports}
+    assert grew == {port: 20 if port == hub else 0 for port in ports}, (hub, grew)
+    for port in ports:
+        with redis_py.Redis(port=port) as node:
+            listening = dict(node.pubsub_numsub(f"{prefix}:sub"))[f"{prefix}:sub".encode()]
+        assert listening == (1 if port == hub else 0), (port, hub, listening)
 
 
 async def test_on_a_cluster_a_planned_failover_of_the_hub_loses_nothing(prefix: str) -> None:
