@@ -1,4 +1,4 @@
-"""``python -m benches [--quick] [--runs N] [-v]``: see :mod:`benches.run`."""
+"""``python -m benches [--quick] [--runs N] [--only GROUP] [-v]``: see :mod:`benches.run`."""
 
 from __future__ import annotations
 

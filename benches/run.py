@@ -10,6 +10,10 @@ The figure printed is the best run of each store; ``-v`` prints every run.
   ``1 + events`` events, the callback an ``async def`` that appends to a list.
 
 Keys are deleted after every run, so Redis holds at most one run's events at a time.
+
+The other groups, each with its own baseline, are in ``middleware.py``, ``relay.py`` and
+``subscriptions.py``; ``--only`` runs one group (``make bench BENCH_ARGS="--only
+subscriptions"``).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import redis.asyncio as aioredis
 from mcp.server.streamable_http import EventMessage
 from mcp_types import JSONRPCNotification
 
-from benches import middleware, relay
+from benches import middleware, relay, subscriptions
 from benches.baseline import RedisPyEventStore
 from mcp_db import RedisEventStore
 from tests.support.redis_server import RedisServer
@@ -351,6 +355,9 @@ async def bench(args: argparse.Namespace) -> None:
             print()
         if args.only in (None, "relay"):
             print("\n".join(await relay.measure(server.url, args.quick)))
+            print()
+        if args.only in (None, "subscriptions"):
+            print("\n".join(await subscriptions.measure(server.url, args.quick, args.runs)))
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
     finally:
         server.cleanup()
@@ -364,7 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small counts, a few seconds")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per store (default 3)")
     parser.add_argument(
-        "--only", choices=("store", "middleware", "relay"), help="run one group of benchmarks"
+        "--only",
+        choices=("store", "middleware", "relay", "subscriptions"),
+        help="run one group of benchmarks",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")
     args = parser.parse_args(argv)

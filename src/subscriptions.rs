@@ -46,14 +46,19 @@ impl SubscriptionBus {
         pyo3_async_runtimes::tokio::future_into_py(py, async move { publish.await.map_err(to_py) })
     }
 
-    /// The next delivery from another process (waits for it); `None` once the bus is gone
-    /// for good. The first call subscribes.
-    fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let next = self.bus.next();
-        bridge::spawn(py, async move { Ok(next.await) }, |py, delivery: Option<CoreDelivery>| {
-            Ok(match delivery {
+    /// The next deliveries from other processes, at most `limit` (waits for the first,
+    /// then takes those already waiting: a burst costs one hand-off to the event loop);
+    /// `None` once the bus is gone for good. The first call subscribes.
+    #[pyo3(signature = (limit=256))]
+    fn next<'py>(&self, py: Python<'py>, limit: usize) -> PyResult<Bound<'py, PyAny>> {
+        let next = self.bus.next_batch(limit.max(1));
+        bridge::spawn(py, async move { Ok(next.await) }, |py, batch: Option<Vec<CoreDelivery>>| {
+            Ok(match batch {
                 None => py.None(),
-                Some(delivery) => Py::new(py, Delivery::from(delivery))?.into_any(),
+                Some(batch) => {
+                    let deliveries = batch.into_iter().map(|d| Py::new(py, Delivery::from(d)));
+                    pyo3::types::PyList::new(py, deliveries.collect::<PyResult<Vec<_>>>()?)?.into_any().unbind()
+                }
             })
         })
     }

@@ -5,7 +5,7 @@ from collections.abc import Iterator
 import pytest
 
 from mcp_db._sdk import SDK_MAJOR
-from tests._redis_deployments import RedisCluster
+from tests._redis_deployments import RedisCluster, TlsRedis
 from tests.support.redis_server import RedisServer
 
 
@@ -51,3 +51,12 @@ def redis_cluster() -> Iterator[RedisCluster]:
     cluster = RedisCluster().start()
     yield cluster
     cluster.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tls_redis() -> Iterator[TlsRedis]:
+    """A redis-server that speaks TLS only and wants a user and password, shared like
+    ``redis_server``."""
+    server = TlsRedis().start()
+    yield server
+    server.cleanup()

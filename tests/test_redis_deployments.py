@@ -5,7 +5,6 @@ a user and password (``rediss://user:pass@…``). Both are started by the suite.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from types import SimpleNamespace
 
 import httpx
@@ -22,13 +21,6 @@ from tests._redis_deployments import RedisCluster, TlsRedis
 from tests.test_resume_e2e import RawSession
 
 SESSIONS, ROUNDS = 40, 5
-
-
-@pytest.fixture(scope="module")
-def tls_redis() -> Iterator[TlsRedis]:
-    server = TlsRedis().start()
-    yield server
-    server.cleanup()
 
 
 def _messages() -> list[object]:

@@ -1,18 +1,22 @@
-"""``RedisSubscriptionBus`` against a real redis-server: two buses stand for two nodes
-(each bus is one process's subscription, with its own origin). Every listener gets each
-event once, in order, the publisher's included; with Redis down a publish reaches this
-node only and never raises; after an outage every listener is told to refetch."""
+"""``RedisSubscriptionBus`` against a real redis-server, a Redis Cluster, and a server that
+speaks TLS only and wants a password: two buses stand for two nodes (each bus is one
+process's subscription, with its own origin). Every listener gets each event once, in
+order, the publisher's included; with Redis down a publish reaches this node only and
+never raises; after an outage every listener is told to refetch."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis as redis_py
 
 from mcp_db import ConfigError, RedisEventStore, RedisSubscriptionBus
 from mcp_db._sdk import SDK_MAJOR
+from tests._redis_deployments import RedisCluster, TlsRedis
 from tests.support.redis_server import RedisServer
 
 pytestmark = pytest.mark.skipif(SDK_MAJOR < 2, reason="subscriptions/listen is mcp 2.x")
@@ -60,11 +64,48 @@ async def subscribed(bus: RedisSubscriptionBus, publisher: RedisSubscriptionBus)
         await asyncio.sleep(0.02)
 
 
+DEPLOYMENTS = ["redis-server", "redis-cluster", "tls"]
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """A shared deployment's URL: one redis-server; a Redis Cluster, where the bus
+    publishes and subscribes through the hub (``crates/core/src/cluster.rs``); TLS with a
+    user and password."""
+    if request.param == "redis-server":
+        return str(request.getfixturevalue("redis_server").url)
+    if request.param == "redis-cluster":
+        return str(request.getfixturevalue("redis_cluster").url)
+    return str(request.getfixturevalue("tls_redis").url())
+
+
+@pytest.fixture(params=DEPLOYMENTS)
+def outage(request: pytest.FixtureRequest) -> Iterator[tuple[str, Callable[[], None]]]:
+    """A deployment of the test's own, and how to cut every subscription to it and bring
+    it back: kill -9 and restart the server; on a cluster, kill -9 of the hub the buses
+    listen on, after which the cluster promotes its replica."""
+    if request.param == "redis-server":
+        server = request.getfixturevalue("persistent_redis")
+        yield server.url, lambda: (server.stop(), server.start())
+    elif request.param == "redis-cluster":
+        cluster = RedisCluster(hub_replica=True).start()
+        try:
+            yield cluster.url, cluster.kill_the_hub
+        finally:
+            cluster.cleanup()
+    else:
+        tls = TlsRedis().start()
+        try:
+            yield tls.url(), lambda: (tls.server.stop(), tls.server.start())
+        finally:
+            tls.cleanup()
+
+
 async def test_every_listener_on_every_node_gets_each_event_once_in_order(
-    redis_server: RedisServer, prefix: str
+    redis_url: str, prefix: str
 ) -> None:
-    a = RedisSubscriptionBus(redis_server.url, prefix=prefix)
-    b = RedisSubscriptionBus(redis_server.url, prefix=prefix)
+    a = RedisSubscriptionBus(redis_url, prefix=prefix)
+    b = RedisSubscriptionBus(redis_url, prefix=prefix)
     on_a, on_b, also_on_b = Heard(), Heard(), Heard()
     a.subscribe(on_a)
     b.subscribe(on_b)
@@ -111,21 +152,80 @@ async def test_with_redis_down_a_publish_reaches_this_node_only_and_never_raises
 
 
 async def test_after_an_outage_every_listener_is_told_to_refetch_every_list(
-    persistent_redis: RedisServer,
+    outage: tuple[str, Callable[[], None]],
 ) -> None:
-    a = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
-    b = RedisSubscriptionBus(persistent_redis.url, prefix="outage")
+    url, cut = outage
+    a = RedisSubscriptionBus(url, prefix="outage")
+    b = RedisSubscriptionBus(url, prefix="outage")
     heard = Heard()
     b.subscribe(heard)
     await subscribed(b, a)
     await asyncio.sleep(0.1)
     before = len(heard.events)
-    persistent_redis.stop()
-    persistent_redis.start()
+    await asyncio.to_thread(cut)
     events = await heard.until(before + 3, timeout=15)
     assert events[before:] == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()]
     await a.publish(ResourceUpdated(uri="file:///after"))
     assert (await heard.until(before + 4))[-1] == ResourceUpdated(uri="file:///after")
+
+
+def _publishes(port: int) -> int:
+    with redis_py.Redis(port=port) as node:
+        return int(node.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+
+async def test_on_a_cluster_the_bus_publishes_and_subscribes_through_the_hub(
+    redis_cluster: RedisCluster, prefix: str
+) -> None:
+    """The relay's hub rule (``crates/core/src/cluster.rs``) serves the bus too: every
+    PUBLISH goes to the primary of slot 0, and the subscription listens there."""
+    a = RedisSubscriptionBus(redis_cluster.url, prefix=prefix)
+    b = RedisSubscriptionBus(redis_cluster.url, prefix=prefix)
+    b.subscribe(Heard())
+    await subscribed(b, a)
+    hub = redis_cluster.hub()
+    ports = [node.port for node in redis_cluster.nodes]
+    before = {port: _publishes(port) for port in ports}
+    for _ in range(20):
+        await a.publish(ToolsListChanged())
+    grew = {port: _publishes(port) - before[port] for port in ports}
+    assert grew == {port: 20 if port == hub else 0 for port in ports}, (hub, grew)
+    for port in ports:
+        with redis_py.Redis(port=port) as node:
+            listening = dict(node.pubsub_numsub(f"{prefix}:sub"))[f"{prefix}:sub".encode()]
+        assert listening == (1 if port == hub else 0), (port, hub, listening)
+
+
+async def test_on_a_cluster_a_planned_failover_of_the_hub_loses_nothing(prefix: str) -> None:
+    """``CLUSTER FAILOVER`` demotes the hub and keeps it running, so the subscription on it
+    stays open. A classic PUBLISH reaches every node of a cluster, replicas included: that
+    subscription goes on hearing every event, those a bus started after the failover
+    publishes through the new hub too, with no resubscription and no refetch."""
+    cluster = RedisCluster(hub_replica=True).start()
+    try:
+        a = RedisSubscriptionBus(cluster.url, prefix=prefix)
+        b = RedisSubscriptionBus(cluster.url, prefix=prefix)
+        heard = Heard()
+        b.subscribe(heard)
+        await subscribed(b, a)
+        await asyncio.sleep(0.1)
+        before = len(heard.events)
+        old_hub = cluster.hub()
+        await asyncio.to_thread(cluster.fail_over_the_hub)
+        assert cluster.hub() != old_hub
+        c = RedisSubscriptionBus(cluster.url, prefix=prefix)  # publishes through the new hub
+        sent = [ResourceUpdated(uri=f"file:///{i}") for i in range(3)]
+        for event in sent:
+            await a.publish(event)
+        for event in sent:
+            await c.publish(event)
+        assert (await heard.until(before + 6))[before:] == sent + sent
+        await asyncio.sleep(0.3)
+        assert len(heard.events) == before + 6, "no refetch: nothing was missed"
+        assert b.stats()["redis_errors"] == 0, b.stats()
+        assert a.stats()["dropped"] == 0 and c.stats()["dropped"] == 0
+    finally:
+        cluster.cleanup()
 
 
 async def test_a_bus_shares_a_stores_deployment_and_refuses_anything_else(

@@ -583,9 +583,10 @@ class SubscriptionBus:
         """Sends an event to every other process's bus; how many subscriptions Redis
         handed it to. ``uri`` goes with ``RESOURCE_UPDATED`` only (``ValueError``
         otherwise). Raises ``McpDbError`` if Redis failed (counted)."""
-    async def next(self) -> Delivery | None:
-        """The next delivery from another process; ``None`` once the bus is gone for
-        good. The first call subscribes."""
+    async def next(self, limit: int = 256) -> list[Delivery] | None:
+        """The next deliveries from other processes, at most ``limit``, in order: waits
+        for the first, then takes those already waiting (a burst costs one hand-off to the
+        event loop). ``None`` once the bus is gone for good. The first call subscribes."""
     def stats(self) -> dict[str, int]:
         """published, publish_failed, received, dropped_backlog (the reader fell too far
         behind), malformed, redis_errors."""

@@ -140,31 +140,36 @@ class RedisSubscriptionBus:
         return {**self._core.stats(), "delivered": self._delivered, "dropped": self._dropped}
 
     def _deliver(self, event: Any) -> None:
-        for listener in list(self._listeners.values()):
+        listeners = list(self._listeners.values())
+        raised = 0
+        for listener in listeners:
             try:
                 listener(event)
-                self._delivered += 1
             except Exception:  # one listener must not starve the others
+                raised += 1
                 logger.exception("subscription listener raised; continuing")
+        # Counted once per event: a thousand listeners cost a thousand calls, not more.
+        self._delivered += len(listeners) - raised
 
     async def _read(self) -> None:
         while True:
             try:
-                delivery = await self._core.next()
+                deliveries = await self._core.next()
             except McpDbError as exc:
                 logger.warning("subscription bus: %s", exc)
                 await asyncio.sleep(0.1)
                 continue
-            if delivery is None:
+            if deliveries is None:
                 return
-            if delivery.kind == EventKind.RESUBSCRIBED:
-                for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
-                    self._deliver(event)
-            elif delivery.kind == EventKind.RESOURCE_UPDATED:
-                self._deliver(ResourceUpdated(uri=delivery.uri or ""))
-            elif delivery.kind == EventKind.TOOLS_LIST_CHANGED:
-                self._deliver(ToolsListChanged())
-            elif delivery.kind == EventKind.PROMPTS_LIST_CHANGED:
-                self._deliver(PromptsListChanged())
-            else:
-                self._deliver(ResourcesListChanged())
+            for delivery in deliveries:
+                if delivery.kind == EventKind.RESUBSCRIBED:
+                    for event in (ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()):
+                        self._deliver(event)
+                elif delivery.kind == EventKind.RESOURCE_UPDATED:
+                    self._deliver(ResourceUpdated(uri=delivery.uri or ""))
+                elif delivery.kind == EventKind.TOOLS_LIST_CHANGED:
+                    self._deliver(ToolsListChanged())
+                elif delivery.kind == EventKind.PROMPTS_LIST_CHANGED:
+                    self._deliver(PromptsListChanged())
+                else:
+                    self._deliver(ResourcesListChanged())

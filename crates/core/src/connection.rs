@@ -205,14 +205,14 @@ impl Connector {
     async fn run_group(&self, mut conn: ClusterConnection, group: &cluster::Group) -> Result<Vec<Value>> {
         match &group.target {
             cluster::Target::Hub => {
-                let (host, port) = self.hub(&mut conn).await?;
-                let run = conn.route_pipeline(
-                    group.pipeline.clone(),
-                    0,
-                    group.indices.len(),
-                    SingleNodeRoutingInfo::ByAddress { host, port },
-                );
-                let result = self.timed(run).await;
+                let mut sent = self.on_hub(&mut conn, group).await;
+                if matches!(&sent, Ok(Err(e)) if e.kind() == redis::ErrorKind::ClusterConnectionNotFound) {
+                    // The hub failed and the cluster client let its connection go: nothing
+                    // was sent, so send it once more, to the hub the cluster names now.
+                    *self.hub.lock().unwrap() = None;
+                    sent = self.on_hub(&mut conn, group).await;
+                }
+                let result = sent.and_then(|reply| reply.map_err(|e| Error::from_redis(&e, &self.server)));
                 if result.is_err() {
                     *self.hub.lock().unwrap() = None; // a failover may have moved it
                 }
@@ -224,6 +224,23 @@ impl Connector {
             }
             cluster::Target::Slot(_) => self.timed(group.pipeline.query_async::<Vec<Value>>(&mut conn)).await,
         }
+    }
+
+    /// Runs `group` on the hub with the store's timeout; Redis's own error is left
+    /// unclassified, for the caller to tell "never sent" from the rest.
+    async fn on_hub(
+        &self,
+        conn: &mut ClusterConnection,
+        group: &cluster::Group,
+    ) -> Result<redis::RedisResult<Vec<Value>>> {
+        let (host, port) = self.hub(conn).await?;
+        let run = conn.route_pipeline(
+            group.pipeline.clone(),
+            0,
+            group.indices.len(),
+            SingleNodeRoutingInfo::ByAddress { host, port },
+        );
+        tokio::time::timeout(self.timeout, run).await.map_err(|_| self.timed_out())
     }
 
     /// The cluster's pub/sub hub, looked up once and again after a failure.

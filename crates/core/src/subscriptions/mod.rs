@@ -11,8 +11,9 @@
 //! Pub/sub keeps nothing: an event published while a node was cut off is lost to it. So
 //! once the subscription comes back after a fault, the bus hands up [`Delivery::Resubscribed`],
 //! and the node tells its listeners that every list may have changed (clients refetch).
-//! On a Redis Cluster a PUBLISH reaches the subscribers of every node, so the bus needs no
-//! hub (see `cluster.rs`); the connector publishes through the hub all the same.
+//! On a Redis Cluster the bus publishes and subscribes through the relay's hub (see
+//! `cluster.rs`). It need not follow the hub as the relay does: a classic PUBLISH reaches
+//! the subscribers of every node, so a subscription left on a demoted hub still hears all.
 //!
 //! Memory is bounded in bytes: what the reader has not taken yet is at most
 //! [`BACKLOG_BYTES`]; past that, events are dropped and counted.
@@ -182,11 +183,26 @@ impl Bus {
     /// The next delivery (waits for it); `None` once the subscription is gone for good.
     /// The first call subscribes.
     pub fn next(&self) -> impl Future<Output = Option<Delivery>> + Send + 'static {
+        let batch = self.next_batch(1);
+        async move { batch.await?.pop() }
+    }
+
+    /// The next deliveries, at most `limit` (at least one): waits for the first, then
+    /// takes those already waiting behind it, so a burst reaches the event loop in one
+    /// hand-off rather than one per event. `None` once the subscription is gone for good.
+    pub fn next_batch(&self, limit: usize) -> impl Future<Output = Option<Vec<Delivery>>> + Send + 'static {
         let (reader, bytes) = self.reader();
         async move {
-            let (delivery, size) = reader.lock().await.recv().await?;
+            let mut reader = reader.lock().await;
+            let (first, mut size) = reader.recv().await?;
+            let mut batch = vec![first];
+            while batch.len() < limit {
+                let Ok((delivery, more)) = reader.try_recv() else { break };
+                batch.push(delivery);
+                size += more;
+            }
             bytes.fetch_sub(size, Ordering::SeqCst);
-            Some(delivery)
+            Some(batch)
         }
     }
 }

@@ -109,3 +109,28 @@ async fn a_reader_that_falls_behind_costs_a_bounded_backlog() {
     assert!(queued.load(Ordering::SeqCst) <= BACKLOG_BYTES, "the backlog stays within its bytes");
     assert!(a.publish(Event::ResourceUpdated { uri: "u".repeat(MAX_URI + 1) }).await.is_err(), "a URI too long");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_is_taken_in_batches_in_order() {
+    let redis = RedisServer::start();
+    let (a, b) = (bus(&redis), bus(&redis));
+    let b_first = listening(&b);
+    subscribed(&redis, 1).await;
+    let sent: Vec<Event> = (0..5).map(|i| Event::ResourceUpdated { uri: format!("file:///{i}") }).collect();
+    for event in &sent {
+        a.publish(event.clone()).await.expect("published");
+    }
+    let began = Instant::now();
+    while b.stats().received.load(Ordering::SeqCst) < 5 {
+        assert!(began.elapsed() < LONG, "every event arrived");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut got = vec![timeout(LONG, b_first).await.expect("in time").expect("no panic").expect("a delivery")];
+    got.extend(timeout(LONG, b.next_batch(2)).await.expect("in time").expect("deliveries"));
+    assert_eq!(got.len(), 3, "no more than the limit");
+    got.extend(timeout(LONG, b.next_batch(100)).await.expect("in time").expect("deliveries"));
+    let expected: Vec<Delivery> = sent.into_iter().map(Delivery::Event).collect();
+    assert_eq!(got, expected, "all of them, in order, once");
+    let (_, queued) = b.reader();
+    assert_eq!(queued.load(Ordering::SeqCst), 0, "what was taken left the backlog's count");
+}
