@@ -21,6 +21,7 @@ use mcp_db_core::events::Completion;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyString;
+use pyo3::IntoPyObjectExt;
 
 /// Builds a finished piece of work's result (or error) as a Python object, on the loop;
 /// or, when its future is already done (its caller was cancelled: `wanted` is false),
@@ -144,6 +145,20 @@ where
     F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 {
     spawn_or_give_back(py, work, finish, drop)
+}
+
+/// Runs `work` on the I/O thread and returns an asyncio future of its result, converted to
+/// Python on the loop's thread: what `pyo3_async_runtimes::tokio::future_into_py` does,
+/// without attaching to the interpreter from another thread. That matters at exit too:
+/// `future_into_py` completes on a blocking-pool thread that takes the GIL, and one still
+/// doing so when the interpreter finalizes is ended where it stands, which aborts the
+/// process (SIGABRT).
+pub fn future<T, W>(py: Python<'_>, work: W) -> PyResult<Bound<'_, PyAny>>
+where
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+    W: Future<Output = PyResult<T>> + Send + 'static,
+{
+    spawn(py, work, |py, value: T| value.into_py_any(py))
 }
 
 /// [`spawn`], for work whose result must not be lost when its caller is cancelled: a

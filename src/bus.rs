@@ -5,6 +5,8 @@
 use mcp_db_core::sessions::bus::{self, News as CoreNews};
 use pyo3::prelude::*;
 
+use crate::bridge;
+
 use crate::error::to_py;
 
 /// The bus of one prefix: news for every node.
@@ -20,7 +22,7 @@ impl Bus {
 
     fn publish<'py>(&self, py: Python<'py>, news: &CoreNews) -> PyResult<Bound<'py, PyAny>> {
         let publish = self.bus.publish(news);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { publish.await.map_err(to_py) })
+        bridge::future(py, async move { publish.await.map_err(to_py) })
     }
 }
 
@@ -30,7 +32,7 @@ impl Bus {
     /// first call subscribes.
     fn next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let next = self.bus.next();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(next.await.map(News::from)) })
+        bridge::future(py, async move { Ok(next.await.map(News::from)) })
     }
 
     /// Tells every node that `session` was closed; how many nodes heard it.

@@ -8,6 +8,8 @@ use mcp_db_core::events::Options;
 use mcp_db_core::relay::{RelayOptions, MAX_AGE_MS, WINDOW_BYTES};
 use pyo3::prelude::*;
 
+use crate::bridge;
+
 use crate::error::to_py;
 use crate::runtime;
 
@@ -42,7 +44,7 @@ impl Deployment {
     /// Opens the connection now; `RedisUnavailableError` naming the server if it cannot.
     fn connect<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let connect = self.deployment.connect();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { connect.await.map_err(to_py) })
+        bridge::future(py, async move { connect.await.map_err(to_py) })
     }
 
     /// The event store; its writer starts now.

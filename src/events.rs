@@ -9,7 +9,7 @@ use mcp_db_core::Result;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 
-use crate::bridge::{Waiter, Wakeup};
+use crate::bridge::{self, Waiter, Wakeup};
 use crate::error::to_py;
 
 /// Redis backend: batched durable appends and paged replay (`Deployment.events`).
@@ -52,7 +52,7 @@ impl RedisEvents {
         session: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let replay = self.store.replay(last_event_id, session.as_deref());
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let Some(replay) = replay.await.map_err(to_py)? else { return Ok(None) };
             Python::attach(|py| {
                 let rest = replay.rest.map(|rest| Py::new(py, ReplayPages { rest })).transpose()?;
@@ -64,7 +64,7 @@ impl RedisEvents {
     /// Writes what is queued, tries once more to write buffered events, then stops.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let close = self.store.close();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             close.await;
             Ok(())
         })
@@ -112,7 +112,7 @@ impl ReplayPages {
 
     /// Waits for the next `Page`; `None` at the end.
     fn next(slf: Py<Self>, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let page = slf.get().rest.next().await;
             Python::attach(|py| page_or_end(py, page))
         })

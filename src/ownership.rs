@@ -7,6 +7,8 @@ use std::sync::Arc;
 use mcp_db_core::sessions::ownership::{self, Owner};
 use pyo3::prelude::*;
 
+use crate::bridge;
+
 use crate::error::to_py;
 
 /// This node's lease and its takeovers (`Deployment.ownership(node, lease_ms)`).
@@ -36,17 +38,17 @@ impl Ownership {
     /// Renews the lease; `False` if it had lapsed.
     fn beat<'py>(&self, py: Python<'py>, info: String) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { owner.beat(&info).await.map_err(to_py) })
+        bridge::future(py, async move { owner.beat(&info).await.map_err(to_py) })
     }
 
     fn release<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { owner.release().await.map_err(to_py) })
+        bridge::future(py, async move { owner.release().await.map_err(to_py) })
     }
 
     fn alive<'py>(&self, py: Python<'py>, node: String) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { owner.alive(&node).await.map_err(to_py) })
+        bridge::future(py, async move { owner.alive(&node).await.map_err(to_py) })
     }
 
     /// Takes `session` over from `expected_owner` at `expected_epoch`.
@@ -59,7 +61,7 @@ impl Ownership {
         ttl_ms: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let claim = owner.claim(&session, &expected_owner, expected_epoch, ttl_ms).await.map_err(to_py)?;
             Ok(Claim { outcome: claim.outcome.into(), owner: claim.owner, epoch: claim.epoch })
         })
@@ -68,7 +70,7 @@ impl Ownership {
     /// Slides the TTL of the `(session, epoch)` pairs this node owns and used.
     fn touch<'py>(&self, py: Python<'py>, sessions: Vec<(String, i64)>, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let found = owner.touch(&sessions, ttl_ms).await.map_err(to_py)?;
             Ok(found.into_iter().map(Touched::from).collect::<Vec<_>>())
         })

@@ -35,7 +35,7 @@ impl Relay {
     /// Waits until this node listens on its channels (at most `timeout_ms`); whether it does.
     fn ready<'py>(&self, py: Python<'py>, timeout_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let ready = self.relay.ready(timeout_ms);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(ready.await) })
+        bridge::future(py, async move { Ok(ready.await) })
     }
 
     /// Stops taking requests (graceful shutdown); requests in flight go on.
@@ -140,7 +140,7 @@ impl Relay {
     /// to whether the relaying side still wants the response (`False`: it went away).
     fn send<'py>(&self, py: Python<'py>, id: &[u8], chunk: Vec<u8>) -> PyResult<Option<Bound<'py, PyAny>>> {
         let Some(wait) = self.relay.send(id, chunk).map_err(to_py)? else { return Ok(None) };
-        Ok(Some(pyo3_async_runtimes::tokio::future_into_py(py, async move { Ok(wait.wait().await) })?))
+        Ok(Some(bridge::future(py, async move { Ok(wait.wait().await) })?))
     }
 
     /// Ends the response (`ok=False`: it broke off) and forgets the request.
@@ -151,7 +151,7 @@ impl Relay {
     /// Resolves once the relaying side went away (its client disconnected, or the node died).
     fn disconnected<'py>(&self, py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
         let gone = self.relay.disconnected(id).map_err(to_py)?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             gone.await;
             Ok(())
         })

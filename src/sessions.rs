@@ -9,6 +9,8 @@ use mcp_db_core::sessions::state::State;
 use mcp_db_core::Error;
 use pyo3::prelude::*;
 
+use crate::bridge;
+
 use crate::error::to_py;
 
 /// Session records in Redis (`Deployment.sessions()`).
@@ -44,9 +46,10 @@ impl SessionRecords {
         ttl_ms: u64,
     ) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            records.create(&session, &node, &principal, &init, ttl_ms).await.map_err(to_py)
-        })
+        bridge::future(
+            py,
+            async move { records.create(&session, &node, &principal, &init, ttl_ms).await.map_err(to_py) },
+        )
     }
 
     /// Moves the record to `state`; refused as `FENCED` when `epoch` is given and another
@@ -65,7 +68,7 @@ impl SessionRecords {
     ) -> PyResult<Bound<'py, PyAny>> {
         let to = parse_state(state)?;
         let records = self.records.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let outcome =
                 records.transition(&session, to, ttl_ms, expected_version, epoch, &fields).await.map_err(to_py)?;
             Ok(Transition::from(outcome))
@@ -76,9 +79,7 @@ impl SessionRecords {
     /// it after all and it is still this node's and unused; `True` if one was deleted.
     fn forget_unlearned<'py>(&self, py: Python<'py>, session: String, node: String) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            records.forget_unlearned(&session, &node).await.map_err(to_py)
-        })
+        bridge::future(py, async move { records.forget_unlearned(&session, &node).await.map_err(to_py) })
     }
 
     /// Records that the session's client subscribed to resource `uri` (`on=True`) or
@@ -93,7 +94,7 @@ impl SessionRecords {
         epoch: Option<i64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
+        bridge::future(py, async move {
             let outcome = records.subscribe(&session, &uri, on, epoch).await.map_err(to_py)?;
             Ok(Subscribed::from(outcome))
         })
@@ -102,9 +103,7 @@ impl SessionRecords {
     /// The record (its idle TTL slid forward), or `None`.
     fn lookup<'py>(&self, py: Python<'py>, session: String, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
         let records = self.records.clone();
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            Ok(records.lookup(&session, ttl_ms).await.map_err(to_py)?.map(SessionRecord))
-        })
+        bridge::future(py, async move { Ok(records.lookup(&session, ttl_ms).await.map_err(to_py)?.map(SessionRecord)) })
     }
 }
 

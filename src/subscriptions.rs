@@ -43,7 +43,7 @@ impl SubscriptionBus {
             }
         };
         let publish = self.bus.publish(event);
-        pyo3_async_runtimes::tokio::future_into_py(py, async move { publish.await.map_err(to_py) })
+        bridge::future(py, async move { publish.await.map_err(to_py) })
     }
 
     /// The next deliveries from other processes, at most `limit` (waits for the first,
