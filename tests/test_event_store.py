@@ -16,6 +16,7 @@ from mcp_db import (
     RedisUnavailableError,
     UnattachedStoreWarning,
 )
+from mcp_db._core import event_id as make_event_id
 from mcp_db._sdk import EventMessage
 from tests import _messages as msgs
 from tests.support.redis_server import RedisServer, free_port
@@ -333,3 +334,39 @@ async def test_log_lines_show_sessions_truncated(
     assert [(r.name, r.levelname) for r in refused] == [("mcp_db", "ERROR")], refused
     assert "{01234567…}" in refused[0].getMessage()
     assert session not in caplog.text
+
+
+async def test_with_warnings_as_errors_an_unattached_store_still_stores(
+    store: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SDK's own tests run with ``-W error``: the warning must not raise into the SDK."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        first = await store.store_event("1", None)
+        await store.store_event("1", msgs.notification(1))
+        stream, got = await replay(store, first)
+    assert isinstance(first, str) and stream == "1" and len(got.events) == 1
+    assert "without attach()" in caplog.text, "the warning is logged instead"
+
+
+def test_without_an_asyncio_loop_the_store_refuses_clearly_and_never_hangs(
+    redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Under trio, the core's results have no asyncio loop to go to: a store write is
+    logged as failed (never raised into the SDK), a replay raises a ``ConfigError`` that
+    says so, and neither waits for a result that would never come."""
+    trio = pytest.importorskip("trio")
+    view = RedisEventStore(redis_server.url, prefix=prefix).for_session("s")
+
+    async def main() -> None:
+        with trio.fail_after(5):
+            assert await view.store_event("1", msgs.notification(1)) is None
+            with pytest.raises(ConfigError, match="asyncio event loop"):
+                await view.replay_events_after(make_event_id("s", "1", "1-0"), _ignore)
+            assert "asyncio event loop" in caplog.text
+
+    trio.run(main)
+
+
+async def _ignore(_: Any) -> None:
+    pass

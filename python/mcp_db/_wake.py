@@ -9,14 +9,22 @@ import weakref
 from typing import Any
 
 from mcp_db._core import Wakeup
+from mcp_db.errors import ConfigError
 
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeup] = weakref.WeakKeyDictionary()
 
 
 def start() -> tuple[Wakeup, asyncio.Future[Any]]:
     """The running loop's :class:`Wakeup` (made and watched on first use) and a new future
-    of that loop."""
-    loop = asyncio.get_running_loop()
+    of that loop. ``ConfigError`` outside an asyncio loop: the hand-off watches one, and
+    without it a result would never arrive (a wait would hang)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise ConfigError(
+            "mcp-db runs on asyncio, and no asyncio event loop is running here (trio?): "
+            "serve the app on asyncio (uvicorn, or hypercorn's asyncio worker)"
+        ) from None
     wakeup = _wakeups.get(loop)
     if wakeup is None:
         wakeup = _wakeups[loop] = Wakeup()

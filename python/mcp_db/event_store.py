@@ -163,14 +163,15 @@ class _Base(_SdkEventStore):
     def _warn_unattached(self) -> None:
         if not self._warned_unattached:
             self._warned_unattached = True
-            warnings.warn(
-                UnattachedStoreWarning(
-                    f"{type(self).__name__} is used without attach(): events are not scoped to "
-                    "a session, which is only safe while the server has one session. Call "
-                    "store.attach(session_manager) (SessionMiddleware does it for you)."
-                ),
-                stacklevel=3,
+            warning = UnattachedStoreWarning(
+                f"{type(self).__name__} is used without attach(): events are not scoped to "
+                "a session, which is only safe while the server has one session. Call "
+                "store.attach(session_manager) (SessionMiddleware does it for you)."
             )
+            try:
+                warnings.warn(warning, stacklevel=3)
+            except Warning:  # warnings made errors (-W error): logged, never into the SDK
+                logger.warning("%s", warning)
 
     # -- binding to sessions --------------------------------------------------------------
 
