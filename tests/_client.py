@@ -96,3 +96,25 @@ def kind(fields: dict[bytes, bytes]) -> bytes:
     """The message kind of a raw stream entry (its one field's name)."""
     (name,) = fields
     return name
+
+
+@asynccontextmanager
+async def listening(url: str, **filters: Any) -> AsyncIterator[list[Any]]:
+    """A 2026-07-28 ``subscriptions/listen`` stream (mcp 2.x), opened with the SDK's own
+    ``Client(mode="auto")`` and ``filters`` (``tools_list_changed=True``,
+    ``resource_subscriptions=[...]``, ...): yields the list its events are collected into,
+    until the block ends."""
+    import anyio
+    from mcp.client import Client
+
+    heard: list[Any] = []
+    async with Client(url, mode="auto") as client, client.listen(**filters) as stream:
+
+        async def collect() -> None:
+            async for event in stream:
+                heard.append(event)
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(collect)
+            yield heard
+            tasks.cancel_scope.cancel()

@@ -25,7 +25,7 @@ import pytest
 from mcp import ClientSession
 
 from mcp_db._sdk import SDK_MAJOR
-from tests._client import AUTO_RESUME, client_session, result_text
+from tests._client import AUTO_RESUME, client_session, listening, result_text
 from tests._cluster import Cluster
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
@@ -262,7 +262,6 @@ async def test_a_subscription_is_refused_past_its_byte_bound(deployment: Deploym
 async def test_one_publish_reaches_a_listen_stream_and_a_handshake_session(
     deployment: Deployment,
 ) -> None:
-    from mcp.client import Client
     from mcp.shared.subscriptions import ResourceUpdated
 
     async with AsyncExitStack() as stack:
@@ -277,31 +276,21 @@ async def test_one_publish_reaches_a_listen_stream_and_a_handshake_session(
                 for n in deployment.cluster.nodes
             }
             url = next(n.url for p, n in pids.items() if p not in (subscriber.pid, actor.pid))
-        heard: list[Any] = []
-        async with Client(url, mode="auto") as watching:
-            async with watching.listen(
-                tools_list_changed=True, resource_subscriptions=["note://both"]
-            ) as stream:
-
-                async def collect() -> None:
-                    async for event in stream:
-                        heard.append(event)
-
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(collect)
-                    await warm_up(actor, subscriber)
-                    for _ in range(40):  # the listen stream's node hears too
-                        if heard:
-                            break
-                        await publish(actor, "tools")
-                        await anyio.sleep(0.1)
-                    await anyio.sleep(QUIET_SECONDS)
-                    heard.clear()
-                    subscriber.heard.clear()
-                    await publish(actor, "resource", "note://both")
-                    assert await subscriber.hears("note://both")
-                    await anyio.sleep(QUIET_SECONDS)
-                    tasks.cancel_scope.cancel()
+        async with listening(
+            url, tools_list_changed=True, resource_subscriptions=["note://both"]
+        ) as heard:
+            await warm_up(actor, subscriber)
+            for _ in range(40):  # the listen stream's node hears too
+                if heard:
+                    break
+                await publish(actor, "tools")
+                await anyio.sleep(0.1)
+            await anyio.sleep(QUIET_SECONDS)
+            heard.clear()
+            subscriber.heard.clear()
+            await publish(actor, "resource", "note://both")
+            assert await subscriber.hears("note://both")
+            await anyio.sleep(QUIET_SECONDS)
         assert heard == [ResourceUpdated(uri="note://both")]
         assert subscriber.heard == ["note://both"]
 
@@ -310,41 +299,30 @@ async def test_one_publish_reaches_a_listen_stream_and_a_handshake_session(
 async def test_a_listen_stream_through_the_balancer_hears_each_node_once(
     deployment: Deployment,
 ) -> None:
-    from mcp.client import Client
     from mcp.shared.subscriptions import ResourceUpdated, ToolsListChanged
 
     async with AsyncExitStack() as stack:
         actors = await on_three_nodes(stack, deployment)
         watched = [f"note://from/{actor.pid}" for actor in actors]
-        heard: list[Any] = []
-        async with Client(deployment.url, mode="auto") as watching:
-            async with watching.listen(
-                tools_list_changed=True, resource_subscriptions=watched
-            ) as stream:
-
-                async def collect() -> None:
-                    async for event in stream:
-                        heard.append(event)
-
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(collect)
-                    for _ in range(40):  # until the listening node's bus is subscribed
-                        await publish(actors[0], "tools")
-                        await anyio.sleep(0.1)
-                        if heard:
-                            break
-                    await anyio.sleep(QUIET_SECONDS)
-                    heard.clear()
-                    for actor in actors:  # a call that runs on each node in turn
-                        await publish(actor, "resource", f"note://from/{actor.pid}")
-                        await publish(actor, "resource", "note://not-watched")
-                        await publish(actor, "prompts")  # not asked for
-                        await publish(actor, "tools")
-                    with anyio.move_on_after(3):
-                        while len(heard) < 6:
-                            await anyio.sleep(0.01)
-                    await anyio.sleep(QUIET_SECONDS)
-                    tasks.cancel_scope.cancel()
+        async with listening(
+            deployment.url, tools_list_changed=True, resource_subscriptions=watched
+        ) as heard:
+            for _ in range(40):  # until the listening node's bus is subscribed
+                await publish(actors[0], "tools")
+                await anyio.sleep(0.1)
+                if heard:
+                    break
+            await anyio.sleep(QUIET_SECONDS)
+            heard.clear()
+            for actor in actors:  # a call that runs on each node in turn
+                await publish(actor, "resource", f"note://from/{actor.pid}")
+                await publish(actor, "resource", "note://not-watched")
+                await publish(actor, "prompts")  # not asked for
+                await publish(actor, "tools")
+            with anyio.move_on_after(3):
+                while len(heard) < 6:
+                    await anyio.sleep(0.01)
+            await anyio.sleep(QUIET_SECONDS)
     expected = [ResourceUpdated(uri=uri) for uri in watched] + [ToolsListChanged()] * 3
     # Events of one node keep their order; those of different nodes may interleave.
     assert sorted(map(repr, heard)) == sorted(map(repr, expected)), heard

@@ -8,13 +8,13 @@ import asyncio
 import os
 import signal
 from collections.abc import Iterator
-from typing import Any
 
 import anyio
 import httpx
 import pytest
 
 from mcp_db._sdk import SDK_MAJOR
+from tests._client import listening
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 
@@ -50,32 +50,26 @@ async def test_a_change_published_on_one_node_reaches_a_listen_stream_on_another
     nodes: list[Node],
 ) -> None:
     publisher, listener = nodes
-    heard: list[Any] = []
-    async with Client(listener.url, mode="auto") as watching, Client(publisher.url) as acting:
-        async with watching.listen(
-            tools_list_changed=True, resource_subscriptions=["note://watched"]
-        ) as sub:
-
-            async def collect() -> None:
-                async for event in sub:
-                    heard.append(event)
-
-            reader = asyncio.ensure_future(collect())
-            # Until the listening node's subscription to Redis is up, a change may pass it
-            # by (pub/sub keeps nothing): publish until the first one is heard.
-            for _ in range(100):
-                await acting.call_tool("publish", {"kind": "tools"})
-                await asyncio.sleep(0.05)
-                if heard:
-                    break
-            assert heard, "a change published on the other node arrived"
-            heard.clear()
-            await acting.call_tool("publish", {"kind": "prompts"})  # not asked for
-            await acting.call_tool("publish", {"kind": "resource", "uri": "note://other"})
-            await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
+    async with (
+        listening(
+            listener.url, tools_list_changed=True, resource_subscriptions=["note://watched"]
+        ) as heard,
+        Client(publisher.url) as acting,
+    ):
+        # Until the listening node's subscription to Redis is up, a change may pass it
+        # by (pub/sub keeps nothing): publish until the first one is heard.
+        for _ in range(100):
             await acting.call_tool("publish", {"kind": "tools"})
-            await asyncio.sleep(0.5)  # anything else would have arrived by now
-            reader.cancel()
+            await asyncio.sleep(0.05)
+            if heard:
+                break
+        assert heard, "a change published on the other node arrived"
+        heard.clear()
+        await acting.call_tool("publish", {"kind": "prompts"})  # not asked for
+        await acting.call_tool("publish", {"kind": "resource", "uri": "note://other"})
+        await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
+        await acting.call_tool("publish", {"kind": "tools"})
+        await asyncio.sleep(0.5)  # anything else would have arrived by now
     assert heard == [ResourceUpdated(uri="note://watched"), ToolsListChanged()], heard
 
 
@@ -123,44 +117,38 @@ async def test_a_redis_restart_drops_what_it_must_and_nudges_every_listen_stream
         "MCP_DB_MIDDLEWARE": "1",  # for /debug/stats; 2026 requests pass it untouched
     }
     publisher, listener = [Node(env=env).start() for _ in range(2)]
-    heard: list[Any] = []
 
     def dropped() -> int:
         stats = httpx.get(f"http://127.0.0.1:{publisher.port}/debug/stats").json()
         return int(stats["bus"]["dropped"])
 
     try:
-        async with Client(listener.url, mode="auto") as watching, Client(publisher.url) as acting:
-            async with watching.listen(
+        async with (
+            listening(
+                listener.url,
                 tools_list_changed=True,
                 prompts_list_changed=True,
                 resources_list_changed=True,
                 resource_subscriptions=["note://watched"],
-            ) as stream:
-
-                async def collect() -> None:
-                    async for event in stream:
-                        heard.append(event)
-
-                async with anyio.create_task_group() as tasks:
-                    tasks.start_soon(collect)
-                    for _ in range(100):  # until the listening node's subscription is up
-                        await acting.call_tool("publish", {"kind": "tools"})
-                        await anyio.sleep(0.05)
-                        if heard:
-                            break
-                    assert heard
-                    await anyio.sleep(0.3)
-                    heard.clear()
-                    persistent_redis.stop()
-                    await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
-                    assert dropped() == 1, "counted as dropped on the publishing node"
-                    persistent_redis.start()
-                    with anyio.move_on_after(15):
-                        while len(heard) < 3:
-                            await anyio.sleep(0.05)
-                    await anyio.sleep(0.3)
-                    tasks.cancel_scope.cancel()
+            ) as heard,
+            Client(publisher.url) as acting,
+        ):
+            for _ in range(100):  # until the listening node's subscription is up
+                await acting.call_tool("publish", {"kind": "tools"})
+                await anyio.sleep(0.05)
+                if heard:
+                    break
+            assert heard
+            await anyio.sleep(0.3)
+            heard.clear()
+            persistent_redis.stop()
+            await acting.call_tool("publish", {"kind": "resource", "uri": "note://watched"})
+            assert dropped() == 1, "counted as dropped on the publishing node"
+            persistent_redis.start()
+            with anyio.move_on_after(15):
+                while len(heard) < 3:
+                    await anyio.sleep(0.05)
+            await anyio.sleep(0.3)
         assert heard == [ToolsListChanged(), PromptsListChanged(), ResourcesListChanged()], heard
     finally:
         publisher.stop()
