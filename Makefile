@@ -17,6 +17,12 @@ PIN_1.12.4 := "pydantic<2.14"
 # the benchmarks (on MCP_MAIN) measure the production one.
 PIN_2.3.0 := "uvicorn[standard]"
 
+# FastMCP (PrefectHQ's `fastmcp`): its newest 4.x, on the mcp 2.x it requires. Its own
+# virtualenv runs the tests marked `fastmcp` only: the rest is the SDK's, run above.
+FASTMCP_VERSION ?= 4.2.3
+FASTMCP_MCP ?= 2.3.0
+FASTMCP_VENV := $(VENVS)/fastmcp-$(FASTMCP_VERSION)
+
 # The test suite's dependencies are the `test` extra in pyproject.toml, the only list of them.
 
 RUST_SOURCES := $(shell find src crates -name '*.rs') Cargo.toml Cargo.lock crates/core/Cargo.toml
@@ -62,19 +68,30 @@ $(VENVS)/mcp-%/.installed: $(VENVS)/mcp-%/.ok $(WHEELS)/.built
 	$(VENVS)/mcp-$*/bin/pip install -q --no-deps --force-reinstall "$$wheel"
 	touch $@
 
-## cargo test, then pytest on every SDK line (PYTEST_ARGS="..." for pytest)
+$(FASTMCP_VENV)/.installed: $(WHEELS)/.built
+	test -d $(FASTMCP_VENV) || $(PYTHON) -m venv $(FASTMCP_VENV)
+	$(FASTMCP_VENV)/bin/pip install -q --upgrade pip
+	wheel=$$(ls $(WHEELS)/mcp_db-*.whl) && \
+	$(FASTMCP_VENV)/bin/pip install -q "fastmcp==$(FASTMCP_VERSION)" "mcp==$(FASTMCP_MCP)" \
+	  "uvicorn[standard]" "$$wheel[test]" && \
+	$(FASTMCP_VENV)/bin/pip install -q --no-deps --force-reinstall "$$wheel"
+	touch $@
+
+## cargo test, then pytest on every SDK line and on FastMCP (PYTEST_ARGS="..." for pytest)
 test: test-rust test-python
 
 ## cargo test of the Rust workspace: the core (against throwaway redis-servers) and the binding
 test-rust:
 	cargo test --workspace --locked -q
 
-## pytest in one virtualenv per SDK line of MCP_VERSIONS
-test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed)
+## pytest in one virtualenv per SDK line of MCP_VERSIONS, then FastMCP's tests in its own
+test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed
 	@set -e; for v in $(MCP_VERSIONS); do \
 	  echo "=== pytest with mcp $$v"; \
 	  $(VENVS)/mcp-$$v/bin/python -m pytest -q $(PYTEST_ARGS); \
 	done
+	@echo "=== pytest with fastmcp $(FASTMCP_VERSION) (mcp $(FASTMCP_MCP)): the fastmcp tests"
+	$(FASTMCP_VENV)/bin/python -m pytest -q -m fastmcp $(PYTEST_ARGS)
 
 ## benchmarks: ratios against baselines run in the same process (BENCH_ARGS="...")
 bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed

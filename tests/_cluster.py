@@ -14,14 +14,22 @@ from tests.support.redis_server import RedisServer
 
 
 class Cluster:
-    def __init__(self, redis: RedisServer, prefix: str, size: int = 3, **env_extra: str) -> None:
+    def __init__(
+        self,
+        redis: RedisServer,
+        prefix: str,
+        size: int = 3,
+        *,
+        app: str = "tests.servers.app:app",
+        **env_extra: str,
+    ) -> None:
         env = {
             "MCP_DB_REDIS_URL": redis.url,
             "MCP_DB_PREFIX": prefix,
             "MCP_DB_MIDDLEWARE": "1",
             **env_extra,
         }
-        self.nodes = [Node(env=env) for _ in range(size)]
+        self.nodes = [Node(app, env=env) for _ in range(size)]
         self.lb = self._balancer()
 
     def _balancer(self) -> Nginx:

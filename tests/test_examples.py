@@ -10,11 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx
 import mcp.types as types
 import pytest
 
 import mcp_db
-from tests._client import AUTO_RESUME, client_session
+from mcp_db._sdk import SDK_MAJOR
+from tests._client import AUTO_RESUME, client_session, result_text
+from tests._cluster import Cluster
 from tests._nodes import ROOT, Node
 from tests.support.redis_server import RedisServer
 
@@ -113,3 +116,65 @@ async def test_an_edit_on_one_node_reaches_a_subscriber_on_another(
     finally:
         for node in nodes:
             node.stop()
+
+
+def _readme_runs(example: str) -> None:
+    """The README shows ``examples/<example>`` as it is, from its first import on: what
+    runs here is what a reader copies."""
+    code = (ROOT / "examples" / example).read_text()
+    body = code[code.index("\nimport ") + 1 :].strip()
+    assert body in (ROOT / "README.md").read_text(), f"README.md no longer shows {example}"
+
+
+@pytest.mark.fastmcp
+async def test_the_fastmcp_example_serves_one_session_across_nodes(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    pytest.importorskip("fastmcp")
+    from fastmcp import Client
+
+    _readme_runs("fastmcp_server.py")
+    cluster = Cluster(
+        redis_server,
+        prefix,
+        size=2,
+        app="examples.fastmcp_server:app",
+        MCP_REQUEST_STATE_KEY="ab" * 32,
+    ).start()
+    progress: list[float] = []
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        progress.append(value)
+
+    try:
+        async with Client(cluster.url, mode="legacy", progress_handler=on_progress) as client:
+            results = [(await client.call_tool("count", {"n": 5})).data for _ in range(4)]
+        served_by = cluster.served_by()
+    finally:
+        cluster.stop()
+    assert results == ["counted to 5"] * 4
+    assert progress == [1, 2, 3, 4, 5] * 4
+    assert len(set(served_by)) == 2
+
+
+@pytest.mark.skipif(SDK_MAJOR < 2, reason="the example is written for mcp 2.x (MCPServer)")
+async def test_the_mounted_example_serves_both_servers_across_nodes(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    _readme_runs("mounted.py")
+    cluster = Cluster(redis_server, prefix, size=2, app="examples.mounted:app").start()
+    base = cluster.url.removesuffix("/mcp")
+    try:
+        async with client_session(f"{base}/notes/mcp") as notes:
+            added = [result_text(await notes.call_tool("add", {"text": "x"})) for _ in range(3)]
+        async with client_session(f"{base}/search/mcp") as search:
+            found = result_text(await search.call_tool("find", {"query": "y"}))
+        async with httpx.AsyncClient() as http:
+            health = (await http.get(f"{base}/health")).text
+        served_by = cluster.served_by()
+    finally:
+        cluster.stop()
+    assert added == ["added 'x'"] * 3
+    assert found == "nothing matches 'y'"
+    assert health == "ok"
+    assert len(set(served_by)) == 2

@@ -24,18 +24,24 @@ def manager(**kwargs: Any) -> StreamableHTTPSessionManager:
 def test_a_stateless_manager_is_left_untouched() -> None:
     m = manager(stateless=True)
     entry = getattr(m, "asgi_app", None) or m.handle_request
-    SessionMiddleware(Starlette(), store=RedisEventStore(URL), session_manager=m)
+    middleware = SessionMiddleware(Starlette(), store=RedisEventStore(URL), session_manager=m)
+    assert middleware._build() == []
     assert (getattr(m, "asgi_app", None) or m.handle_request) == entry
     assert m.event_store is None
 
 
-def test_a_stateful_manager_is_attached_and_hooked() -> None:
+def test_a_stateful_manager_is_attached_and_hooked_when_the_app_starts() -> None:
     store = RedisEventStore(URL)
     m = manager()
+    entry = getattr(m, "asgi_app", None) or m.handle_request
     middleware = SessionMiddleware(Starlette(), store=store, session_manager=m)
+    # Nothing before the app starts: a forking server forks after building the app.
+    assert m.event_store is None
+    assert (getattr(m, "asgi_app", None) or m.handle_request) == entry
+    [endpoint] = middleware._build()
     assert m.event_store is store
     hooked = getattr(m, "asgi_app", None) if hasattr(m, "asgi_app") else m.handle_request
-    assert hooked == middleware._handle
+    assert hooked == endpoint.handle
 
 
 # mcp 1.12's FastMCP settings trip a pydantic-settings warning on newer pydantic.
@@ -79,9 +85,20 @@ def test_the_relay_secret_comes_from_the_environment_when_not_given(
     SessionMiddleware(Starlette(), relay_secret=b"given, so the environment is not read", **options)
 
 
-def test_an_app_without_a_session_manager_is_refused() -> None:
-    with pytest.raises(ConfigError, match="no StreamableHTTPSessionManager"):
-        SessionMiddleware(Starlette(), store=RedisEventStore(URL))
+async def test_an_app_without_a_session_manager_fails_its_startup() -> None:
+    middleware = SessionMiddleware(Starlette(), store=RedisEventStore(URL))
+    sent: list[dict[str, Any]] = []
+    incoming = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(incoming)
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await middleware({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert sent[0]["type"] == "lifespan.startup.failed"
+    assert "no StreamableHTTPSessionManager found in the app once it started" in sent[0]["message"]
 
 
 def test_importing_the_store_alone_leaves_the_sdk_untouched() -> None:

@@ -31,12 +31,20 @@ _WATCH_AFTER = 0.05
 #: How long the head of a POST's event stream may wait to go out with its first event.
 _HEAD_DELAY = 0.02
 
+#: Scope key: the ``(path, root_path)`` a request had when it entered ``SessionMiddleware``.
+#: Mounts rewrite both on the way in; the owner serves a relayed request from the top of
+#: the app again, so it must get them as they were there.
+ENTRY = "mcp_db.entry"
+
 _SCOPE_KEYS = ("http_version", "method", "scheme", "path", "root_path", "client", "server")
 
 
 def encode_head(scope: Scope) -> str:
     """What the owner needs of a request besides its body, as JSON."""
     head = {key: scope.get(key) for key in _SCOPE_KEYS}
+    entry = scope.get(ENTRY)
+    if entry is not None:
+        head["path"], head["root_path"] = entry
     head["raw_path"] = (scope.get("raw_path") or b"").decode("latin-1")
     head["query_string"] = scope.get("query_string", b"").decode("latin-1")
     head["headers"] = [

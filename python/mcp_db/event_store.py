@@ -29,7 +29,12 @@ from mcp_db._sdk import (
     encode,
 )
 from mcp_db._sdk import EventStore as _SdkEventStore
-from mcp_db._sdk.manager import bind_transports, stream_is_live
+from mcp_db._sdk.manager import (
+    bind_transports,
+    find_session_managers,
+    on_startup,
+    stream_is_live,
+)
 from mcp_db.errors import ConfigError, McpDbError
 
 if TYPE_CHECKING:
@@ -85,6 +90,8 @@ class _Base(_SdkEventStore):
     """What both stores share: the SDK interface, session views and ``attach``."""
 
     _warned_unattached = False
+    #: The store the session manager was given, when it is not this one (``_scoped``).
+    _attached_as: _Base | None = None
     #: Attributes of this store's measurements.
     _metric_attributes: ClassVar[dict[str, str]] = {}
     #: Replays that failed because Redis could not be read.
@@ -181,16 +188,36 @@ class _Base(_SdkEventStore):
             raise ConfigError(f"session_id must be a non-empty string, got {session_id!r}")
         return SessionEventStore(self, session_id)
 
-    def attach(self, session_manager: Any) -> None:
-        """Bind every transport ``session_manager`` creates to its own session.
+    def attach(self, target: Any) -> None:
+        """Bind every transport a session manager creates to its own session.
 
-        ``session_manager`` is the SDK's ``StreamableHTTPSessionManager`` (for FastMCP,
-        ``mcp.session_manager`` after ``streamable_http_app()``). If it was built without
-        an event store, this store becomes its event store. Idempotent.
+        ``target`` is the SDK's ``StreamableHTTPSessionManager``, or the app that holds it:
+        the SDK's ``streamable_http_app()`` or FastMCP's ``http_app()``, whose manager is
+        created when the app starts (it is bound then, each time). If the manager was
+        built without an event store, this store becomes its event store. Idempotent.
+        ``SessionMiddleware`` does this itself.
         """
-        if getattr(session_manager, "stateless", False):
+        if getattr(target, "stateless", False):
             return  # stateless managers keep no sessions and no events
-        bind_transports(session_manager, self, self._view)
+        if hasattr(target, "_server_instances"):  # a session manager
+            bind_transports(target, self._attached_as or self, self._view)
+            return
+        managers = find_session_managers(target)
+        if managers:
+            for _, manager in managers:
+                self.attach(manager)
+        elif not on_startup(target, lambda: self._attach_started(target)):
+            raise ConfigError(
+                f"cannot attach to {target!r}: pass the SDK's StreamableHTTPSessionManager, "
+                "or the app of streamable_http_app() or http_app() (FastMCP)"
+            )
+
+    def _attach_started(self, app: Any) -> None:
+        managers = find_session_managers(app)
+        if not managers:
+            raise ConfigError(f"no StreamableHTTPSessionManager in {app!r} once it started")
+        for _, manager in managers:
+            self.attach(manager)
 
     def _view(self, session_id: str, transport: Any) -> SessionEventStore:
         return SessionEventStore(self, session_id, transport)
@@ -306,7 +333,23 @@ class RedisEventStore(_Base):
         self.prefix = prefix
         #: The bound on one Redis operation, which the middleware also holds its own to.
         self.timeout_seconds = float(timeout_seconds)
+        self._settings: dict[str, Any] = {
+            "url": url,
+            "ttl_seconds": ttl_seconds,
+            "max_events_per_stream": max_events_per_stream,
+            "buffer_max_events": buffer_max_events,
+            "timeout_seconds": timeout_seconds,
+            "replay_page_size": replay_page_size,
+        }
         metrics.watch(self, "redis")
+
+    def _scoped(self, name: str, *, attached_as: _Base) -> RedisEventStore:
+        """A store like this one under ``<prefix>:<name>``, for one of several servers in
+        one app. Its ``attach`` takes the transports whose store is ``attached_as`` (the
+        store every server of the app was given)."""
+        scoped = RedisEventStore(prefix=f"{self.prefix}:{name}", **self._settings)
+        scoped._attached_as = attached_as
+        return scoped
 
     @property
     def server(self) -> str:

@@ -23,58 +23,31 @@ For each handshake-era request it:
 Lifespan, other routes, 2026-era requests and stateless managers pass through untouched.
 The node's lease, heartbeat, SIGTERM hook and bus live in ``node.py``; what it owns in
 ``ownership.py``; its counters in ``counters.py``.
+
+Nothing is built until the app starts (its lifespan, or else its first request): by then a
+forking server (``gunicorn --preload``) has forked, and FastMCP has created its session
+manager. Each session manager found then gets its own ``Endpoint`` (``endpoint.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
-import time
 from typing import Any
 
-from mcp_db._asgi import (
-    MOVED,
-    PATH,
-    UNAVAILABLE,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    mcp_headers,
-    store_unavailable,
-)
-from mcp_db._core import Deployment
-from mcp_db._relay import RELAYED
-from mcp_db._sdk import HANDSHAKE_VERSIONS, request_keys
-from mcp_db._sdk.auth import principal
-from mcp_db._sdk.manager import find_session_manager, hook_entry_point, live_transports
+from mcp_db._asgi import Message, Receive, Scope, Send
+from mcp_db._relay import ENTRY
+from mcp_db._sdk import HANDSHAKE_VERSIONS
+from mcp_db._sdk.manager import find_session_manager, find_session_managers
 from mcp_db._sdk.rehydrate import install
-from mcp_db._sdk.resources import install as install_subscriptions
-from mcp_db.errors import ConfigError, McpDbError
+from mcp_db.errors import ConfigError
 from mcp_db.event_store import RedisEventStore
-from mcp_db.metrics import request_duration, watch
-from mcp_db.middleware.admission import Admission
-from mcp_db.middleware.bridge import Bridge
-from mcp_db.middleware.counters import Counters, attributes
-from mcp_db.middleware.forward import Forwarder
-from mcp_db.middleware.node import Bus, Lease, Node
-from mcp_db.middleware.owner import Owner, not_found
-from mcp_db.middleware.ownership import Ownership
-from mcp_db.middleware.routing import (
-    CANNOT_CLOSE,
-    SERVE_OWNED,
-    STORE_UNAVAILABLE,
-    AskRemembered,
-    NotFound,
-    RefuseMoved,
-    Request,
-    ServeAsOwner,
-    decide_at_once,
-    decide_by_record,
-    decide_without_record,
-)
-from mcp_db.subscriptions import RedisSubscriptionBus, kind_of
+from mcp_db.metrics import watch
+from mcp_db.middleware.counters import Counters
+from mcp_db.middleware.endpoint import Endpoint, Settings, stores_for
+from mcp_db.subscriptions import RedisSubscriptionBus
 
 logger = logging.getLogger("mcp_db")
 
@@ -82,6 +55,9 @@ __all__ = ["HANDSHAKE_VERSIONS", "SessionMiddleware", "find_session_manager"]
 
 #: The environment variable a node reads its relay secret from when none is passed.
 RELAY_SECRET_ENV = "MCP_DB_RELAY_SECRET"
+
+#: The shortest relay secret a node takes (the core refuses shorter ones too).
+MIN_RELAY_SECRET = 16
 
 
 def _relay_secret(secret: bytes | str | None) -> bytes | None:
@@ -92,6 +68,12 @@ def _relay_secret(secret: bytes | str | None) -> bytes | None:
         secret = secret.encode()
     if secret is not None and not isinstance(secret, bytes):
         raise ConfigError(f"relay_secret must be bytes or str, got {type(secret).__name__}")
+    if secret is not None and len(secret) < MIN_RELAY_SECRET:
+        raise ConfigError(
+            f"the relay secret has {len(secret)} bytes; use at least {MIN_RELAY_SECRET} random "
+            "bytes, the same on every node (e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
     return secret
 
 
@@ -111,13 +93,17 @@ class SessionMiddleware:
     takes it over, fenced by an epoch, and rebuilds it from Redis.
 
     Args:
-        app: the SDK's Starlette app (``streamable_http_app()``).
+        app: the SDK's Starlette app (``streamable_http_app()``), FastMCP's
+            (``http_app()``), or a Starlette or FastAPI app with MCP apps mounted in it.
         store: the :class:`~mcp_db.RedisEventStore` shared by all nodes; session records
-            live under its prefix. It is attached to the session manager here.
+            live under its prefix. It is attached to the session managers when the app
+            starts. With several session managers in ``app`` (several mounted servers),
+            each gets a prefix of its own under it: ``<prefix>:<path of its route>``.
         session_manager: the SDK's ``StreamableHTTPSessionManager``, if it cannot be found
-            inside ``app``.
-        node_id: this node's name in session records; default ``<hostname>:<pid>``. Every
-            process needs its own (``uvicorn --workers N`` gets that from the PID).
+            inside ``app`` once the app has started.
+        node_id: this node's name in session records; default ``<hostname>:<pid>``, read
+            when the app starts, so after a fork. Every process needs its own
+            (``uvicorn --workers N`` and ``gunicorn --preload`` get that from the PID).
         session_ttl_seconds: idle time after which a session expires everywhere; default
             the manager's ``session_idle_timeout`` (1800 s if it has none).
         lease_seconds: how long a node's sessions stay its own after its last heartbeat. A
@@ -166,116 +152,40 @@ class SessionMiddleware:
                 f"bus must be a RedisSubscriptionBus (a bus of this process only would reach "
                 f"this node's sessions only), got {bus!r}"
             )
-        self.bus = bus
+        if node_id is not None and (not isinstance(node_id, str) or not node_id):
+            raise ConfigError(f"node_id must be a non-empty string, got {node_id!r}")
         self.app = app
         self.store = store
-        self.manager = session_manager if session_manager is not None else find_session_manager(app)
-        if self.manager is None:
-            raise ConfigError(
-                "no StreamableHTTPSessionManager found in the app; pass session_manager="
-            )
-        self.node_id = node_id or f"{socket.gethostname()}:{os.getpid()}"
-        ttl = session_ttl_seconds
-        if ttl is None:
-            ttl = getattr(self.manager, "session_idle_timeout", None) or 1800
-        self.ttl_ms = _positive_ms("session_ttl_seconds", ttl)
-        self.lease_ms = _positive_ms("lease_seconds", lease_seconds)
-        self.relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
-        self.release_on_sigterm = release_on_sigterm
-        self.max_body = int(getattr(self.manager, "max_request_body_size", 4 * 1024 * 1024))
-        deployment = store.deployment
-        self.records = deployment.sessions()
-        self.stateless = bool(getattr(self.manager, "stateless", False))
-        #: Counters for tests and operators (see ``stats()``).
+        self.bus = bus
+        self._given_manager = session_manager
+        self._node_id = node_id
+        self._ttl_ms = (
+            None
+            if session_ttl_seconds is None
+            else _positive_ms("session_ttl_seconds", session_ttl_seconds)
+        )
+        self._lease_ms = _positive_ms("lease_seconds", lease_seconds)
+        self._relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
+        self._release_on_sigterm = release_on_sigterm
+        self._relay_secret = _relay_secret(relay_secret)
+        #: Counters for tests and operators (see ``stats()``), of every endpoint.
         self.counters = Counters()
-        self._durations = request_duration()
-        self._relay: Any = None
-        if not self.stateless:  # a stateless manager has no sessions: nothing to do at all
-            # First: a bad secret raises before anything is attached or started.
-            self._relay = deployment.relay(self.node_id, secret=_relay_secret(relay_secret))
-            store.attach(self.manager)
-            self._assemble(deployment)
-            watch(self, "middleware")
-
-    def _assemble(self, deployment: Deployment) -> None:
-        """Builds the parts a request goes through, and puts them in the SDK's route."""
-        install()  # the SDK can now rebuild sessions initialized (idempotent)
-        # Where the SDK's route hands a request to the session manager: after the app's own
-        # middleware (authentication sets the principal there), for the MCP endpoint only.
-        self._inner = hook_entry_point(self.manager, self._handle)
-        counters = self.counters
-        # Past this idle time the owner asks Redis again (the record may have expired).
-        self._lease = Lease(self.node_id, self.lease_ms / 1000, self.ttl_ms / 1000 * 0.9)
-        self._transports = live_transports(self.manager)
-        self._table = table = Ownership(
-            self.node_id, self._lease, deployment.fence, self.manager, self._transports
-        )
-        self._bus = Bus(deployment.bus(), counters)
-        self._bridge: Bridge | None = None
-        if self.bus is not None:
-            self._bridge = Bridge(
-                bus=self.bus,
-                kind_of=kind_of,
-                table=table,
-                records=self.records,
-                counters=counters,
-                lease=self._lease,
-            )
-            install_subscriptions(self.manager.app, self._bridge.record)
-        ownership = deployment.ownership(self.node_id, self.lease_ms)
-        self._node = Node(
-            app=self.app,
-            lease=self._lease,
-            table=table,
-            bus=self._bus,
-            relay=self._relay,
-            ownership=ownership,
-            counters=counters,
-            lease_ms=self.lease_ms,
-            ttl_ms=self.ttl_ms,
-            release_on_sigterm=self.release_on_sigterm,
-            bridge=self._bridge,
-            server=self.manager.app,
-            request_keys=request_keys(self.manager),
-        )
-        self._admission = Admission(
-            inner=self._inner,
-            table=table,
-            records=self.records,
-            counters=counters,
-            spawn=self._node.spawn,
-            ttl_ms=self.ttl_ms,
-            redis_timeout=self.store.timeout_seconds,
-            max_body=self.max_body,
-        )
-        self._owner = Owner(
-            inner=self._inner,
-            manager=self.manager,
-            table=table,
-            records=self.records,
-            bus=self._bus,
-            counters=counters,
-            ttl_ms=self.ttl_ms,
-        )
-        self._forwarder = Forwarder(
-            relay=self._relay,
-            ownership=ownership,
-            records=self.records,
-            table=table,
-            owner=self._owner,
-            bus=self._bus,
-            lease=self._lease,
-            counters=counters,
-            ttl_ms=self.ttl_ms,
-            relay_timeout_ms=self.relay_timeout_ms,
-            max_body=self.max_body,
-        )
+        #: One per stateful session manager in the app, built when the app starts.
+        self.endpoints: list[Endpoint] = []
+        self._starting: asyncio.Lock | None = None
+        self._started = False
+        watch(self, "middleware")
 
     def __getattr__(self, name: str) -> Any:
         # The counters were attributes of the middleware itself (``admissions``, ...).
         if name in Counters.__slots__ and "counters" in self.__dict__:
             return getattr(self.counters, name)
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def node_id(self) -> str:
+        """This node's name in session records (``<hostname>:<pid>`` unless given)."""
+        return self._node_id or f"{socket.gethostname()}:{os.getpid()}"
 
     def stats(self) -> dict[str, int]:
         """Counters: ``admitted``, ``refused_initialize``, ``refused_full`` (``initialize``
@@ -284,129 +194,106 @@ class SessionMiddleware:
         ``relay.<counter>`` (the relay's own), and with a ``bus``, ``bridge.delivered`` and
         ``bridge.dropped`` (notifications to handshake-era sessions). What the
         ``mcp_db.sessions.*``, ``mcp_db.relay.*``, ``mcp_db.locks.contended`` and
-        ``mcp_db.redis.errors`` instruments report."""
-        counts = self.counters.stats(self._relay)
-        bridge = getattr(self, "_bridge", None)
-        if bridge is not None:
-            for key, value in bridge.stats().items():
-                counts["bridge." + key] = value
+        ``mcp_db.redis.errors`` instruments report. Summed over the endpoints."""
+        endpoints = list(self.endpoints)
+        counts = self.counters.stats([endpoint.relay for endpoint in endpoints])
+        for endpoint in endpoints:
+            if endpoint.bridge is not None:
+                for key, value in endpoint.bridge.stats().items():
+                    counts["bridge." + key] = counts.get("bridge." + key, 0) + value
         return counts
 
+    # -- starting and stopping ------------------------------------------------------------
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.stateless:
-            await self.app(scope, receive, send)
-        elif scope["type"] == "lifespan":
+        if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
-        else:
-            if not self._node.started:
-                await self._node.start()
-            await self.app(scope, receive, send)
+            return
+        if not self._started:  # served without a lifespan: start on the first request
+            await self._start(None)
+        if scope["type"] == "http":
+            scope[ENTRY] = (scope.get("path"), scope.get("root_path", ""))
+        await self.app(scope, receive, send)
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Joins the cluster once the app has started (so the manager can take sessions),
-        and leaves it before the app stops."""
-        node = self._node
-        node.lifespan_state = scope.get("state")
+        """Joins the cluster once the app has started (so its session managers exist and
+        can take sessions), and leaves it before the app stops. An app mcp-db cannot serve
+        fails its startup, with the reason."""
+        state = scope.get("state")
 
         async def on_receive() -> Message:
             message = await receive()
             if message["type"] == "lifespan.shutdown":
-                await node.release()
+                await self._stop()
             return message
 
         async def on_send(message: Message) -> None:
             if message["type"] == "lifespan.startup.complete":
-                await node.start()
+                try:
+                    await self._start(state)
+                except ConfigError as exc:
+                    logger.error("mcp-db cannot serve this app: %s", exc)
+                    message = {"type": "lifespan.startup.failed", "message": str(exc)}
             await send(message)
 
         await self.app(scope, on_receive, on_send)
 
-    # -- requests ---------------------------------------------------------------------------
-
-    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """One request to the MCP endpoint, timed by the path it takes."""
-        if scope["type"] != "http":
-            await self._inner(scope, receive, send)
-            return
-        started = time.perf_counter()
-        try:
-            version, session_id = mcp_headers(scope)
-            if version is not None and version not in HANDSHAKE_VERSIONS:
-                scope[PATH] = "passthrough"
-                await self._inner(scope, receive, send)
+    async def _start(self, lifespan_state: dict[str, Any] | None) -> None:
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._started:
                 return
-            if session_id is not None:
-                relayed = scope.get(RELAYED) is not None
-                who = principal(scope)
-                await self._in_session(
-                    Request(scope, receive, send, session_id, version, relayed, who)
-                )
-            elif scope["method"] == "POST":
-                await self._admission.opening(scope, receive, send)
-            else:
-                scope[PATH] = "passthrough"
-                await self._inner(scope, receive, send)
-        finally:
-            self._durations.record(time.perf_counter() - started, attributes(scope))
+            self.endpoints = self._build()
+            self._started = True
+            for endpoint in self.endpoints:
+                endpoint.node.lifespan_state = lifespan_state
+                await endpoint.node.start()
 
-    async def _in_session(self, request: Request) -> None:
-        """A request in a session: served here, refused, relayed, or taken over."""
-        session_id = request.session_id
-        table = self._table
-        owned = table.owned.get(session_id)
-        local = session_id in self._transports
-        step = decide_at_once(request, owned, local, table, self._lease, time.monotonic())
-        if step is SERVE_OWNED:
-            assert owned is not None
-            await self._owner.serve_owned(request, owned)
-            return
-        if isinstance(step, NotFound):
-            await not_found(request, self.counters, table, step)
-            return
-        if isinstance(step, AskRemembered):
-            if await self._forwarder.to_remembered(request, step.owner):
-                return
-        try:
-            record = await self.records.lookup(session_id, self.ttl_ms)
-        except McpDbError as exc:
-            self.counters.redis_errors["session_lookup"] += 1
-            await self._without_record(request, owned, local, exc)
-            return
-        found = decide_by_record(
-            request,
-            record,
-            self.node_id,
-            held_before=owned is not None or local,
-            owned=table.owned.get(session_id),  # again: a concurrent request may have claimed it
-            held=session_id in self._transports,
-        )
-        if isinstance(found, NotFound):
-            await not_found(request, self.counters, table, found)
-            return
-        assert record is not None
-        if isinstance(found, ServeAsOwner):
-            await self._owner.serve_as_owner(request, record, found.epoch)
-            return
-        if found.let_go:
-            await table.let_go(session_id, f"owned by {found.owner} at epoch {found.epoch}")
-        if isinstance(found, RefuseMoved):
-            await MOVED.send(request.scope, request.send)
-            return
-        await self._forwarder.forward(request, record, found.owner, found.epoch)
+    async def _stop(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.node.release()
+        # A new lifespan (FastMCP builds new session managers for it) starts afresh.
+        self._started = False
 
-    async def _without_record(
-        self, request: Request, owned: Any, local: bool, exc: McpDbError
-    ) -> None:
-        """Redis is unreachable: keep serving what this node can serve on its own."""
-        scope, send = request.scope, request.send
-        step = decide_without_record(request, owned, local)
-        if step is STORE_UNAVAILABLE:
-            logger.error("cannot admit session %s: %s", request.session_id[:8], exc)
-            await store_unavailable(scope).send(scope, send)
-        elif isinstance(step, NotFound):
-            await not_found(request, self.counters, self._table, step)
-        elif step is CANNOT_CLOSE:
-            await UNAVAILABLE.send(scope, send)
+    def _build(self) -> list[Endpoint]:
+        """An endpoint for each stateful session manager of the app (ConfigError if none)."""
+        if self._given_manager is not None:
+            managers = [("/", self._given_manager)]
         else:
-            logger.warning("serving session %s without its record: %s", request.session_id[:8], exc)
-            await self._inner(scope, request.receive, send)
+            managers = find_session_managers(self.app)
+        if not managers:
+            raise ConfigError(
+                "no StreamableHTTPSessionManager found in the app once it started: wrap the "
+                "app of streamable_http_app() or http_app() (FastMCP), or a Starlette app "
+                "with them mounted and their lifespans run, or pass session_manager="
+            )
+        stateful = [(path, m) for path, m in managers if not getattr(m, "stateless", False)]
+        if len(stateful) > 1 and self.bus is not None:
+            raise ConfigError(
+                f"bus= with {len(stateful)} MCP servers in one app: each server has its own "
+                "subscriptions; wrap each server's app in its own SessionMiddleware instead"
+            )
+        settings = Settings(
+            node_id=self.node_id,
+            ttl_ms=self._ttl_ms,
+            lease_ms=self._lease_ms,
+            relay_timeout_ms=self._relay_timeout_ms,
+            release_on_sigterm=self._release_on_sigterm,
+            relay_secret=self._relay_secret,
+        )
+        install()  # the SDK can now rebuild sessions initialized (idempotent)
+        endpoints = []
+        for path, manager, store in stores_for(self.store, stateful):
+            endpoints.append(
+                Endpoint(
+                    app=self.app,
+                    manager=manager,
+                    path=path,
+                    store=store,
+                    settings=settings,
+                    counters=self.counters,
+                    bus=self.bus,
+                )
+            )
+        return endpoints

@@ -57,8 +57,9 @@ class Counters:
         self.lock_waits: Counter[str] = Counter()
         self.redis_errors: Counter[str] = Counter()
 
-    def stats(self, relay: Any) -> dict[str, int]:
-        """See ``SessionMiddleware.stats``; ``relay``: the node's relay, or ``None``."""
+    def stats(self, relays: list[Any]) -> dict[str, int]:
+        """See ``SessionMiddleware.stats``; ``relays``: the node's relays (one per
+        endpoint), whose counters are summed."""
         counts = {
             "admitted": self.admissions,
             "refused_initialize": self.refused_initialize,
@@ -74,7 +75,7 @@ class Counters:
             # A copy first: an OpenTelemetry reader may call this from its own thread.
             for key, value in dict(counter).items():
                 counts[prefix + key] = value
-        if relay is not None:
+        for relay in relays:
             for key, value in relay.stats().items():
-                counts["relay." + key] = value
+                counts["relay." + key] = counts.get("relay." + key, 0) + value
         return counts

@@ -191,8 +191,8 @@ class Node:
                 "node %s: request-state keys are ephemeral (a key per process): "
                 "multi-round-trip requests (protocol 2026-07-28) whose rounds land on another "
                 "node will fail with -32602 'Invalid or expired requestState'; pass "
-                "MCPServer(..., request_state_security=RequestStateSecurity(keys=[...])) with "
-                "the same keys on every node (docs/deploy/2026-clients.md)",
+                "request_state_security=RequestStateSecurity(keys=[...]) to MCPServer(...) or "
+                "FastMCP(...), with the same keys on every node (docs/deploy/2026-clients.md)",
                 self.node_id,
             )
 
