@@ -94,8 +94,9 @@ test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP
 	$(FASTMCP_VENV)/bin/python -m pytest -q -m fastmcp $(PYTEST_ARGS)
 
 ## benchmarks: ratios against baselines run in the same process (BENCH_ARGS="...")
-bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed
+bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed $(FASTMCP_VENV)/.installed
 	$(VENVS)/mcp-$(MCP_MAIN)/bin/python -m benches $(BENCH_ARGS)
+	$(FASTMCP_VENV)/bin/python -m benches --only fastmcp $(BENCH_ARGS)
 
 ## ruff, ruff format --check, cargo fmt --check, clippy -D warnings, mypy, stubtest of _core.pyi
 lint: $(VENVS)/build/.ok $(VENVS)/mcp-$(MCP_MAIN)/.installed

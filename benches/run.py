@@ -358,6 +358,10 @@ async def bench(args: argparse.Namespace) -> None:
             print()
         if args.only in (None, "subscriptions"):
             print("\n".join(await subscriptions.measure(server.url, args.quick, args.runs)))
+        if args.only == "fastmcp":  # in the FastMCP virtualenv: make bench runs it there
+            from benches import fastmcp
+
+            print("\n".join(await fastmcp.measure(server.url, args.quick)))
         print(f"\ntotal {time.perf_counter() - started:.0f} s")
     finally:
         server.cleanup()
@@ -372,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per store (default 3)")
     parser.add_argument(
         "--only",
-        choices=("store", "middleware", "relay", "subscriptions"),
+        choices=("store", "middleware", "relay", "subscriptions", "fastmcp"),
         help="run one group of benchmarks",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")

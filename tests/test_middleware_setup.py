@@ -120,7 +120,7 @@ def test_importing_the_store_alone_leaves_the_sdk_untouched() -> None:
 
 def test_the_sdk_is_made_ready_to_rebuild_sessions_by_the_middleware_not_by_an_import() -> None:
     # On mcp 1.x, rebuilt sessions need the SDK's ServerSession class swapped. The swap is
-    # made when a SessionMiddleware is built (idempotently), whatever was imported first.
+    # made when a SessionMiddleware starts (idempotently), whatever was imported first.
     code = (
         "import mcp_db.middleware, mcp_db._sdk.rehydrate\n"
         "from mcp.server.lowlevel import server\n"
@@ -132,7 +132,7 @@ def test_the_sdk_is_made_ready_to_rebuild_sessions_by_the_middleware_not_by_an_i
         "assert original is None or original.__module__ == 'mcp.server.session'\n"
         "for _ in range(2):\n"
         "    SessionMiddleware(Starlette(), store=RedisEventStore('redis://127.0.0.1:1/0'),\n"
-        "                      session_manager=M(app=Server('t')))\n"
+        "                      session_manager=M(app=Server('t')))._build()\n"
         "swapped = getattr(server, 'ServerSession', None)\n"
         "assert original is None or swapped.__module__ == 'mcp_db._sdk.session_v1', swapped\n"
         "assert original is None or swapped.__mro__[1] is original\n"

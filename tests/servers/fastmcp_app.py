@@ -5,7 +5,8 @@ sampling and elicitation, a resource, a prompt, ``whoami``), written against Fas
 API. Run by the tests under uvicorn (or gunicorn) in a subprocess. Configured by
 environment, as ``app.py``:
 
-- ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX``: the Redis store
+- ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX``: the Redis store (``MCP_DB_STORE=none``: no
+  event store at all, the benchmark's bare FastMCP)
 - ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware`` (else the store alone,
   ``store.attach(app)``); ``MCP_DB_LEASE_SECONDS`` and ``MCP_DB_SESSION_TTL`` set its
@@ -28,7 +29,9 @@ from starlette.responses import JSONResponse
 from mcp_db import RedisEventStore
 
 REDIS_URL = os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0")
-store = RedisEventStore(REDIS_URL, prefix=os.environ.get("MCP_DB_PREFIX", "mcp"))
+store: Any = None
+if os.environ.get("MCP_DB_STORE") != "none":  # "none": FastMCP alone, for the benchmark
+    store = RedisEventStore(REDIS_URL, prefix=os.environ.get("MCP_DB_PREFIX", "mcp"))
 RETRY_MS = int(os.environ.get("MCP_RETRY_MS", "100"))
 
 # Every node shares its request-state keys, as a deployment must (docs/deploy/2026-clients.md).
@@ -123,7 +126,7 @@ async def pid(request: Request) -> JSONResponse:
 async def stats(request: Request) -> JSONResponse:
     """Test-only: this node's counters (the middleware's, if the app has it)."""
     counts = app.stats() if hasattr(app, "stats") else None
-    return JSONResponse({"middleware": counts, "store": store.stats()})
+    return JSONResponse({"middleware": counts, "store": store.stats() if store else None})
 
 
 app: Any = mcp.http_app(event_store=store, retry_interval=RETRY_MS)
@@ -136,5 +139,5 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
     if os.environ.get("MCP_DB_SESSION_TTL"):
         settings["session_ttl_seconds"] = float(os.environ["MCP_DB_SESSION_TTL"])
     app = SessionMiddleware(app, store=store, **settings)
-else:
+elif store is not None:
     store.attach(app)
