@@ -141,3 +141,15 @@ def test_the_sdk_is_made_ready_to_rebuild_sessions_by_the_middleware_not_by_an_i
         [sys.executable, "-W", "ignore", "-c", code], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_two_middlewares_on_one_prefix_in_one_process_are_refused() -> None:
+    # Each would subscribe to the node's relay channels and take the other's requests.
+    store = RedisEventStore(URL, prefix="shared")
+    first = SessionMiddleware(Starlette(), store=store, session_manager=manager())
+    second = SessionMiddleware(Starlette(), store=store, session_manager=manager())
+    assert len(first._build()) == 1
+    with pytest.raises(ConfigError, match="two SessionMiddleware in this process serve prefix"):
+        second._build()
+    other = RedisEventStore(URL, prefix="another")
+    assert len(SessionMiddleware(Starlette(), store=other, session_manager=manager())._build()) == 1

@@ -20,11 +20,21 @@ from tests.test_resume_e2e import RawSession
 SERVERS = ("alpha", "beta")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["parent", "each"])
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """``parent``: the parent app wrapped once. ``each``: each server's app wrapped in a
+    middleware of its own inside the parent, which then start at their first request."""
     redis: RedisServer = request.getfixturevalue("redis_server")
     prefix = f"t-mounted-{uuid.uuid4().hex[:8]}"
-    deployed = Cluster(redis, prefix, size=3, app="tests.servers.mounted:app", MCP_DB_TWIN_IDS="1")
+    deployed = Cluster(
+        redis,
+        prefix,
+        size=3,
+        app="tests.servers.mounted:app",
+        MCP_DB_TWIN_IDS="1",
+        MCP_DB_WRAP=request.param,
+    )
+    deployed.wrap = request.param  # type: ignore[attr-defined]
     deployed.prefix = prefix  # type: ignore[attr-defined]
     deployed.redis_url = redis.url  # type: ignore[attr-defined]
     deployed.start()
@@ -87,10 +97,15 @@ async def test_equal_session_ids_of_two_servers_stay_apart(cluster: Cluster) -> 
                 )
                 assert f"{server} on " in reply.text, reply.text
         records = redis_py.Redis.from_url(cluster.redis_url)  # type: ignore[attr-defined]
+        prefix = cluster.prefix  # type: ignore[attr-defined]
+        alpha_prefix, beta_prefix = (
+            (f"{prefix}:/alpha/mcp", f"{prefix}:/beta/mcp")
+            if cluster.wrap == "parent"  # type: ignore[attr-defined]
+            else (f"{prefix}-alpha", f"{prefix}-beta")
+        )
         try:
-            prefix = cluster.prefix  # type: ignore[attr-defined]
-            assert records.exists(f"{prefix}:/alpha/mcp:s:{{{alpha.id}}}")
-            assert records.exists(f"{prefix}:/beta/mcp:s:{{{beta.id}}}")
+            assert records.exists(f"{alpha_prefix}:s:{{{alpha.id}}}")
+            assert records.exists(f"{beta_prefix}:s:{{{beta.id}}}")
             assert not records.exists(f"{prefix}:s:{{{alpha.id}}}")
         finally:
             records.close()

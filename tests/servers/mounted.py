@@ -2,9 +2,12 @@
 app under its own path, both session managers run from the parent app's lifespan, and a
 plain route beside them. ``SessionMiddleware`` wraps the parent once.
 
-Configured by environment: ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX``, and
+Configured by environment: ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX``;
 ``MCP_DB_TWIN_IDS``: each new session ID is handed out twice in a row in this process, so
-the first sessions of the two servers opened through one node have equal IDs.
+the first sessions of the two servers opened through one node have equal IDs;
+``MCP_DB_WRAP=each``: wrap each server's app in a ``SessionMiddleware`` of its own (with a
+store prefix of its own) inside the parent instead. The parent's lifespan then never
+reaches them (a mount passes no lifespan on), so each starts at its first request.
 """
 
 # No `from __future__ import annotations`: FastMCP 1.12 inspects real annotations.
@@ -45,14 +48,18 @@ if SDK_MAJOR >= 2:
 else:
     from mcp.server.fastmcp import FastMCP as Server
 
-store = RedisEventStore(
-    os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0"),
-    prefix=os.environ.get("MCP_DB_PREFIX", "mcp"),
-)
+URL = os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0")
+PREFIX = os.environ.get("MCP_DB_PREFIX", "mcp")
+EACH = os.environ.get("MCP_DB_WRAP") == "each"
+store = RedisEventStore(URL, prefix=PREFIX)
+#: Each server's store: the one store, or with ``each`` one per server, its own prefix.
+stores = {name: RedisEventStore(URL, prefix=f"{PREFIX}-{name}") if EACH else store
+          for name in ("alpha", "beta")}  # fmt: skip
 
 
 def build(name: str) -> Any:
-    server = Server(name) if SDK_MAJOR >= 2 else Server(name, event_store=store)
+    own = stores[name]
+    server = Server(name) if SDK_MAJOR >= 2 else Server(name, event_store=own)
 
     @server.tool()
     def whoami() -> str:
@@ -68,9 +75,11 @@ def build(name: str) -> Any:
 
 
 alpha, beta = build("alpha"), build("beta")
-options: dict[str, Any] = {"event_store": store} if SDK_MAJOR >= 2 else {}
-alpha_app = alpha.streamable_http_app(**options)
-beta_app = beta.streamable_http_app(**options)
+if SDK_MAJOR >= 2:
+    alpha_app = alpha.streamable_http_app(event_store=stores["alpha"])
+    beta_app = beta.streamable_http_app(event_store=stores["beta"])
+else:
+    alpha_app, beta_app = alpha.streamable_http_app(), beta.streamable_http_app()
 
 
 @contextlib.asynccontextmanager
@@ -90,6 +99,10 @@ async def pid(request: Request) -> PlainTextResponse:
     return PlainTextResponse(str(os.getpid()))
 
 
+if EACH:
+    alpha_app = SessionMiddleware(alpha_app, store=stores["alpha"], lease_seconds=2.0)
+    beta_app = SessionMiddleware(beta_app, store=stores["beta"], lease_seconds=2.0)
+
 parent = Starlette(
     routes=[
         Route("/health", health),
@@ -99,4 +112,4 @@ parent = Starlette(
     ],
     lifespan=lifespan,
 )
-app = SessionMiddleware(parent, store=store, lease_seconds=2.0)
+app = parent if EACH else SessionMiddleware(parent, store=store, lease_seconds=2.0)

@@ -35,6 +35,7 @@ import asyncio
 import logging
 import os
 import socket
+import weakref
 from typing import Any
 
 from mcp_db._asgi import Message, Receive, Scope, Send
@@ -75,6 +76,27 @@ def _relay_secret(secret: bytes | str | None) -> bytes | None:
             "print(secrets.token_urlsafe(32))')"
         )
     return secret
+
+
+#: (Redis server, prefix, node ID) -> the middleware serving it in this process.
+_CLAIMED: weakref.WeakValueDictionary[tuple[str, str, str], SessionMiddleware] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _claim(store: RedisEventStore, node_id: str, middleware: SessionMiddleware) -> None:
+    """One middleware per prefix and node: two would share the node's relay channels and
+    take each other's requests. ConfigError naming the fix."""
+    key = (store.server, store.prefix, node_id)
+    holder = _CLAIMED.get(key)
+    if holder is not None and holder is not middleware:
+        raise ConfigError(
+            f"two SessionMiddleware in this process serve prefix {store.prefix!r} of "
+            f"{store.server} as node {node_id!r}; they would take each other's relayed "
+            "requests. Wrap the app that holds every MCP server once (mounted servers each "
+            "get a prefix of their own), or give each middleware a store with its own prefix"
+        )
+    _CLAIMED[key] = middleware
 
 
 def _positive_ms(name: str, value: Any) -> int:
@@ -174,6 +196,8 @@ class SessionMiddleware:
         self.endpoints: list[Endpoint] = []
         self._starting: asyncio.Lock | None = None
         self._started = False
+        #: Whether the server runs the app's lifespan: then only the lifespan starts it.
+        self._has_lifespan = False
         watch(self, "middleware")
 
     def __getattr__(self, name: str) -> Any:
@@ -209,7 +233,7 @@ class SessionMiddleware:
         if scope["type"] == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if not self._started:  # served without a lifespan: start on the first request
+        if not self._started and not self._has_lifespan:  # no lifespan: the first request
             await self._start(None)
         if scope["type"] == "http":
             scope[ENTRY] = (scope.get("path"), scope.get("root_path", ""))
@@ -219,6 +243,7 @@ class SessionMiddleware:
         """Joins the cluster once the app has started (so its session managers exist and
         can take sessions), and leaves it before the app stops. An app mcp-db cannot serve
         fails its startup, with the reason."""
+        self._has_lifespan = True
         state = scope.get("state")
 
         async def on_receive() -> Message:
@@ -253,6 +278,7 @@ class SessionMiddleware:
     async def _stop(self) -> None:
         for endpoint in self.endpoints:
             await endpoint.node.release()
+            _CLAIMED.pop((endpoint.store.server, endpoint.store.prefix, endpoint.node_id), None)
         # A new lifespan (FastMCP builds new session managers for it) starts afresh.
         self._started = False
 
@@ -285,6 +311,7 @@ class SessionMiddleware:
         install()  # the SDK can now rebuild sessions initialized (idempotent)
         endpoints = []
         for path, manager, store in stores_for(self.store, stateful):
+            _claim(store, settings.node_id, self)
             endpoints.append(
                 Endpoint(
                     app=self.app,
