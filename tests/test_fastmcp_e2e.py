@@ -20,6 +20,7 @@ from typing import Any
 
 import anyio
 import httpx
+import mcp.types as types
 import pytest
 import redis as redis_py
 
@@ -222,6 +223,27 @@ async def test_sampling_and_elicitation_answered_through_other_nodes(
         for i in range(3):  # each call's answers land on other nodes than its owner
             answers.append((await client.call_tool("ask", {"question": f"what is {i}?"})).data)
     assert answers == [f"WHAT IS {i}? | ok=True note=Is 'WHAT IS {i}?' right?" for i in range(3)]
+
+
+async def test_sampling_and_elicitation_through_other_nodes_with_the_sdk_client(
+    deployment: Deployment,
+) -> None:
+    async def sample(context: Any, params: Any) -> types.CreateMessageResult:
+        text = params.messages[0].content.text.upper()
+        content = types.TextContent(type="text", text=text)
+        return types.CreateMessageResult(role="assistant", content=content, model="capitals")
+
+    async def elicit(context: Any, params: Any) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"ok": False, "note": "sdk"})
+
+    fresh = deployment.kind == "workers"
+    async with client_session(
+        deployment.url, fresh_connections=fresh, sampling_callback=sample, elicitation_callback=elicit
+    ) as session:
+        answers = [
+            result_text(await session.call_tool("ask", {"question": f"q{i}"})) for i in range(3)
+        ]
+    assert answers == [f"Q{i} | ok=False note=sdk" for i in range(3)]
 
 
 # -- 404 everywhere -------------------------------------------------------------------------
