@@ -236,10 +236,9 @@ async def test_sampling_and_elicitation_through_other_nodes_with_the_sdk_client(
     async def elicit(context: Any, params: Any) -> types.ElicitResult:
         return types.ElicitResult(action="accept", content={"ok": False, "note": "sdk"})
 
+    callbacks = {"sampling_callback": sample, "elicitation_callback": elicit}
     fresh = deployment.kind == "workers"
-    async with client_session(
-        deployment.url, fresh_connections=fresh, sampling_callback=sample, elicitation_callback=elicit
-    ) as session:
+    async with client_session(deployment.url, fresh_connections=fresh, **callbacks) as session:
         answers = [
             result_text(await session.call_tool("ask", {"question": f"q{i}"})) for i in range(3)
         ]
