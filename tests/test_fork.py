@@ -282,12 +282,14 @@ async def test_gunicorn_preload_serves_one_session_across_workers_each_a_node(
     preloaded: Preloaded,
 ) -> None:
     workers = preloaded.workers()
-    async with client_session(preloaded.url, fresh_connections=True) as session:
-        name, owner = await whoami(session)
-        assert owner in workers
-        for i in range(12):  # each on a new connection: most reach another worker
-            assert result_text(await session.call_tool("echo", {"text": f"{i}"})) == f"{i}"
-            assert await whoami(session) == (name, owner), "every call runs on the owner"
+    with anyio.fail_after(30):
+        async with client_session(preloaded.url, fresh_connections=True) as session:
+            name, owner = await whoami(session)
+            assert owner in workers
+            for i in range(12):  # each on a new connection: most reach another worker
+                text = result_text(await session.call_tool("echo", {"text": f"{i}"}))
+                assert text == f"{i}"
+                assert await whoami(session) == (name, owner), "every call runs on the owner"
     # Each worker is a node of its own, with its own lease, kept alive from the worker.
     nodes = preloaded.nodes()
     assert sorted(nodes.values()) == sorted(workers), nodes
