@@ -183,7 +183,7 @@ where
     let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
     let inner = wakeup.get().handle();
     let target = future.clone().unbind();
-    let task = crate::runtime().spawn(async move {
+    let task = crate::runtime::runtime()?.spawn(async move {
         let result = work.await;
         inner.push(
             target,

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use crate::bridge;
 
 use crate::error::to_py;
-use crate::runtime;
+use crate::runtime::runtime;
 
 /// One prefix on one Redis (or Redis Cluster), and the connection to it.
 #[pyclass(frozen, module = "mcp_db._core")]
@@ -26,8 +26,15 @@ impl Deployment {
     #[pyo3(signature = (url, *, prefix, timeout_seconds = 5.0))]
     fn new(url: &str, prefix: &str, timeout_seconds: f64) -> PyResult<Self> {
         let deployment =
-            deployment::Deployment::new(url, prefix, timeout_seconds, runtime().handle()).map_err(to_py)?;
+            deployment::Deployment::new(url, prefix, timeout_seconds, runtime()?.handle()).map_err(to_py)?;
         Ok(Deployment { deployment })
+    }
+
+    /// The same deployment, with connections of its own (not opened yet) and no fences: for
+    /// a process forked from the one that built this, whose connections and tasks stayed
+    /// with the parent (see `mcp_db._fork`).
+    fn reopen(&self) -> PyResult<Self> {
+        Ok(Deployment { deployment: self.deployment.reopen(runtime()?.handle()) })
     }
 
     /// `scheme://host:port/db`, without credentials.

@@ -1,6 +1,6 @@
 //! mcp-db's Python binding, `mcp_db._core`: adapters from `mcp_db_core` (which knows
-//! nothing of Python) to Python classes. This file registers the module and sets up the
-//! runtime; each class family lives in its own file.
+//! nothing of Python) to Python classes. This file registers the module; each class family,
+//! and the runtime, lives in its own file.
 
 use mcp_db_core::events::id;
 use pyo3::prelude::*;
@@ -16,6 +16,7 @@ pub mod logging;
 pub mod memory;
 pub mod ownership;
 pub mod relay;
+pub mod runtime;
 pub mod sessions;
 pub mod subscriptions;
 
@@ -32,60 +33,8 @@ fn encode_event_id(session: &str, stream: &str, position: &str) -> Option<String
     id::Position::parse(position).map(|p| id::EventId::encode(session, stream, p))
 }
 
-/// The runtime all of the core's I/O runs on. Its work is small and bursty (a frame, a
-/// pipeline reply) and every result goes back to one Python thread, so one worker thread by
-/// default: a second one mostly adds cross-thread wake-ups. `MCP_DB_TOKIO_THREADS` sets it.
-fn init_runtime() {
-    let threads = std::env::var("MCP_DB_TOKIO_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .unwrap_or(1);
-    IO_THREADS.store(threads, std::sync::atomic::Ordering::SeqCst);
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(threads).enable_all().thread_name("mcp-db-io");
-    pyo3_async_runtimes::tokio::init(builder);
-}
-
-static IO_THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
-
-/// The runtime the core's tasks run on (set up when the module is imported).
-pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
-    pyo3_async_runtimes::tokio::get_runtime()
-}
-
-/// Stops the I/O threads for good at interpreter exit (registered with `atexit`).
-///
-/// Once the interpreter finalizes, a thread that attaches to it (to complete an asyncio
-/// future, or to log) is terminated where it stands, which aborts the process: a server
-/// shutting down, or the `mcp-db` command, would exit with SIGABRT now and then. So before
-/// that, every I/O thread is parked inside a task of its own, and nothing of the core runs
-/// again. Waits at most a second for them.
-#[pyfunction]
-fn _quiesce(py: Python<'_>) {
-    let threads = IO_THREADS.load(std::sync::atomic::Ordering::SeqCst);
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
-    let (parked, all_parked) = std::sync::mpsc::channel();
-    for _ in 0..threads {
-        let (barrier, parked) = (barrier.clone(), parked.clone());
-        runtime().spawn(async move {
-            // All workers must be held at once, or one would steal the others' tasks.
-            if barrier.wait().is_leader() {
-                let _ = parked.send(());
-            }
-            loop {
-                std::thread::park();
-            }
-        });
-    }
-    py.detach(move || {
-        let _ = all_parked.recv_timeout(std::time::Duration::from_secs(1));
-    });
-}
-
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    init_runtime();
     // rediss:// needs a process-wide crypto provider; another extension may have set one.
     mcp_db_core::install_crypto_provider();
     logging::install();
@@ -100,8 +49,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<memory::MemoryEvents>()?;
     m.add_function(wrap_pyfunction!(parse_event_id, m)?)?;
     m.add_function(wrap_pyfunction!(encode_event_id, m)?)?;
-    m.add_function(wrap_pyfunction!(_quiesce, m)?)?;
+    m.add_function(wrap_pyfunction!(runtime::_quiesce, m)?)?;
     m.py().import("atexit")?.call_method1("register", (m.getattr("_quiesce")?,))?;
+    m.add_function(wrap_pyfunction!(runtime::_after_fork, m)?)?;
+    let after_fork = pyo3::types::PyDict::new(m.py());
+    after_fork.set_item("after_in_child", m.getattr("_after_fork")?)?;
+    m.py().import("os")?.call_method("register_at_fork", (), Some(&after_fork))?;
     m.add_function(wrap_pyfunction!(construct::construct_models, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_layout, m)?)?;
     m.add_function(wrap_pyfunction!(keys::key_of, m)?)?;

@@ -1,4 +1,4 @@
-"""SDK servers under uvicorn in subprocesses."""
+"""SDK servers under uvicorn (or gunicorn with uvicorn workers) in subprocesses."""
 
 from __future__ import annotations
 
@@ -18,7 +18,9 @@ class Node:
     """``uvicorn <app>`` on a free loopback port; ``stop()``/``start()`` keep the port.
 
     With ``workers > 1`` it is ``uvicorn --workers N``: N worker processes share the port,
-    under a supervisor (``process``) that restarts a worker that dies."""
+    under a supervisor (``process``) that restarts a worker that dies. With
+    ``gunicorn_preload``, the supervisor is ``gunicorn --preload`` with uvicorn's worker
+    class: it imports the app once, then forks the workers (and any worker it restarts)."""
 
     def __init__(
         self,
@@ -26,10 +28,12 @@ class Node:
         env: dict[str, str] | None = None,
         *,
         workers: int = 1,
+        gunicorn_preload: bool = False,
     ) -> None:
         self.app = app
         self.env = env or {}
         self.workers = workers
+        self.gunicorn_preload = gunicorn_preload
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-db-node-{self.port}.log"
@@ -42,19 +46,7 @@ class Node:
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    self.app,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(self.port),
-                    "--log-level",
-                    "warning",
-                    *(["--workers", str(self.workers)] if self.workers > 1 else []),
-                ],
+                self._command(),
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -65,6 +57,20 @@ class Node:
         if not wait_listening(self.port, self.process, 20):
             raise RuntimeError(f"node on port {self.port} did not start:\n{self.output()}")
         return self
+
+    def _command(self) -> list[str]:
+        if self.gunicorn_preload:
+            return [
+                *(sys.executable, "-m", "gunicorn", self.app, "--preload"),
+                *("--worker-class", "uvicorn_worker.UvicornWorker"),
+                *("--workers", str(self.workers), "--bind", f"127.0.0.1:{self.port}"),
+                *("--log-level", "warning", "--graceful-timeout", "10"),
+            ]
+        return [
+            *(sys.executable, "-m", "uvicorn", self.app),
+            *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
+            *(["--workers", str(self.workers)] if self.workers > 1 else []),
+        ]
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

@@ -38,6 +38,10 @@ def redact(url: str) -> str:
 def _quiesce() -> None:
     """Parks the core's I/O threads for good; registered with ``atexit``, never call it."""
 
+def _after_fork() -> None:
+    """Forgets the parent's I/O threads in a forked child, which builds its own on first
+    use; registered with ``os.register_at_fork``, never call it."""
+
 def construct_models(
     cls: type[Any],
     items: list[Any],
@@ -105,6 +109,10 @@ class Deployment:
     def __new__(cls, url: str, *, prefix: str, timeout_seconds: float = 5.0) -> Deployment:
         """Parses the URL and options (``mcp_db.ConfigError`` if bad); does not connect.
         ``timeout_seconds`` bounds every Redis operation."""
+    def reopen(self) -> Deployment:
+        """The same deployment with connections of its own, not opened yet, and no fences:
+        for a process forked from the one that built this one, whose connections and tasks
+        stayed with the parent (``mcp_db._fork``)."""
     @property
     def server(self) -> str:
         """``scheme://host:port/db`` without credentials."""

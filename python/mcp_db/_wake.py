@@ -14,6 +14,14 @@ from mcp_db.errors import ConfigError
 _wakeups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeup] = weakref.WeakKeyDictionary()
 
 
+def forget() -> weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Wakeup]:
+    """Drops every loop's wake-up and returns them (``_fork``, in a forked child: their
+    sockets are shared with the parent, whose I/O thread writes to them)."""
+    global _wakeups
+    forgotten, _wakeups = _wakeups, weakref.WeakKeyDictionary()
+    return forgotten
+
+
 def start() -> tuple[Wakeup, asyncio.Future[Any]]:
     """The running loop's :class:`Wakeup` (made and watched on first use) and a new future
     of that loop. ``ConfigError`` outside an asyncio loop: the hand-off watches one, and

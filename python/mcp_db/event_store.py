@@ -17,7 +17,7 @@ import warnings
 import weakref
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mcp_db import _core, _wake, metrics
+from mcp_db import _core, _fork, _wake, metrics
 from mcp_db._core import Replay
 from mcp_db._sdk import (
     EventCallback,
@@ -317,19 +317,22 @@ class RedisEventStore(_Base):
             raise ConfigError(f"prefix must be a string, got {prefix!r}")
         #: The Redis prefix this store writes under, and everything else a node needs from it
         #: (session records, ownership, the relay, the bus): ``SessionMiddleware`` uses it.
+        #: In a process forked from the one that built the store, a deployment of that
+        #: process's own (``_fork``).
         self.deployment = _core.Deployment(
             url, prefix=prefix, timeout_seconds=_number("timeout_seconds", timeout_seconds)
         )
-        self._core = self.deployment.events(
-            ttl_seconds=_number("ttl_seconds", ttl_seconds),
-            max_events_per_stream=_number(
+        self._options = {
+            "ttl_seconds": _number("ttl_seconds", ttl_seconds),
+            "max_events_per_stream": _number(
                 "max_events_per_stream", max_events_per_stream, integer=True
             ),
-            buffer_max_events=_number(
+            "buffer_max_events": _number(
                 "buffer_max_events", buffer_max_events, integer=True, minimum=0
             ),
-            page_size=_number("replay_page_size", replay_page_size, integer=True),
-        )
+            "page_size": _number("replay_page_size", replay_page_size, integer=True),
+        }
+        self._core = self.deployment.events(**self._options)
         self.prefix = prefix
         #: The bound on one Redis operation, which the middleware also holds its own to.
         self.timeout_seconds = float(timeout_seconds)
@@ -342,6 +345,15 @@ class RedisEventStore(_Base):
             "replay_page_size": replay_page_size,
         }
         metrics.watch(self, "redis")
+        _fork.register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: new connections and a new writer; what the parent's writer
+        had not written yet is the parent's to write."""
+        _fork.leave_behind(self.deployment, self._core)
+        self.deployment = self.deployment.reopen()
+        self._core = self.deployment.events(**self._options)
+        self._replay_errors = 0
 
     def _scoped(self, name: str, *, attached_as: _Base) -> RedisEventStore:
         """A store like this one under ``<prefix>:<name>``, for one of several servers in

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio.lowlevel
 
-from mcp_db import _core, metrics
+from mcp_db import _core, _fork, metrics
 from mcp_db._core import EventKind
 from mcp_db.errors import ConfigError, McpDbError
 from mcp_db.event_store import RedisEventStore
@@ -79,7 +79,10 @@ class RedisSubscriptionBus:
     def __init__(
         self, redis: str | RedisEventStore, *, prefix: str = "mcp", timeout_seconds: float = 5.0
     ) -> None:
+        #: The store whose deployment this bus shares, if any.
+        self._store: RedisEventStore | None = None
         if isinstance(redis, RedisEventStore):
+            self._store = redis
             deployment = redis.deployment
         elif isinstance(redis, str):
             deployment = _core.Deployment(redis, prefix=prefix, timeout_seconds=timeout_seconds)
@@ -87,12 +90,29 @@ class RedisSubscriptionBus:
             raise ConfigError(
                 f"redis must be a Redis URL or a RedisEventStore, got {type(redis).__name__}"
             )
+        self._deployment = deployment
         self._core = deployment.subscriptions()
         self._listeners: dict[object, Listener] = {}
         self._reader: asyncio.Task[None] | None = None
         self._delivered = 0
         self._dropped = 0
         metrics.watch(self, "subscriptions")
+        _fork.register(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: a subscription of the child's own (with an origin of its own,
+        so the parent hears what the child publishes), on the store's new deployment
+        (the store, built first, has reopened it already) or on a new one. The parent's
+        listeners are the parent's listen streams: the child starts with none."""
+        _fork.leave_behind(self._deployment, self._core, self._reader, self._listeners)
+        if self._store is not None:
+            self._deployment = self._store.deployment
+        else:
+            self._deployment = self._deployment.reopen()
+        self._core = self._deployment.subscriptions()
+        self._listeners = {}
+        self._reader = None
+        self._delivered = self._dropped = 0
 
     async def publish(self, event: Any) -> None:
         """Delivers ``event`` to every listener, on every node."""

@@ -6,7 +6,9 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 - ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX`` and ``MCP_DB_TIMEOUT_SECONDS`` for the Redis store
 - ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
-  ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options
+  ``MCP_DB_SESSION_TTL`` and ``MCP_DB_LEASE_SECONDS`` set its options, and the node ID is
+  ``node-<pid>``, or with ``MCP_DB_DEFAULT_NODE_ID`` the middleware's default (what
+  ``gunicorn --preload`` needs: this module then runs in the master, before the fork)
 - ``MCP_DB_SUBSCRIPTIONS`` (mcp 2.x): ``RedisSubscriptionBus`` as the server's bus
 - ``MCP_DB_REQUEST_STATE_KEY`` (mcp 2.x): the request-state key every node shares (hex);
   a fixed test key unless given
@@ -284,7 +286,7 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         app,
         store=store,
         session_manager=server.session_manager,
-        node_id=f"node-{os.getpid()}",
+        node_id=None if os.environ.get("MCP_DB_DEFAULT_NODE_ID") else f"node-{os.getpid()}",
         session_ttl_seconds=float(ttl) if ttl else None,
         bus=bus if BRIDGE else None,
         **middleware_options,

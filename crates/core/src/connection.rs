@@ -107,6 +107,22 @@ impl Connector {
         Ok(Connector { client, tls, config, server, timeout, cell: OnceCell::new(), hub: Mutex::new(None) })
     }
 
+    /// The same server and options, not connected yet. For a process forked from this one:
+    /// this connector's connection is driven by a task on the parent's threads, which the
+    /// child does not have, so the child must open its own.
+    #[must_use]
+    pub fn reopen(&self) -> Connector {
+        Connector {
+            client: self.client.clone(),
+            tls: self.tls.clone(),
+            config: self.config.clone(),
+            server: self.server.clone(),
+            timeout: self.timeout,
+            cell: OnceCell::new(),
+            hub: Mutex::new(None),
+        }
+    }
+
     pub fn server(&self) -> &str {
         &self.server
     }

@@ -40,6 +40,20 @@ impl Deployment {
         Ok(Deployment { connector, prefix: prefix.to_owned(), fences: Fences::default(), runtime: runtime.clone() })
     }
 
+    /// The same deployment for a process forked from this one: its own connection, not
+    /// opened yet, no fences (the child owns no session yet), and background tasks on
+    /// `runtime`, the child's. This one's connection and tasks live on the parent's threads,
+    /// which a fork does not copy: used in the child they would never answer.
+    #[must_use]
+    pub fn reopen(&self, runtime: &Handle) -> Deployment {
+        Deployment {
+            connector: Arc::new(self.connector.reopen()),
+            prefix: self.prefix.clone(),
+            fences: Fences::default(),
+            runtime: runtime.clone(),
+        }
+    }
+
     /// The server, without credentials.
     #[must_use]
     pub fn server(&self) -> &str {
@@ -106,5 +120,32 @@ impl Deployment {
     /// subscribes (a dedicated connection) once asked for a delivery.
     pub fn subscriptions(&self) -> Result<subscriptions::Bus> {
         subscriptions::Bus::new(self.connector.clone(), &self.prefix, &self.runtime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::RedisServer;
+
+    /// What a forked child sees: the runtime the deployment was built on is gone (its
+    /// threads stayed with the parent). The reopened deployment works on the child's own.
+    #[test]
+    fn a_reopened_deployment_works_once_the_first_runtime_is_gone() {
+        let redis = RedisServer::start();
+        let first = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let deployment = Deployment::new(&redis.url(), "t-reopen", 2.0, first.handle()).unwrap();
+        first.block_on(deployment.connect()).expect("connected on the first runtime");
+        first.shutdown_background();
+
+        let second = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let reopened = deployment.reopen(second.handle());
+        assert_eq!((reopened.server(), reopened.prefix()), (deployment.server(), "t-reopen"));
+        second.block_on(async {
+            tokio::time::timeout(Duration::from_secs(5), reopened.connect())
+                .await
+                .expect("the reopened deployment answers")
+                .expect("and reaches Redis");
+        });
     }
 }
