@@ -30,6 +30,10 @@ from tests._cluster import Cluster
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 LEASE_SECONDS = 1.5
 #: Long enough for anything published to have arrived, had it been going to.
 QUIET_SECONDS = 0.5

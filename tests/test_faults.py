@@ -19,6 +19,10 @@ from tests._faults import PATHS, Paths
 from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 # The SSE ``retry`` of the servers here: clients resume this long after a stream breaks.
 RETRY_MS = "500"
 

@@ -291,6 +291,7 @@ async def whoami(session: Any) -> tuple[str, int]:
     return name, int(pid)
 
 
+@pytest.mark.multinode
 async def test_gunicorn_preload_serves_one_session_across_workers_each_a_node(
     preloaded: Preloaded,
 ) -> None:
@@ -309,6 +310,7 @@ async def test_gunicorn_preload_serves_one_session_across_workers_each_a_node(
     assert nodes[preloaded.record()["owner"]] == owner
 
 
+@pytest.mark.multinode
 @pytest.mark.skipif(not AUTO_RESUME, reason="mcp 1.12's client does not resume by itself")
 async def test_gunicorn_preload_resumes_a_cut_stream_exactly_once_in_order(
     preloaded: Preloaded,
@@ -330,6 +332,7 @@ async def test_gunicorn_preload_resumes_a_cut_stream_exactly_once_in_order(
     assert seen == list(range(20))
 
 
+@pytest.mark.multinode
 async def test_gunicorn_preload_survives_sigterm_of_a_worker(preloaded: Preloaded) -> None:
     workers = preloaded.workers()
     with anyio.fail_after(60):

@@ -41,6 +41,10 @@ from tests._nodes import Node
 from tests._redis_deployments import RedisCluster
 from tests.support.redis_server import RedisServer
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 #: mcp 1.12 reports progress on no request's stream, so there ``steps`` and ``slow``
 #: tell their progress with log messages instead (see tests/servers/app.py).
 PROGRESS_AS_LOGS = SDK_VERSION.startswith("1.12.")

@@ -20,6 +20,10 @@ from tests._nodes import Node
 from tests._redis_deployments import RedisCluster, TlsRedis
 from tests.test_resume_e2e import RawSession
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 SESSIONS, ROUNDS = 40, 5
 
 

@@ -20,6 +20,10 @@ from tests._client import (
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 
 async def read_sse_events(url: str, headers: dict[str, str], count: int) -> list[dict[str, str]]:
     """GETs an SSE stream and returns its first ``count`` events that carry data."""

@@ -15,6 +15,10 @@ from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
+#: Expensive multi-node scenarios: once per SDK line (``make test`` runs them on the newest
+#: 1.x and 2.x, not again on the oldest 1.x).
+pytestmark = pytest.mark.multinode
+
 #: Lease of the nodes: short, so the test outlives several leases while Redis is full.
 LEASE_SECONDS = 1.0
 
