@@ -11,8 +11,9 @@ The figure printed is the best run of each store; ``-v`` prints every run.
 
 Keys are deleted after every run, so Redis holds at most one run's events at a time.
 
-The other groups, each with its own baseline, are in ``middleware.py``, ``relay.py`` and
-``subscriptions.py``; ``--only`` runs one group (``make bench BENCH_ARGS="--only
+The other groups, each with its own baseline, are in ``middleware.py``, ``relay.py``,
+``subscriptions.py``, ``cluster.py`` and ``fastmcp.py`` (run by ``make bench`` in the
+FastMCP virtualenv); ``--only`` runs one group (``make bench BENCH_ARGS="--only
 subscriptions"``).
 """
 
@@ -35,7 +36,7 @@ import redis.asyncio as aioredis
 from mcp.server.streamable_http import EventMessage
 from mcp_types import JSONRPCNotification
 
-from benches import middleware, relay, subscriptions
+from benches import cluster, middleware, relay, subscriptions
 from benches.baseline import RedisPyEventStore
 from mcp_db import RedisEventStore
 from tests.support.redis_server import RedisServer
@@ -358,6 +359,11 @@ async def bench(args: argparse.Namespace) -> None:
             print()
         if args.only in (None, "subscriptions"):
             print("\n".join(await subscriptions.measure(server.url, args.quick, args.runs)))
+        if args.only in (None, "cluster"):
+            assert server.process is not None
+            lines = await cluster.measure(server.url, server.process.pid, args.quick, args.runs)
+            print("\n".join(lines))
+            print()
         if args.only == "fastmcp":  # in the FastMCP virtualenv: make bench runs it there
             from benches import fastmcp
 
@@ -376,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=3, help="timed runs per store (default 3)")
     parser.add_argument(
         "--only",
-        choices=("store", "middleware", "relay", "subscriptions", "fastmcp"),
+        choices=("store", "middleware", "relay", "subscriptions", "cluster", "fastmcp"),
         help="run one group of benchmarks",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print every run")

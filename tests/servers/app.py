@@ -2,7 +2,8 @@
 
 Run by the tests under uvicorn in a subprocess. Configured by environment:
 
-- ``MCP_DB_STORE``: ``redis`` (default) or ``memory``
+- ``MCP_DB_STORE``: ``redis`` (default), ``memory``, or ``none`` (the bare SDK: no event
+  store, no mcp-db at all; the cluster benchmark's baseline)
 - ``MCP_DB_REDIS_URL``, ``MCP_DB_PREFIX`` and ``MCP_DB_TIMEOUT_SECONDS`` for the Redis store
 - ``MCP_RETRY_MS``: the SSE ``retry`` the server sends (100 ms unless given)
 - ``MCP_DB_MIDDLEWARE``: wrap the app in ``SessionMiddleware``; then
@@ -30,8 +31,11 @@ from pydantic import BaseModel
 from mcp_db import MemoryEventStore, RedisEventStore
 from mcp_db._sdk import SDK_MAJOR, SDK_VERSION
 
-if os.environ.get("MCP_DB_STORE", "redis") == "memory":
-    store: Any = MemoryEventStore()
+STORE = os.environ.get("MCP_DB_STORE", "redis")
+if STORE == "none":
+    store: Any = None
+elif STORE == "memory":
+    store = MemoryEventStore()
 else:
     store = RedisEventStore(
         os.environ.get("MCP_DB_REDIS_URL", "redis://127.0.0.1:6379/0"),
@@ -291,5 +295,5 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
         bus=bus if BRIDGE else None,
         **middleware_options,
     )
-else:
+elif store is not None:
     store.attach(server.session_manager)

@@ -27,7 +27,7 @@ http {{
     uwsgi_temp_path {prefix}/uwsgi;
     scgi_temp_path {prefix}/scgi;
     upstream mcp {{
-{servers}
+{balance}{servers}
         keepalive 64;
     }}
 {opening}
@@ -67,13 +67,21 @@ OPENING = """\
 """
 
 
+#: Consistent hashing on the session ID: every request of a session goes to one backend
+#: (``initialize``, which has none, to any).
+HASH = "        hash $http_mcp_session_id consistent;\n"
+
+
 class Nginx:
     """Round-robins every request over ``backends`` (``host:port`` strings).
 
     With ``opening``, requests that carry no ``Mcp-Session-Id`` go to that backend instead.
+    With ``hash``, requests of one session all go to one backend (``HASH``).
     """
 
-    def __init__(self, backends: list[str], *, opening: str | None = None) -> None:
+    def __init__(
+        self, backends: list[str], *, opening: str | None = None, hash: bool = False
+    ) -> None:
         binary = shutil.which("nginx") or (
             "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
         )
@@ -87,6 +95,7 @@ class Nginx:
             CONFIG.format(
                 prefix=self.prefix,
                 servers=servers,
+                balance=HASH if hash else "",
                 port=self.port,
                 opening=OPENING.format(backend=opening) if opening else "",
                 target="$pool" if opening else "mcp",

@@ -1,0 +1,204 @@
+"""What N nodes cost: server CPU per request and requests per second, for one deployment
+against another, on this machine.
+
+Deployments of the test suite's SDK server (``tests/servers/app.py``), each under load in
+turn, interleaved over several runs:
+
+- ``bare SDK``: one node, the SDK alone (no event store, no mcp-db);
+- ``mcp-db, 1 node``: ``RedisEventStore`` and ``SessionMiddleware``;
+- ``3 nodes, round robin``: three such nodes behind nginx round robin;
+- ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``.
+
+Server CPU is read from ``/proc`` (user + system time of every node process and of
+redis-server, before and after a run); the load balancer's is not counted, the client's is
+reported apart. The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of
+its own: ``initialize``, then ``tools/call`` one after another, then DELETE. The client is a
+bare HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck. Ratios are of
+medians over the runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests._nodes import Node
+from tests.support.nginx import Nginx
+
+SESSIONS = 32
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@dataclass
+class Deployment:
+    name: str
+    nodes: list[Node]
+    balancer: Nginx | None = None
+    runs: list[tuple[float, float, float]] = field(default_factory=list)  # cpu/req, rps, client
+
+    @property
+    def port(self) -> int:
+        return self.balancer.port if self.balancer is not None else self.nodes[0].port
+
+    def start(self) -> Deployment:
+        for node in self.nodes:
+            node.start()
+        if self.balancer is not None:
+            self.balancer.start()
+        return self
+
+    def stop(self) -> None:
+        if self.balancer is not None:
+            self.balancer.stop()
+        for node in self.nodes:
+            node.stop()
+
+    def pids(self) -> list[int]:
+        return [n.process.pid for n in self.nodes if n.process is not None]
+
+
+def _deployments(redis_url: str) -> list[Deployment]:
+    env = {"MCP_DB_REDIS_URL": redis_url, "MCP_DB_PREFIX": "bench-cluster"}
+    wrapped = {**env, "MCP_DB_MIDDLEWARE": "1"}
+
+    def three(**balancer: Any) -> tuple[list[Node], Nginx]:
+        nodes = [Node(env=wrapped) for _ in range(3)]
+        return nodes, Nginx([f"127.0.0.1:{n.port}" for n in nodes], **balancer)
+
+    return [
+        Deployment("bare SDK, 1 node", [Node(env={**env, "MCP_DB_STORE": "none"})]),
+        Deployment("mcp-db, 1 node", [Node(env=wrapped)]),
+        Deployment("3 nodes, round robin", *three()),
+        Deployment("3 nodes, nginx hash", *three(hash=True)),
+    ]
+
+
+class _Connection:
+    """A kept-alive HTTP/1.1 connection that sends prepared requests and reads whole
+    responses (``Content-Length`` or chunked), with nothing else: the load generator must
+    cost far less than the servers it loads."""
+
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int
+    ) -> None:
+        self.reader, self.writer, self.port = reader, writer, port
+
+    @classmethod
+    async def open(cls, port: int) -> _Connection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port), port)
+
+    async def request(self, method: str, headers: dict[str, str], body: bytes = b"") -> tuple:
+        head = [f"{method} /mcp HTTP/1.1", f"host: 127.0.0.1:{self.port}"]
+        head.append(f"content-length: {len(body)}")
+        head += [f"{k}: {v}" for k, v in headers.items()]
+        self.writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status = int((await self.reader.readline()).split()[1])
+        found: dict[str, str] = {}
+        while (line := await self.reader.readline()) != b"\r\n":
+            name, _, value = line.decode().partition(":")
+            found[name.lower()] = value.strip()
+        if found.get("transfer-encoding") == "chunked":
+            chunks = []
+            while size := int((await self.reader.readline()).strip(), 16):
+                chunks.append(await self.reader.readexactly(size + 2))
+            await self.reader.readline()
+            data = b"".join(chunks)
+        else:
+            data = await self.reader.readexactly(int(found.get("content-length", "0")))
+        return status, found, data
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+_JSON = {"content-type": "application/json", "accept": "application/json, text/event-stream",
+         "mcp-protocol-version": "2025-06-18"}  # fmt: skip
+_INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+    "protocolVersion": "2025-06-18", "capabilities": {},
+    "clientInfo": {"name": "bench", "version": "0"}}}).encode()  # fmt: skip
+_INITIALIZED = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+
+
+async def _session(port: int, k: int, calls: int) -> int:
+    """One session: ``initialize``, ``calls`` calls in a row, DELETE; the requests made."""
+    connection = await _Connection.open(port)
+    try:
+        status, headers, data = await connection.request("POST", _JSON, _INIT)
+        if status != 200:
+            raise RuntimeError(f"port {port}: initialize got {status} {data[:200]!r}")
+        session = {**_JSON, "mcp-session-id": headers["mcp-session-id"]}
+        await connection.request("POST", session, _INITIALIZED)
+        for i in range(calls):
+            call = {"jsonrpc": "2.0", "id": i + 10, "method": "tools/call",
+                    "params": {"name": "echo", "arguments": {"text": f"k{k}"}}}  # fmt: skip
+            status, _, data = await connection.request("POST", session, json.dumps(call).encode())
+            if status != 200 or f'"k{k}"'.encode() not in data:
+                raise RuntimeError(f"port {port}: {status} {data[:200]!r}")
+        await connection.request("DELETE", session)
+    finally:
+        connection.close()
+    return calls + 3
+
+
+async def _load(port: int, calls: int) -> int:
+    """``SESSIONS`` sessions at once; the requests made."""
+    return sum(await asyncio.gather(*(_session(port, k, calls) for k in range(SESSIONS))))
+
+
+async def _run(deployment: Deployment, redis_pid: int, calls: int) -> None:
+    pids = [*deployment.pids(), redis_pid]
+    before = [_cpu_seconds(pid) for pid in pids]
+    client_before, started = time.process_time(), time.perf_counter()
+    requests = await _load(deployment.port, calls)
+    wall = time.perf_counter() - started
+    client = time.process_time() - client_before
+    server = sum(_cpu_seconds(pid) for pid in pids) - sum(before)
+    deployment.runs.append((server / requests * 1e6, requests / wall, client / requests * 1e6))
+
+
+async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> list[str]:
+    calls = 10 if quick else 40
+    runs = max(3, runs) if not quick else 1
+    deployments = _deployments(redis_url)
+    try:
+        for deployment in deployments:
+            deployment.start()
+        for deployment in deployments:  # warm-up: imports, connections, first sessions
+            await _load(deployment.port, 2)
+        for run in range(runs):
+            order = deployments if run % 2 == 0 else deployments[::-1]
+            for deployment in order:
+                await _run(deployment, redis_pid, calls)
+    finally:
+        for deployment in deployments:
+            deployment.stop()
+
+    def median(deployment: Deployment, i: int) -> float:
+        return statistics.median(r[i] for r in deployment.runs)
+
+    bare, one = median(deployments[0], 0), median(deployments[1], 0)
+    lines = [
+        f"cluster: server CPU per request (nodes + redis-server, from /proc), {SESSIONS} "
+        f"sessions x {calls} tools/call, median of {runs} interleaved run(s)",
+        f"  {'deployment':<24}{'CPU/request':>13}{'req/s':>9}{'vs bare':>9}{'vs 1 node':>11}"
+        f"{'client CPU/req':>16}",
+    ]
+    for d in deployments:
+        cpu = median(d, 0)
+        lines.append(
+            f"  {d.name:<24}{cpu:>10.0f} us{median(d, 1):>9.0f}{cpu / bare:>8.2f}x"
+            f"{cpu / one:>10.2f}x{median(d, 2):>13.0f} us"
+        )
+    return lines
