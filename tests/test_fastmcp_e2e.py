@@ -405,3 +405,44 @@ async def test_the_store_alone_on_one_node_resumes_streams_by_session(
     finally:
         client.close()
     assert keys and all(f"{{{session_id}}}" in key for key in keys), keys
+
+
+# -- the app's lifespan, run again -----------------------------------------------------------
+
+
+def test_each_lifespan_serves_through_the_manager_it_created(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """FastMCP creates a new session manager each time its app's lifespan starts (a test
+    client entered twice, an app restarted in-process): the middleware serves the new one,
+    records its sessions, and leaves the old one behind with its lifespan."""
+    from fastmcp import FastMCP
+    from starlette.testclient import TestClient
+
+    from mcp_db import RedisEventStore, SessionMiddleware
+
+    store = RedisEventStore(redis_server.url, prefix=prefix)
+    server = FastMCP("twice")
+
+    @server.tool
+    def echo(text: str) -> str:
+        return text
+
+    app = SessionMiddleware(server.http_app(event_store=store), store=store)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {},
+        "clientInfo": {"name": "twice", "version": "0"}}}  # fmt: skip
+    managers = []
+    for cycle in range(2):
+        with TestClient(app) as client:
+            opened = client.post("/mcp", json=init, headers=HEADERS)
+            headers = {**HEADERS, "mcp-session-id": opened.headers["mcp-session-id"]}
+            done = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            client.post("/mcp", json=done, headers=headers)
+            params = {"name": "echo", "arguments": {"text": f"cycle {cycle}"}}
+            call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": params}
+            assert f"cycle {cycle}" in client.post("/mcp", json=call, headers=headers).text
+            (endpoint,) = app.endpoints
+            managers.append(endpoint.manager)
+    assert managers[0] is not managers[1]
+    assert app.stats()["admitted"] == 2
