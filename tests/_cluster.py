@@ -1,5 +1,6 @@
 """A multi-node deployment on loopback: a redis-server, N uvicorn nodes of the test server
-with SessionMiddleware, and nginx round-robining every request over them."""
+with SessionMiddleware, and a load balancer in front of them: nginx round-robining every
+request over them, or HAProxy sending each session's requests to its owner."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import signal
 import httpx
 
 from tests._nodes import Node
+from tests.support.haproxy import HAProxy
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
 
@@ -21,8 +23,13 @@ class Cluster:
         size: int = 3,
         *,
         app: str = "tests.servers.app:app",
+        balancer: str = "nginx",
         **env_extra: str,
     ) -> None:
+        """``balancer``: ``nginx`` (round robin, ``examples/nginx.conf``'s settings) or
+        ``haproxy`` (``examples/haproxy.cfg``: a session's requests go to its owner)."""
+        assert balancer in ("nginx", "haproxy"), balancer
+        self.balancer = balancer
         env = {
             "MCP_DB_REDIS_URL": redis.url,
             "MCP_DB_PREFIX": prefix,
@@ -32,9 +39,10 @@ class Cluster:
         self.nodes = [Node(app, env=env) for _ in range(size)]
         self.lb = self._balancer()
 
-    def _balancer(self) -> Nginx:
-        """nginx round-robining over every node."""
-        return Nginx([f"127.0.0.1:{n.port}" for n in self.nodes])
+    def _balancer(self) -> Nginx | HAProxy:
+        """The chosen balancer over every node."""
+        backends = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        return HAProxy(backends) if self.balancer == "haproxy" else Nginx(backends)
 
     @property
     def url(self) -> str:

@@ -28,7 +28,8 @@ the repository root would. The environment has:
 - ``PATH`` with this Python's bin directory first, so ``python3`` and ``mcp-db`` are the
   ones installed with the package under test.
 
-A block that names a program a machine may lack (``curl``, ``nginx``, ``redis-cli``) is
+A block that names a program a machine may lack (``curl``, ``haproxy``, ``nginx``,
+``redis-cli``) is
 skipped there, saying which. ``mcp-db`` is never skipped: it is installed with the package.
 
 Links: every relative link in those files must name an existing file, and its ``#anchor``
@@ -57,7 +58,7 @@ PAGES = sorted(
     [ROOT / "README.md", *(ROOT / "docs").glob("*.md"), *(ROOT / "docs" / "deploy").glob("*.md")]
 )
 #: Programs a block may need that a machine may lack; the block is skipped without them.
-PROGRAMS = ("curl", "nginx", "redis-cli")
+PROGRAMS = ("curl", "haproxy", "nginx", "redis-cli")
 PREFIX = f"docs-{uuid.uuid4().hex[:8]}"
 BLOCK_SECONDS = 30
 MARK = "@@mcp-db-docs@@"
