@@ -7,7 +7,9 @@ turn, interleaved over several runs:
 - ``bare SDK``: one node, the SDK alone (no event store, no mcp-db);
 - ``mcp-db, 1 node``: ``RedisEventStore`` and ``SessionMiddleware``;
 - ``3 nodes, round robin``: three such nodes behind nginx round robin;
-- ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``.
+- ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``;
+- ``3 nodes, HAProxy stick``: behind HAProxy learning each session's node from the
+  ``Mcp-Session-Id`` response header (``examples/haproxy.cfg``).
 
 Server CPU is read from ``/proc`` (user + system time of every node process and of
 redis-server, before and after a run); the load balancer's is not counted, the client's is
@@ -28,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests._nodes import Node
+from tests.support.haproxy import HAProxy
 from tests.support.nginx import Nginx
 
 SESSIONS = 32
@@ -45,7 +48,7 @@ def _cpu_seconds(pid: int) -> float:
 class Deployment:
     name: str
     nodes: list[Node]
-    balancer: Nginx | None = None
+    balancer: Nginx | HAProxy | None = None
     runs: list[tuple[float, float, float]] = field(default_factory=list)  # cpu/req, rps, client
 
     @property
@@ -73,15 +76,16 @@ def _deployments(redis_url: str) -> list[Deployment]:
     env = {"MCP_DB_REDIS_URL": redis_url, "MCP_DB_PREFIX": "bench-cluster"}
     wrapped = {**env, "MCP_DB_MIDDLEWARE": "1"}
 
-    def three(**balancer: Any) -> tuple[list[Node], Nginx]:
+    def three(kind: type[Nginx] | type[HAProxy], **balancer: Any) -> tuple[list[Node], Any]:
         nodes = [Node(env=wrapped) for _ in range(3)]
-        return nodes, Nginx([f"127.0.0.1:{n.port}" for n in nodes], **balancer)
+        return nodes, kind([f"127.0.0.1:{n.port}" for n in nodes], **balancer)
 
     return [
         Deployment("bare SDK, 1 node", [Node(env={**env, "MCP_DB_STORE": "none"})]),
         Deployment("mcp-db, 1 node", [Node(env=wrapped)]),
-        Deployment("3 nodes, round robin", *three()),
-        Deployment("3 nodes, nginx hash", *three(hash=True)),
+        Deployment("3 nodes, round robin", *three(Nginx)),
+        Deployment("3 nodes, nginx hash", *three(Nginx, hash=True)),
+        Deployment("3 nodes, HAProxy stick", *three(HAProxy)),
     ]
 
 
