@@ -24,7 +24,9 @@ from tests.support.redis_server import RedisServer
 from tests.test_cluster import _settles, _step
 from tests.test_resume_e2e import RawSession
 
-pytestmark = pytest.mark.multinode
+# A multi-node scenario whose subject is the balancer's configuration, not the SDK: it
+# runs on the newest SDK line only (tests/conftest.py).
+pytestmark = [pytest.mark.multinode, pytest.mark.one_sdk_line]
 
 
 @pytest.fixture
