@@ -118,3 +118,17 @@ async def listening(url: str, **filters: Any) -> AsyncIterator[list[Any]]:
             tasks.start_soon(collect)
             yield heard
             tasks.cancel_scope.cancel()
+
+
+async def sse_events(response: Any) -> AsyncIterator[dict[str, str]]:
+    """The SSE events of an httpx streaming ``response`` that carry data, each as field ->
+    value, as they arrive."""
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if event.get("data"):
+                yield event
+            event = {}
+        elif ":" in line:
+            field, _, value = line.partition(":")
+            event[field] = value.removeprefix(" ")

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcp_db._core import key_of
-from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text
+from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text, sse_events
 from tests._cluster import Cluster
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
@@ -289,17 +289,10 @@ async def test_a_stream_cut_by_kill_9_resumes_from_redis_on_a_survivor(cluster: 
         }
         seen: list[dict[str, str]] = []
         async with http.stream("POST", victim.url, json=call, headers=session.headers()) as stream:
-            event: dict[str, str] = {}
-            async for line in stream.aiter_lines():
-                if line == "":
-                    if event.get("data"):
-                        seen.append(event)
-                    event = {}
-                    if len(seen) == 5:
-                        break
-                elif ":" in line:
-                    field, _, value = line.partition(":")
-                    event[field] = value.removeprefix(" ")
+            async for event in sse_events(stream):
+                seen.append(event)
+                if len(seen) == 5:
+                    break
         await asyncio.sleep(0.3)  # the tool goes on storing events nobody reads
         victim.stop(kill=True)  # kill -9 mid-call
         last = seen[-1]["id"]
@@ -309,15 +302,8 @@ async def test_a_stream_cut_by_kill_9_resumes_from_redis_on_a_survivor(cluster: 
         with anyio.move_on_after(6):
             async with http.stream("GET", cluster.url, headers=headers) as stream:
                 assert stream.status_code == 200
-                event = {}
-                async for line in stream.aiter_lines():
-                    if line == "":
-                        if event.get("data"):
-                            replayed.append(event)
-                        event = {}
-                    elif ":" in line:
-                        field, _, value = line.partition(":")
-                        event[field] = value.removeprefix(" ")
+                async for event in sse_events(stream):
+                    replayed.append(event)
     progress = [_step(json.loads(e["data"])) for e in seen + replayed]
     assert len(replayed) >= 5, "what the dead node stored before dying came back from Redis"
     assert progress == list(range(len(progress))), "exactly once, in order"

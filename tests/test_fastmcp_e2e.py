@@ -30,7 +30,7 @@ pytestmark = pytest.mark.fastmcp
 from fastmcp import Client  # noqa: E402
 from fastmcp.client.transports import StreamableHttpTransport  # noqa: E402
 
-from tests._client import client_session, result_text  # noqa: E402
+from tests._client import client_session, result_text, sse_events  # noqa: E402
 from tests._cluster import Cluster  # noqa: E402
 from tests._nodes import Node  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
@@ -299,19 +299,6 @@ async def test_delete_forged_and_expired_ids_are_404_on_every_node(
 # -- kill -9 --------------------------------------------------------------------------------
 
 
-def _events(lines: list[str]) -> list[dict[str, str]]:
-    events, event = [], {}
-    for line in lines:
-        if line == "":
-            if event.get("data"):
-                events.append(event)
-            event = {}
-        elif ":" in line:
-            field, _, value = line.partition(":")
-            event[field] = value.removeprefix(" ")
-    return events
-
-
 async def test_a_stream_cut_by_kill_9_of_its_owner_resumes_once_in_order(
     deployment: Deployment,
 ) -> None:
@@ -341,24 +328,21 @@ async def test_a_stream_cut_by_kill_9_of_its_owner_resumes_once_in_order(
             response = await http.post(deployment.url, json=remember, headers=headers)
             assert "kept on" in response.text, response.text
             seen: list[dict[str, str]] = []
-            lines: list[str] = []
             async with http.stream("POST", deployment.url, json=call, headers=headers) as stream:
-                async for line in stream.aiter_lines():
-                    lines.append(line)
-                    seen = _events(lines)
+                async for event in sse_events(stream):
+                    seen.append(event)
                     if len(seen) == 5:
                         break
             await anyio.sleep(0.3)  # the tool goes on storing events nobody reads
             owner = deployment.record(session_id)["owner"]
             os.kill(int(owner.rsplit(":", 1)[1]), signal.SIGKILL)
             resume = {**headers, "accept": "text/event-stream", "last-event-id": seen[-1]["id"]}
-            lines = []
+            replayed: list[dict[str, str]] = []
             with anyio.move_on_after(LEASE_SECONDS + 5):
                 async with http.stream("GET", deployment.url, headers=resume) as stream:
                     assert stream.status_code == 200
-                    async for line in stream.aiter_lines():
-                        lines.append(line)
-            replayed = _events(lines)
+                    async for event in sse_events(stream):
+                        replayed.append(event)
             recall = {
                 "jsonrpc": "2.0",
                 "id": 4,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import anyio
 import httpx
 import pytest
 
-from tests._client import client_session, result_text
+from tests._client import client_session, result_text, sse_events
 from tests._cluster import Cluster
 from tests._nodes import Node
 from tests.support.haproxy import HAProxy
@@ -132,7 +132,7 @@ async def test_a_stream_cut_by_kill_9_of_the_owner_resumes_on_a_survivor(
         seen: list[dict[str, str]] = []
         async with http.stream("POST", cluster.url, json=call, headers=session.headers()) as stream:
             assert node_at[lb.server(stream.headers["x-served-by"])] is owner
-            async for event in _events(stream):
+            async for event in sse_events(stream):
                 seen.append(event)
                 if len(seen) == 5:
                     break
@@ -152,7 +152,7 @@ async def test_a_stream_cut_by_kill_9_of_the_owner_resumes_on_a_survivor(
             async with http.stream("GET", cluster.url, headers=headers) as stream:
                 assert stream.status_code == 200, await stream.aread()
                 survivor = node_at[lb.server(stream.headers["x-served-by"])]
-                async for event in _events(stream):
+                async for event in sse_events(stream):
                     replayed.append(event)
                     scope.deadline = min(scope.deadline, anyio.current_time() + 1)
         assert survivor is not None and survivor is not owner
@@ -166,19 +166,6 @@ async def test_a_stream_cut_by_kill_9_of_the_owner_resumes_on_a_survivor(
         for _ in range(3):
             assert await session.answered_by(cluster.url) == str(survivor.process.pid)
     assert _relayed(cluster) == 0
-
-
-async def _events(stream: httpx.Response) -> AsyncIterator[dict[str, str]]:
-    """The SSE events with data of ``stream``, as field -> value."""
-    event: dict[str, str] = {}
-    async for line in stream.aiter_lines():
-        if line == "":
-            if event.get("data"):
-                yield event
-            event = {}
-        elif ":" in line:
-            field, _, value = line.partition(":")
-            event[field] = value.removeprefix(" ")
 
 
 async def test_delete_through_haproxy_gives_404_on_every_node(cluster: Cluster) -> None:

@@ -16,6 +16,7 @@ from tests._client import (
     client_session,
     kind,
     result_text,
+    sse_events,
 )
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
@@ -31,17 +32,10 @@ async def read_sse_events(url: str, headers: dict[str, str], count: int) -> list
     async with httpx.AsyncClient(timeout=10) as http:
         async with http.stream("GET", url, headers=headers) as response:
             assert response.status_code == 200, response.status_code
-            event: dict[str, str] = {}
-            async for line in response.aiter_lines():
-                if line == "":
-                    if event.get("data"):
-                        events.append(event)
-                        if len(events) == count:
-                            return events
-                    event = {}
-                elif ":" in line:
-                    field, _, value = line.partition(":")
-                    event[field] = value.removeprefix(" ")
+            async for event in sse_events(response):
+                events.append(event)
+                if len(events) == count:
+                    return events
     return events
 
 
