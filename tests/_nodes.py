@@ -7,7 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import httpx
 
 from tests.support.redis_server import free_port, stop_process, wait_listening
 
@@ -71,6 +74,21 @@ class Node:
             *("--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning"),
             *(["--workers", str(self.workers)] if self.workers > 1 else []),
         ]
+
+    def worker_pids(self, seconds: float = 20, besides: frozenset[int] = frozenset()) -> set[int]:
+        """The PIDs of the workers, once each of them has answered a connection of its own
+        (so all are up, and connections do get spread over them); ``besides`` excluded, as
+        if they had not answered. RuntimeError, with the node's output, after ``seconds``."""
+        pids: set[int] = set()
+        deadline = time.monotonic() + seconds
+        while len(pids) < self.workers:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only workers {pids} answered:\n{self.output()}")
+            with httpx.Client(timeout=5) as http:  # a new connection each time
+                pid = http.get(f"http://127.0.0.1:{self.port}/debug/pid").json()["pid"]
+            if pid not in besides:
+                pids.add(pid)
+        return pids
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""

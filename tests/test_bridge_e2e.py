@@ -119,17 +119,8 @@ class Deployment:
             return self
         assert self.node is not None
         self.node.start()
-        self._every_worker_answers()
+        self.node.worker_pids()
         return self
-
-    def _every_worker_answers(self) -> None:
-        assert self.node is not None
-        pids: set[int] = set()
-        deadline = time.monotonic() + 20
-        while len(pids) < 3:
-            assert time.monotonic() < deadline, f"only workers {pids} answered"
-            with httpx.Client(timeout=5) as http:  # a new connection each time
-                pids.add(http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"])
 
     def stop(self) -> None:
         if self.cluster is not None:
@@ -140,7 +131,7 @@ class Deployment:
     def revive(self) -> None:
         """Restarts the nodes that died (``--workers``: waits for the supervisor to)."""
         if self.cluster is None:
-            self._every_worker_answers()
+            self.node.worker_pids()
             return
         for node in self.cluster.nodes:
             if node.process is None or node.process.poll() is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -85,7 +84,7 @@ class Deployment:
         else:
             assert self.node is not None
             self.node.start()
-            self._wait_for_every_worker()
+            self.node.worker_pids(30)
         return self
 
     def stop(self) -> None:
@@ -93,19 +92,6 @@ class Deployment:
             self.cluster.stop()
         elif self.node is not None:
             self.node.stop()
-
-    def _wait_for_every_worker(self, seconds: float = 30) -> None:
-        assert self.node is not None
-        pids: set[int] = set()
-        deadline = time.monotonic() + seconds
-        while len(pids) < 3:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only workers {pids} answered:\n{self.node.output()}")
-            try:
-                with httpx.Client(timeout=5) as http:
-                    pids.add(http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"])
-            except httpx.HTTPError:
-                time.sleep(0.2)
 
     def http(self) -> httpx.AsyncClient:
         """An HTTP client; under ``workers`` one that opens a connection per request."""

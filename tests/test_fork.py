@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx
 import pytest
 import redis as redis_py
 
@@ -240,16 +239,7 @@ class Preloaded:
     def workers(self, seconds: float = 20, besides: frozenset[int] = frozenset()) -> set[int]:
         """The worker PIDs, once each of the three has answered a connection of its own,
         ``besides`` excluded (as answering)."""
-        pids: set[int] = set()
-        deadline = time.monotonic() + seconds
-        while len(pids) < self.node.workers:
-            if time.monotonic() > deadline:
-                pytest.fail(f"only workers {pids} answered:\n{self.node.output()}")
-            with httpx.Client(timeout=5) as http:  # a new connection each time
-                pid = http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"]
-            if pid not in besides:
-                pids.add(pid)
-        return pids
+        return self.node.worker_pids(seconds, besides)
 
     def is_worker(self, pid: int) -> bool:
         """Whether ``pid`` is a worker of this gunicorn (a child of its master)."""

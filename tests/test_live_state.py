@@ -98,7 +98,7 @@ class Deployment:
         try:
             self.node.start()
             if self.kind == "workers":
-                self._every_worker_answers()
+                self.node.worker_pids()
         except BaseException:
             self.node.stop()
             raise
@@ -121,18 +121,6 @@ class Deployment:
         if self.kind == "workers":
             return _parent_pid(pid) == self.node.process.pid
         return pid == self.node.process.pid
-
-    def _every_worker_answers(self, seconds: float = 20) -> None:
-        """Waits until each worker has answered a connection of its own: they are all up,
-        and connections do get spread over them."""
-        assert self.node is not None
-        pids: set[int] = set()
-        deadline = time.monotonic() + seconds
-        while len(pids) < self.node.workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"only workers {pids} answered:\n{self.node.output()}")
-            with httpx.Client(timeout=5) as http:  # a new connection each time
-                pids.add(http.get(f"http://127.0.0.1:{self.node.port}/debug/pid").json()["pid"])
 
     def announced_on_get_streams(self) -> dict[str, list[str]]:
         """The ``announce`` tags each session's GET stream stored, by stream key."""
