@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +40,12 @@ class Node:
         self.gunicorn_preload = gunicorn_preload
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self.log = Path(os.environ.get("TMPDIR", "/tmp")) / f"mcp-db-node-{self.port}.log"
+        # A file of its own: ports are reused, and a test reading the log of its node
+        # must not read what an earlier node on the same port wrote (a restart of this
+        # node appends to it).
+        fd, log = tempfile.mkstemp(prefix=f"mcp-db-node-{self.port}-", suffix=".log")
+        os.close(fd)
+        self.log = Path(log)
 
     @property
     def url(self) -> str:
