@@ -26,9 +26,10 @@ class Cluster:
         balancer: str = "nginx",
         **env_extra: str,
     ) -> None:
-        """``balancer``: ``nginx`` (round robin, ``examples/nginx.conf``'s settings) or
-        ``haproxy`` (``examples/haproxy.cfg``: a session's requests go to its owner)."""
-        assert balancer in ("nginx", "haproxy"), balancer
+        """``balancer``: ``nginx`` (round robin, ``examples/nginx.conf``'s settings),
+        ``nginx-hash`` (``examples/nginx-hash.conf``: consistent hashing on the session ID)
+        or ``haproxy`` (``examples/haproxy.cfg``: a session's requests go to its owner)."""
+        assert balancer in ("nginx", "nginx-hash", "haproxy"), balancer
         self.balancer = balancer
         env = {
             "MCP_DB_REDIS_URL": redis.url,
@@ -42,7 +43,9 @@ class Cluster:
     def _balancer(self) -> Nginx | HAProxy:
         """The chosen balancer over every node."""
         backends = [f"127.0.0.1:{n.port}" for n in self.nodes]
-        return HAProxy(backends) if self.balancer == "haproxy" else Nginx(backends)
+        if self.balancer == "haproxy":
+            return HAProxy(backends)
+        return Nginx(backends, hash=self.balancer == "nginx-hash")
 
     @property
     def url(self) -> str:

@@ -75,6 +75,25 @@ async def test_takeover_is_a_compare_and_set_on_owner_and_epoch(store: RedisEven
     assert (await c.claim("s1", won.owner, 2, 60_000)).outcome == ClaimOutcome.CLOSED
 
 
+async def test_an_owner_hands_a_session_to_another_node_by_compare_and_set(
+    store: RedisEventStore,
+) -> None:
+    await _record(store, "h1", "node-a")
+    a = store.deployment.ownership("node-a", 5000)
+    b = store.deployment.ownership("node-b", 5000)
+    handed = await a.hand_off("h1", "node-b", 1, 60_000)
+    assert (handed.outcome, handed.owner, handed.epoch) == (ClaimOutcome.CLAIMED, "node-b", 2)
+    record = await store.deployment.sessions().lookup("h1", 60_000)
+    assert record is not None and (record.owner, record.epoch) == ("node-b", 2)
+    # node-a no longer owns it at epoch 1: a second hand-off of its own is refused, and
+    # node-b's claim finds it holds the session already.
+    again = await a.hand_off("h1", "node-c", 1, 60_000)
+    assert (again.outcome, again.owner, again.epoch) == (ClaimOutcome.MOVED, "node-b", 2)
+    assert (await a.hand_off("h1", "node-b", 1, 60_000)).outcome == ClaimOutcome.HELD
+    assert (await b.claim("h1", "node-a", 1, 60_000)).outcome == ClaimOutcome.HELD
+    assert (await a.hand_off("gone", "node-b", 1, 60_000)).outcome == ClaimOutcome.MISSING
+
+
 async def test_a_stale_epoch_cannot_write_the_record(store: RedisEventStore) -> None:
     await _record(store, "s2", "node-a")
     records = store.deployment.sessions()
@@ -140,6 +159,7 @@ async def test_a_stale_owner_refuses_as_moved_and_the_relayer_finds_the_new_one(
         "MCP_DB_PREFIX": prefix,
         "MCP_DB_MIDDLEWARE": "1",
         "MCP_DB_LEASE_SECONDS": "1",
+        "MCP_DB_HAND_OFF": "0",  # B's requests in a row would move the session to B
     }
     a, b, c = (Node(env=env).start() for _ in range(3))
     admin = aioredis.Redis.from_url(redis_server.url, decode_responses=True)

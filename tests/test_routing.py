@@ -4,6 +4,7 @@ an event loop. Each test pins one branch, so inverting its rule fails it."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -37,6 +38,11 @@ from mcp_db.middleware.routing import (
     decide_by_record,
     decide_without_record,
     silent_owner,
+)
+from mcp_db.middleware.routing import (
+    HAND_OFF_CALM,
+    RELISTENING_FROM,
+    hand_off_to,
 )
 
 NODE = "node-a"
@@ -320,3 +326,94 @@ def test_remembered_owners_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     assert list(t.hints) == ["b", "c"]
     t.note_owner("b", NODE)  # known: replaced, nothing evicted
     assert t.hints == {"b": NODE, "c": OTHER}
+
+
+# -- hand-off: ownership follows the traffic -------------------------------------------------
+
+THIRD = "node-c"
+OLD_PROTOCOL = "2025-06-18"  # before clients listened again on their own
+
+
+def held_here(**fields: Any) -> Owned:
+    return Owned(epoch=1, principal="", gen=0, **fields)
+
+
+def test_two_requests_in_a_row_relayed_from_one_node_hand_the_session_to_it() -> None:
+    o = held_here()
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) is None, "one relay is no pattern"
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER
+
+
+def test_a_request_of_the_owners_own_client_or_another_node_breaks_the_streak() -> None:
+    o = held_here()
+    for arriving in (OTHER, None, OTHER, THIRD, OTHER, THIRD):
+        assert hand_off_to(o, arriving, RELISTENING_FROM) is None, arriving
+
+
+def test_a_call_in_flight_holds_the_session_until_it_ends() -> None:
+    o = held_here(in_flight=1)
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) is None
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) is None, "the call still runs here"
+    o.in_flight = 0
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER, "the next request moves it"
+
+
+def test_an_open_get_stream_moves_only_if_its_client_listens_again() -> None:
+    listening = held_here(in_flight=1, listening=1)
+    hand_off_to(listening, OTHER, OLD_PROTOCOL)
+    assert hand_off_to(listening, OTHER, OLD_PROTOCOL) is None
+    assert hand_off_to(listening, OTHER, None) is None
+    assert hand_off_to(listening, OTHER, RELISTENING_FROM) == OTHER
+    calling = held_here(in_flight=2, listening=1)
+    hand_off_to(calling, OTHER, RELISTENING_FROM)
+    assert hand_off_to(calling, OTHER, RELISTENING_FROM) is None, "and a call runs too"
+
+
+def test_a_session_handed_in_stays_for_its_calm_requests() -> None:
+    o = held_here(calm=HAND_OFF_CALM)
+    hand_off_to(o, None, RELISTENING_FROM)  # the request it was handed with, served here
+    moves = [hand_off_to(o, OTHER, RELISTENING_FROM) for _ in range(HAND_OFF_CALM - 1)]
+    assert moves[:-1] == [None] * (HAND_OFF_CALM - 2)
+    assert moves[-1] == OTHER, "its 64th request may move it again"
+
+
+def _simulate(
+    requests: int, pick: Any, nodes: tuple[str, ...] = (NODE, OTHER, THIRD)
+) -> tuple[int, int]:
+    """One session: ``initialize`` on ``pick(0)``, then ``requests`` requests, the ``i``-th
+    landing on ``pick(i)``. The owner runs ``hand_off_to`` on each request it serves; a
+    hand-off makes the relaying node the owner (calm), which serves that request itself,
+    as the middleware does. Returns (hand-offs, requests relayed and served elsewhere)."""
+    owner, state = pick(0), held_here()
+    moves = relayed = 0
+    for i in range(1, requests + 1):
+        lands = pick(i)
+        relayed_from = None if lands == owner else lands
+        to = hand_off_to(state, relayed_from, RELISTENING_FROM)
+        if to is not None:
+            moves += 1
+            owner, state = to, held_here(calm=HAND_OFF_CALM)
+            hand_off_to(state, None, RELISTENING_FROM)
+        elif relayed_from is not None:
+            relayed += 1
+    return moves, relayed
+
+
+def test_behind_round_robin_a_session_moves_at_most_once_in_40_requests() -> None:
+    rng = random.Random(15)
+    nodes = (NODE, OTHER, THIRD)
+    moved = [_simulate(40, lambda _: rng.choice(nodes))[0] for _ in range(5000)]
+    assert max(moved) == 1, "never twice"
+    assert sum(moved) > 4500, "and most sessions do move once (the rule is not inert)"
+    # Strict rotation, the other round robin: a session is never relayed twice in a row.
+    assert _simulate(40, lambda i: nodes[i % 3]) == (0, 27)
+    # A long session moves at most once per calm stretch.
+    long_moves = [_simulate(640, lambda _: rng.choice(nodes))[0] for _ in range(500)]
+    assert max(long_moves) <= 640 // HAND_OFF_CALM
+
+
+def test_behind_a_hash_on_the_session_it_is_relayed_once_then_served_where_it_lands() -> None:
+    # initialize carries no session ID, so it lands elsewhere; every later request lands on
+    # the node the hash picks.
+    moves, relayed = _simulate(40, lambda i: NODE if i == 0 else OTHER)
+    assert (moves, relayed) == (1, 1)

@@ -105,15 +105,15 @@ class Response:
         *,
         headers: tuple[tuple[bytes, bytes], ...] | None = None,
         retry_after: bool = False,
-        moved: bool = False,
+        moved: bytes | None = None,
         path: str | None = None,
     ) -> None:
         if headers is None:
             headers = ((b"content-type", b"application/json"),) if body else ()
         if retry_after:
             headers += ((b"retry-after", b"1"),)
-        if moved:
-            headers += ((MOVED_HEADER, b"1"),)
+        if moved is not None:
+            headers += ((MOVED_HEADER, moved),)
         self.status = status
         self.body = body
         self.headers = headers
@@ -150,7 +150,13 @@ FULL = Response(
     retry_after=True,
 )
 #: The session moved while this node held the request; nothing of it ran.
-MOVED = Response(503, _error(-32603, "Session moved; retry"), retry_after=True, moved=True)
+MOVED = Response(503, _error(-32603, "Session moved; retry"), retry_after=True, moved=b"1")
+#: Between nodes only: the owner handed the session to the node that relayed the request,
+#: which serves it now; nothing of it ran.
+HANDED_OFF_VALUE = b"handed-off"
+HANDED_OFF = Response(
+    503, _error(-32603, "Session moved; retry"), retry_after=True, moved=HANDED_OFF_VALUE
+)
 OWNER_BUSY = Response(503, _error(-32603, "Session owner not answering"), retry_after=True)
 OWNER_LOST = Response(503, _error(-32603, "Session owner went away"), retry_after=True)
 #: The manager is at ``max_sessions`` (the SDK answers 503 with no ``Retry-After`` too).

@@ -366,6 +366,10 @@ class Ownership:
         self, session: str, expected_owner: str, expected_epoch: int, ttl_ms: int
     ) -> Claim:
         """Takes ``session`` over from ``expected_owner`` at ``expected_epoch``."""
+    async def hand_off(self, session: str, to: str, epoch: int, ttl_ms: int) -> Claim:
+        """Hands ``session``, which this node owns at ``epoch``, to node ``to`` (epoch + 1).
+        ``CLAIMED``: ``to`` owns it now; ``HELD``: it did already; otherwise the session was
+        no longer this node's to give (``MOVED``, ``CLOSED``, ``MISSING``)."""
     async def touch(self, sessions: list[tuple[str, int]], ttl_ms: int) -> list[Touched]:
         """Slides the TTL of the ``(session, epoch)`` pairs this node owns and used."""
 

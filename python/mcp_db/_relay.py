@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from mcp_db._asgi import MOVED_HEADER, App, Message, Receive, Scope, Send
+from mcp_db._asgi import HANDED_OFF_VALUE, MOVED_HEADER, App, Message, Receive, Scope, Send
 from mcp_db._core import Chunk, Cut, End, Forward, Head, RelayedRequest, Whole
 
 logger = logging.getLogger("mcp_db")
@@ -79,6 +79,17 @@ def _is_stream(headers: list[tuple[bytes, bytes]]) -> bool:
     )
 
 
+def _moved(status: int, headers: list[tuple[bytes, bytes]]) -> Pumped | None:
+    """Whether a response is the owner's refusal of a session that moved: ``MOVED``, or
+    ``HANDED_OFF`` to the relaying node."""
+    if status != 503:
+        return None
+    for name, value in headers:
+        if name == MOVED_HEADER:
+            return Pumped.HANDED_OFF if value == HANDED_OFF_VALUE else Pumped.MOVED
+    return None
+
+
 class Pumped(enum.Enum):
     """What streaming a relayed response to the client came to (:func:`pump`)."""
 
@@ -88,6 +99,8 @@ class Pumped(enum.Enum):
     NOT_FOUND = "not-found"
     #: Nothing was sent: the owner refused, as the session moved from it, and ran nothing.
     MOVED = "moved"
+    #: Nothing was sent: the owner handed the session to this node, and ran nothing.
+    HANDED_OFF = "handed-off"
     #: Nothing was sent: the response broke off before it began (the owner was lost).
     OWNER_LOST = "owner-lost"
     #: Nothing was sent: the client went away before the response began.
@@ -129,9 +142,10 @@ async def pump(forward: Forward, receive: Receive, send: Send) -> Pumped:
                     break
             elif type(part) is Head or type(part) is Whole:
                 status, headers = part.status, part.headers
-                if status == 503 and any(name == MOVED_HEADER for name, _ in headers):
+                moved = _moved(status, headers)
+                if moved is not None:
                     forward.cancel()
-                    result = Pumped.MOVED
+                    result = moved
                     break
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 started = True

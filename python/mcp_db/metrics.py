@@ -278,6 +278,8 @@ def register(meter: Any) -> None:
         ("refused_initialize", "initialize requests refused for invalid params: no session"),
         ("rehydrated", "Sessions this node rebuilt from their Redis record"),
         ("taken_over", "Sessions this node took over from an owner that was gone"),
+        ("handed_off", "Sessions this node handed to the node relaying their requests"),
+        ("handed_in", "Sessions another node handed to this one"),
         ("refused_full", "initialize answered 503 because Redis was out of memory"),
     ]:
         counter(

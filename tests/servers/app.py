@@ -13,6 +13,8 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
 - ``MCP_DB_SUBSCRIPTIONS`` (mcp 2.x): ``RedisSubscriptionBus`` as the server's bus
 - ``MCP_DB_REQUEST_STATE_KEY`` (mcp 2.x): the request-state key every node shares (hex);
   a fixed test key unless given
+- ``MCP_DB_HAND_OFF=0``: ``SessionMiddleware(hand_off=False)``: sessions stay with their
+  owner until it is gone
 - ``MCP_DB_BRIDGE``: the same bus given to ``SessionMiddleware(bus=...)`` too, so its
   events reach handshake-era sessions (on mcp 1.x, the ``publish`` tool publishes on it)
 """
@@ -286,6 +288,8 @@ if os.environ.get("MCP_DB_MIDDLEWARE"):
     middleware_options: dict[str, Any] = {}
     if os.environ.get("MCP_DB_LEASE_SECONDS"):
         middleware_options["lease_seconds"] = float(os.environ["MCP_DB_LEASE_SECONDS"])
+    if os.environ.get("MCP_DB_HAND_OFF") == "0":
+        middleware_options["hand_off"] = False
     app = SessionMiddleware(
         app,
         store=store,

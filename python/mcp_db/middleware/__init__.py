@@ -149,6 +149,16 @@ class SessionMiddleware:
             session, ``ResourceUpdated(uri)`` to those that sent ``resources/subscribe`` for
             ``uri`` (recorded with the session, so it survives a takeover). See
             ``middleware/bridge.py`` and docs/subscriptions.md.
+        hand_off: move a session to the node its requests keep arriving at. When one node
+            relays a session's requests twice in a row and the owner holds no live state
+            of it (no call in flight, no GET stream its client would not open again), the
+            owner hands the session to that node (fenced, epoch + 1) instead of serving the
+            request, and that node serves it from then on. Behind a balancer that sends a
+            session to one node (hash on ``Mcp-Session-Id``), relaying then stops after
+            the first requests; behind round robin a session moves at most once per 64 of
+            its requests. Like a takeover, a hand-off rebuilds the session on its new node:
+            state a server keeps in process memory per session stays behind. ``False``:
+            sessions move only when their owner is gone.
     """
 
     def __init__(
@@ -164,6 +174,7 @@ class SessionMiddleware:
         release_on_sigterm: bool = True,
         relay_secret: bytes | str | None = None,
         bus: RedisSubscriptionBus | None = None,
+        hand_off: bool = True,
     ) -> None:
         if not isinstance(store, RedisEventStore):
             raise ConfigError(
@@ -190,6 +201,7 @@ class SessionMiddleware:
         self._relay_timeout_ms = _positive_ms("relay_timeout_seconds", relay_timeout_seconds)
         self._release_on_sigterm = release_on_sigterm
         self._relay_secret = _relay_secret(relay_secret)
+        self._hand_off = bool(hand_off)
         #: Counters for tests and operators (see ``stats()``), of every endpoint.
         self.counters = Counters()
         #: One per stateful session manager in the app, built when the app starts.
@@ -214,6 +226,8 @@ class SessionMiddleware:
     def stats(self) -> dict[str, int]:
         """Counters: ``admitted``, ``refused_initialize``, ``refused_full`` (``initialize``
         answered 503: Redis out of memory), ``rehydrated``, ``taken_over``,
+        ``handed_off`` and ``handed_in`` (sessions this node handed to another, and got
+        from another, see ``hand_off``),
         ``not_found.<reason>``, ``lock_waits.<lock>``, ``redis_errors.<operation>`` and
         ``relay.<counter>`` (the relay's own), and with a ``bus``, ``bridge.delivered`` and
         ``bridge.dropped`` (notifications to handshake-era sessions). What the
@@ -307,6 +321,7 @@ class SessionMiddleware:
             relay_timeout_ms=self._relay_timeout_ms,
             release_on_sigterm=self._release_on_sigterm,
             relay_secret=self._relay_secret,
+            hand_off=self._hand_off,
         )
         install()  # the SDK can now rebuild sessions initialized (idempotent)
         endpoints = []

@@ -31,6 +31,8 @@ class Counters:
 
     __slots__ = (
         "admissions",
+        "handed_in",
+        "handed_off",
         "lock_waits",
         "not_found",
         "redis_errors",
@@ -48,6 +50,9 @@ class Counters:
         self.refused_initialize = 0
         self.rehydrations = 0
         self.takeovers = 0
+        #: Sessions this node handed to the node relaying their requests, and got so.
+        self.handed_off = 0
+        self.handed_in = 0
         self.relayed_out = 0
         self.relayed_in = 0
         #: ``initialize`` answered 503 because Redis was out of memory.
@@ -65,6 +70,8 @@ class Counters:
             "refused_initialize": self.refused_initialize,
             "rehydrated": self.rehydrations,
             "taken_over": self.takeovers,
+            "handed_off": self.handed_off,
+            "handed_in": self.handed_in,
             "refused_full": self.refused_full,
         }
         for prefix, counter in (

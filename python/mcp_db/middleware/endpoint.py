@@ -69,6 +69,7 @@ class Settings:
     relay_timeout_ms: int
     release_on_sigterm: bool
     relay_secret: bytes | None
+    hand_off: bool = True
 
 
 def stores_for(
@@ -184,6 +185,8 @@ class Endpoint:
             bus=news,
             counters=counters,
             ttl_ms=ttl_ms,
+            ownership=ownership if settings.hand_off else None,
+            reroute=self._in_session,
         )
         self._forwarder = Forwarder(
             relay=relay,

@@ -195,6 +195,8 @@ class Forwarder:
                 return FAILED
             if result is Pumped.CLIENT_LEFT:
                 return FAILED
+            if result is Pumped.HANDED_OFF:
+                request.handed_in = True  # the record names this node now: it serves
             self.table.hints.pop(session_id, None)
             if result is Pumped.NOT_FOUND:  # the owner counted its 404
                 scope[PATH] = "relayed"

@@ -1,23 +1,35 @@
 """Serving a session as its owner: rebuilding its transport under the per-session lock if
-this node does not hold it, keeping its record ACTIVE, and DELETE."""
+this node does not hold it, keeping its record ACTIVE, DELETE, and handing the session to
+the node its requests keep arriving at (``routing.hand_off_to``)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
 
-from mcp_db._asgi import CLOSED, MOVED, NOT_FOUND, PATH, TOO_MANY, UNAVAILABLE, App
-from mcp_db._core import Refusal, Transition
+from mcp_db._asgi import (
+    CLOSED,
+    HANDED_OFF,
+    MOVED,
+    NOT_FOUND,
+    PATH,
+    TOO_MANY,
+    UNAVAILABLE,
+    App,
+)
+from mcp_db._core import ClaimOutcome, Refusal, Transition
+from mcp_db._relay import RELAYED
 from mcp_db._sdk.rehydrate import TooManySessions, rehydrate
 from mcp_db.errors import McpDbError
 from mcp_db.middleware.counters import Counters
 from mcp_db.middleware.node import Bus
 from mcp_db.middleware.ownership import Owned, Ownership
-from mcp_db.middleware.routing import NotFound, Record, Request
+from mcp_db.middleware.routing import HAND_OFF_CALM, NotFound, Record, Request, hand_off_to
 
 logger = logging.getLogger("mcp_db")
 
@@ -52,6 +64,8 @@ class Owner:
         bus: Bus,
         counters: Counters,
         ttl_ms: int,
+        ownership: Any = None,
+        reroute: Callable[[Request], Awaitable[None]] | None = None,
     ) -> None:
         self.inner = inner
         self.manager = manager
@@ -60,6 +74,10 @@ class Owner:
         self.bus = bus
         self.counters = counters
         self.ttl_ms = ttl_ms
+        #: The node's ``Ownership`` (its hand-offs), or ``None``: sessions are not handed off.
+        self.ownership = ownership
+        #: Routes a request of this node's client again, when its session moved meanwhile.
+        self.reroute = reroute
         self._locks: dict[str, anyio.Lock] = {}
 
     async def serve_as_owner(self, request: Request, record: Record, epoch: int) -> None:
@@ -67,6 +85,10 @@ class Owner:
         session_id = request.session_id
         owned = self.table.adopt(session_id, epoch, record.principal, record.subscriptions)
         owned.active = owned.active or record.state == "ACTIVE"
+        if request.handed_in:
+            request.handed_in = False
+            owned.calm = HAND_OFF_CALM
+            self.counters.handed_in += 1
         if not self.table.holds(session_id):
             try:
                 if await self._rehydrate(session_id, record, request.version):
@@ -77,9 +99,19 @@ class Owner:
         await self.serve_owned(request, owned)
 
     async def serve_owned(self, request: Request, owned: Owned) -> None:
-        if request.scope["method"] == "DELETE":
+        if owned.moving is not None:
+            await owned.moving.wait()  # a hand-off of the session is under way
+            if self.table.owned.get(request.session_id) is not owned:
+                await self._elsewhere(request)
+                return
+        method = request.scope["method"]
+        if method == "DELETE":
             await self._close(request, owned)
             return
+        if self.ownership is not None:
+            to = hand_off_to(owned, request.scope.get(RELAYED), request.version)
+            if to is not None and await self._hand_off(request, owned, to):
+                return
         if not owned.active:
             try:
                 await self.records.transition(
@@ -93,12 +125,52 @@ class Owner:
                 logger.warning("cannot mark session %s active: %s", request.session_id[:8], exc)
         owned.used = True
         owned.last_used = time.monotonic()
+        listening = method == "GET"
         owned.in_flight += 1
+        owned.listening += listening
         try:
             await self.inner(request.scope, request.receive, request.send)
         finally:
             owned.in_flight -= 1
+            owned.listening -= listening
             owned.last_used = time.monotonic()
+
+    async def _hand_off(self, request: Request, owned: Owned, to: str) -> bool:
+        """Hands the session to node ``to``, which relayed this request, instead of serving
+        it: ``to`` reads the record and serves the request as the owner. Requests arriving
+        here meanwhile wait, then go where the session went. ``False`` if Redis could not
+        be asked: the request is served here."""
+        session_id, scope, send = request.session_id, request.scope, request.send
+        owned.moving = moving = anyio.Event()
+        try:
+            try:
+                assert self.ownership is not None
+                handed = await self.ownership.hand_off(session_id, to, owned.epoch, self.ttl_ms)
+            except McpDbError as exc:
+                self.counters.redis_errors["hand_off"] += 1
+                logger.warning("cannot hand session %s to %s: %s", session_id[:8], to, exc)
+                return False
+            if handed.outcome in (ClaimOutcome.CLAIMED, ClaimOutcome.HELD):
+                await self.table.let_go(session_id, f"handed to {to} at epoch {handed.epoch}")
+                self.table.note_owner(session_id, to)
+                self.counters.handed_off += 1
+                await HANDED_OFF.send(scope, send)
+                await self.bus.taken_over(session_id, to, handed.epoch)
+            else:  # closed, expired or taken over meanwhile: the relaying node reads it
+                await self.table.let_go(session_id, f"no longer here to hand ({handed.outcome})")
+                await MOVED.send(scope, send)
+            return True
+        finally:
+            owned.moving = None
+            moving.set()
+
+    async def _elsewhere(self, request: Request) -> None:
+        """A request that waited here for its session's hand-off: a relayed one is refused
+        as moved (its node reads the record again); this node's own is routed again."""
+        if request.relayed or self.reroute is None:
+            await MOVED.send(request.scope, request.send)
+        else:
+            await self.reroute(request)
 
     async def _close(self, request: Request, owned: Owned) -> None:
         # CLOSED first: from this moment every node answers 404. Without Redis the session

@@ -31,6 +31,16 @@ class Owned:
     last_used: float = 0.0
     #: The resources its client subscribed to (``resources/subscribe``), as recorded.
     subscriptions: set[str] = field(default_factory=set)
+    #: Of ``in_flight``, the GET streams (listening, or resuming a stream).
+    listening: int = 0
+    #: The node that relayed the last requests of the session here, and how many in a row
+    #: (``routing.hand_off_to``).
+    streak_from: str | None = None
+    streak: int = 0
+    #: Requests to serve before the session may be handed on again.
+    calm: int = 0
+    #: Set while the session is being handed to another node: requests here wait for it.
+    moving: Any = None
 
 
 class Ownership:

@@ -31,6 +31,8 @@ class Request:
     relayed: bool
     #: Who sent it, as the SDK binds sessions to it (``_sdk.auth.principal``).
     principal: str
+    #: The owner handed the session to this node instead of serving the request.
+    handed_in: bool = False
 
     @property
     def method(self) -> str:
@@ -152,6 +154,17 @@ CLAIMED_ELSEWHERE = ClaimedElsewhere()
 NOT_FOUND_OTHER_PRINCIPAL = NotFound("other_principal")
 #: Relays of one request to successive owners before the client gets 503.
 MAX_MOVES = 3
+#: Requests of a session relayed in a row from one node that make its owner hand the
+#: session to that node (``hand_off_to``).
+HAND_OFF_AFTER = 2
+#: Requests a session's new owner serves before it may hand the session on again. Behind
+#: round robin the next node is anybody's guess, so without it a session would follow
+#: every lucky streak; with it, a session moves at most once per this many requests.
+HAND_OFF_CALM = 64
+#: The protocol version from which a client listens again, with ``Last-Event-ID``, when the
+#: server ends its GET stream (SSE polling, protocol 2025-11-25). An older client would stop
+#: hearing the server: its open GET stream keeps the session where it is.
+RELISTENING_FROM = "2025-11-25"
 
 
 # -- the rules -------------------------------------------------------------------------------
@@ -270,3 +283,28 @@ def after_claim(outcome: ClaimOutcome) -> Claimed | NotFound | ClaimedElsewhere:
     if outcome == ClaimOutcome.MISSING:
         return NotFound("expired")
     return CLAIMED_ELSEWHERE  # MOVED: another node took it over first
+
+
+def hand_off_to(owned: Owned, relayed_from: str | None, version: str | None) -> str | None:
+    """Counts one request the owner is about to serve, and says to which node to hand the
+    session instead, if any: the node that relayed its last ``HAND_OFF_AFTER`` requests in
+    a row, once the session is calm, and only while the owner holds no live state of it.
+    Live state is a request in flight (a call, or a server→client request awaiting its
+    answer, which belongs to one), or a GET stream whose client would not listen again.
+    ``relayed_from``: the node that relayed the request (``None``: this node's own client);
+    ``version``: its ``MCP-Protocol-Version``."""
+    if owned.calm:
+        owned.calm -= 1
+    if relayed_from is None:
+        owned.streak_from, owned.streak = None, 0
+        return None
+    if relayed_from != owned.streak_from:
+        owned.streak_from, owned.streak = relayed_from, 0
+    owned.streak += 1
+    if owned.streak < HAND_OFF_AFTER or owned.calm:
+        return None
+    if owned.in_flight > owned.listening:
+        return None  # a call in flight: the next request asks again
+    if owned.listening and (version is None or version < RELISTENING_FROM):
+        return None
+    return relayed_from

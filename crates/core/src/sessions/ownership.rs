@@ -25,7 +25,8 @@ use crate::keys::record_key;
 use crate::now_ms;
 use crate::sessions::records::{reply_int as int, reply_text as text};
 
-/// KEYS[1] record; ARGV node expected_owner expected_epoch ttl_ms now_ms.
+/// KEYS[1] record; ARGV node expected_owner expected_epoch ttl_ms now_ms: makes `node` the
+/// owner (a takeover, or a hand-off when the owner runs it for another node).
 /// Returns {claimed (0/1), owner, epoch, why}.
 ///
 /// `allow-oom`: a takeover must work while Redis is at `maxmemory` with `noeviction` (it
@@ -184,9 +185,21 @@ impl Owner {
 
     /// Takes `session` over from `expected_owner` at `expected_epoch` (see the module doc).
     pub async fn claim(&self, session: &str, expected_owner: &str, expected_epoch: i64, ttl_ms: u64) -> Result<Claim> {
+        self.set_owner(session, &self.node, expected_owner, expected_epoch, ttl_ms).await
+    }
+
+    /// Hands `session`, which this node owns at `epoch`, to node `to`: the same
+    /// compare-and-set as a claim, made by the owner for another node (epoch + 1). `Claimed`:
+    /// `to` owns it now; `Held`: `to` owned it already; otherwise it was no longer this
+    /// node's to give.
+    pub async fn hand_off(&self, session: &str, to: &str, epoch: i64, ttl_ms: u64) -> Result<Claim> {
+        self.set_owner(session, to, &self.node, epoch, ttl_ms).await
+    }
+
+    async fn set_owner(&self, session: &str, owner: &str, expected_owner: &str, expected_epoch: i64, ttl_ms: u64) -> Result<Claim> {
         let key = record_key(&self.prefix, session);
         let mut call = self.claim.key(&key);
-        call.arg(&self.node).arg(expected_owner).arg(expected_epoch).arg(ttl_ms).arg(now_ms());
+        call.arg(owner).arg(expected_owner).arg(expected_epoch).arg(ttl_ms).arg(now_ms());
         let reply: Vec<redis::Value> = self.connector.invoke(&call).await?;
         Ok(Claim {
             outcome: ClaimOutcome::read(int(reply.first()) == 1, &text(reply.get(3))),

@@ -1,0 +1,263 @@
+"""Ownership follows the traffic. Three nodes behind nginx hashing on ``Mcp-Session-Id``
+(``examples/nginx-hash.conf``): ``initialize`` carries no session ID and lands on any node,
+which owns the session; every later request lands on the node the hash picks, which relays
+it until the owner hands the session over. Then nothing is relayed any more.
+
+What is relayed is counted by the relay itself (``relay.forwarded`` in each node's
+``/debug/stats``); who owns a session at which epoch is read from its record in Redis; the
+node nginx picked for each request is in its access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+
+from tests._client import AUTO_RESUME, client_session, result_text
+from tests._cluster import Cluster
+from tests.support.nginx import HASH, Nginx
+from tests.support.redis_server import RedisServer
+from tests.test_cluster import _step
+from tests.test_resume_e2e import RawSession
+
+pytestmark = pytest.mark.multinode
+
+
+@pytest.fixture
+def cluster(redis_server: RedisServer, prefix: str) -> Iterator[Cluster]:
+    c = Cluster(redis_server, prefix, size=3, balancer="nginx-hash", MCP_DB_LEASE_SECONDS="2")
+    yield c.start()
+    c.stop()
+
+
+def _counters(cluster: Cluster) -> list[dict[str, int]]:
+    """The middleware's counters of every live node."""
+    return [
+        httpx.get(f"http://127.0.0.1:{n.port}/debug/stats").json()["middleware"]
+        for n in cluster.nodes
+        if n.process is not None and n.process.poll() is None
+    ]
+
+
+def _total(cluster: Cluster, key: str) -> int:
+    return sum(c.get(key, 0) for c in _counters(cluster))
+
+
+async def _owner(redis: RedisServer, prefix: str, session_id: str) -> tuple[str, int]:
+    """The owner and epoch the session's record names."""
+    admin = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        owner, epoch = await admin.hmget(f"{prefix}:s:{{{session_id}}}", ["owner", "epoch"])
+    finally:
+        await admin.aclose()
+    return str(owner), int(epoch)
+
+
+def _node_name(cluster: Cluster, port: str) -> str:
+    """The node ID (``node-<pid>``, tests/servers/app.py) of the node on ``port``."""
+    (node,) = [n for n in cluster.nodes if str(n.port) == port]
+    assert node.process is not None
+    return f"node-{node.process.pid}"
+
+
+def _last_upstream(cluster: Cluster) -> str:
+    """The node (its ID) nginx sent the last request to."""
+    assert isinstance(cluster.lb, Nginx)
+    return _node_name(cluster, cluster.lb.upstreams()[-1].rsplit(":", 1)[1])
+
+
+async def _ping(session: RawSession) -> None:
+    reply = await session.post({"jsonrpc": "2.0", "id": next(session.request_ids), "method": "ping"})
+    assert reply.status_code == 200, reply.text
+    assert "mcp-db-moved" not in reply.headers, "the hand-off never reaches the client"
+
+
+async def _sessions_owned_elsewhere(
+    http: httpx.AsyncClient, cluster: Cluster, redis: RedisServer, prefix: str, count: int
+) -> list[tuple[RawSession, str]]:
+    """``count`` sessions whose ``initialize`` landed on another node than the one the hash
+    picks for them, each with the node picked, before any request of theirs was relayed."""
+    found: list[tuple[RawSession, str]] = []
+    for _ in range(20 * count):
+        session = await RawSession(http, cluster.url).initialize()
+        owner, _ = await _owner(redis, prefix, session.id)
+        await session.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
+        picked = _last_upstream(cluster)
+        if picked != owner:
+            found.append((session, picked))
+            if len(found) == count:
+                return found
+    raise AssertionError(f"only {len(found)} sessions opened on another node than their hash")
+
+
+async def test_behind_a_hash_relaying_stops_after_the_first_requests(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    async with httpx.AsyncClient(timeout=20) as http:
+        sessions = await _sessions_owned_elsewhere(http, cluster, redis_server, prefix, 6)
+        for session, _ in sessions:
+            await _ping(session)  # the second request in a row from the picked node
+        settled = _total(cluster, "relay.forwarded")
+        for session, picked in sessions:
+            assert await _owner(redis_server, prefix, session.id) == (picked, 2), "handed over"
+        for _ in range(10):
+            for session, picked in sessions:
+                await _ping(session)
+                pid = await session.answered_by(cluster.url)
+                assert f"node-{pid}" == picked, "served where the balancer sends it"
+        assert _total(cluster, "relay.forwarded") == settled, "nothing relayed any more"
+        # Each session: the notification relayed, then the ping the owner handed over for.
+        assert settled == 2 * len(sessions)
+        assert _total(cluster, "handed_off") == _total(cluster, "handed_in") == len(sessions)
+        assert _total(cluster, "rehydrated") == len(sessions)
+
+
+@pytest.mark.skipif(not AUTO_RESUME, reason="mcp 1.12's client does not listen again")
+async def test_the_sdk_client_s_session_moves_with_its_get_stream_and_stays(
+    cluster: Cluster,
+) -> None:
+    """The SDK's client keeps a GET stream open. Its protocol (2025-11-25) has clients
+    listen again when the server ends that stream, so an owner with only that stream open
+    hands the session over; the client listens again at its new owner, and nothing of the
+    session is relayed from then on."""
+    for _ in range(10):  # until a session opens on another node than its hash picks
+        async with client_session(cluster.url) as session:
+            ran_on = []
+            for i in range(3):
+                assert result_text(await session.call_tool("echo", {"text": f"{i}"})) == f"{i}"
+                ran_on.append(result_text(await session.call_tool("whoami", {})))
+            if not _total(cluster, "handed_off"):
+                continue  # it opened where the hash sends it: nothing to move
+            await asyncio.sleep(1.5)  # the client listens again after its 1 s delay
+            settled = _total(cluster, "relay.forwarded")
+            for i in range(5):
+                ran_on.append(result_text(await session.call_tool("whoami", {})))
+                assert result_text(await session.call_tool("echo", {"text": f"{i}"})) == f"{i}"
+            assert _total(cluster, "relay.forwarded") == settled, "nothing relayed any more"
+            assert len(set(ran_on[-5:])) == 1, ran_on
+            assert _total(cluster, "handed_off") == 1
+            return
+    raise AssertionError("no session was handed off")
+
+
+def test_the_recipe_hashes_as_the_tests_do() -> None:
+    recipe = (Path(__file__).parent.parent / "examples" / "nginx-hash.conf").read_text()
+    assert HASH.strip() in recipe
+
+
+def _call_steps(n: int, delay: float) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "steps",
+            "arguments": {"n": n, "delay": delay},
+            "_meta": {"progressToken": "hand-off"},
+        },
+    }
+
+
+async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        ((session, picked),) = await _sessions_owned_elsewhere(
+            http, cluster, redis_server, prefix, 1
+        )
+        first_owner, _ = await _owner(redis_server, prefix, session.id)
+        # A request straight to the owner breaks the streak the notification began: the
+        # call is then the first of a new one, and runs on the owner.
+        (owner_node,) = [
+            n for n in cluster.nodes if _node_name(cluster, str(n.port)) == first_owner
+        ]
+        direct = RawSession(http, owner_node.url)
+        direct.id = session.id
+        await _ping(direct)
+        messages: list[dict[str, Any]] = []
+
+        async def call() -> None:
+            headers = session.headers()
+            async with http.stream("POST", cluster.url, json=_call_steps(20, 0.1),
+                                   headers=headers) as response:  # fmt: skip
+                assert response.status_code == 200
+                async for line in response.aiter_lines():
+                    if line.startswith("data:"):
+                        messages.append(json.loads(line[5:]))
+
+        task = asyncio.create_task(call())
+        while not messages:
+            await asyncio.sleep(0.02)
+        for _ in range(4):  # requests in a row from the picked node, while the call runs
+            await _ping(session)
+            assert await _owner(redis_server, prefix, session.id) == (first_owner, 1)
+        await task
+        steps = [_step(m) for m in messages if m.get("method") is not None]
+        assert steps == list(range(20)), "every step once, in order"
+        results = [m for m in messages if "result" in m]
+        assert len(results) == 1 and "done 20" in json.dumps(results[0]), results
+        await _ping(session)  # the call is over: this one moves the session
+        assert await _owner(redis_server, prefix, session.id) == (picked, 2)
+        relayed = _total(cluster, "relay.forwarded")
+        await _ping(session)
+        assert _total(cluster, "relay.forwarded") == relayed
+
+
+async def test_after_kill_9_a_nodes_sessions_move_once_to_where_the_ring_sends_them(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    async with httpx.AsyncClient(timeout=30) as http:
+        sessions = []
+        for _ in range(9):
+            session = await RawSession(http, cluster.url).open()
+            for _ in range(2):
+                await _ping(session)
+            sessions.append(session)
+        before = {s.id: await _owner(redis_server, prefix, s.id) for s in sessions}
+        owners = {owner for owner, _ in before.values()}
+        victim = next(n for n in cluster.nodes if f"node-{n.process.pid}" in owners)  # type: ignore[union-attr]
+        victim_name = f"node-{victim.process.pid}"  # type: ignore[union-attr]
+        os.kill(victim.process.pid, signal.SIGKILL)  # type: ignore[union-attr]
+        victim.process.wait()  # type: ignore[union-attr]
+        for _ in range(3):
+            for session in sessions:
+                await session.answered_by(cluster.url, retry_for=10)
+        after = {s.id: await _owner(redis_server, prefix, s.id) for s in sessions}
+        for session_id, (owner, epoch) in before.items():
+            if owner == victim_name:
+                assert after[session_id][0] != victim_name
+                assert after[session_id][1] == epoch + 1, "taken over once, not handed on"
+            else:
+                assert after[session_id] == (owner, epoch), "the ring did not move it"
+        # And the survivors serve them where nginx now sends them: nothing is relayed.
+        relayed = _total(cluster, "relay.forwarded")
+        for session in sessions:
+            await _ping(session)
+        assert _total(cluster, "relay.forwarded") == relayed
+
+
+async def test_behind_round_robin_a_session_moves_at_most_once_in_40_requests(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    cluster = Cluster(redis_server, prefix, size=3).start()
+    try:
+        async with httpx.AsyncClient(timeout=20) as http:
+            sessions = [await RawSession(http, cluster.url).open() for _ in range(8)]
+            for _ in range(39):  # with the notification, 40 requests after initialize
+                await asyncio.gather(*(_ping(s) for s in sessions))
+            epochs = [(await _owner(redis_server, prefix, s.id))[1] for s in sessions]
+        handed = _total(cluster, "handed_off")
+        assert all(epoch <= 2 for epoch in epochs), epochs  # one hand-off at most each
+        assert handed == sum(epoch - 1 for epoch in epochs), (handed, epochs)
+        assert handed == _total(cluster, "handed_in")
+        assert _total(cluster, "taken_over") == 0
+    finally:
+        cluster.stop()
