@@ -116,6 +116,8 @@ class Paths(Cluster):
         assert path in PATHS, path
         assert size >= 2, "the relayed path needs a node besides the owner"
         self.path = path
+        # Every request of the relayed path stays relayed: no hand-off to the relaying node.
+        env.setdefault("MCP_DB_HAND_OFF", "0")
         super().__init__(redis, prefix, size=size, **env)
         self.faults = Faults(redis, self.nodes)
 

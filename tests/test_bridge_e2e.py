@@ -99,7 +99,12 @@ class Deployment:
     request on a new connection, so the kernel spreads them over the workers)."""
 
     def __init__(self, kind: str, redis: RedisServer, prefix: str) -> None:
-        env = {"MCP_DB_BRIDGE": "1", "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS)}
+        env = {
+            "MCP_DB_BRIDGE": "1",
+            "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS),
+            # Each actor's calls run on the node that owns its session: no hand-offs.
+            "MCP_DB_HAND_OFF": "0",
+        }
         self.workers = kind == "workers"
         self.cluster: Cluster | None = None
         self.node: Node | None = None

@@ -229,6 +229,8 @@ class Preloaded:
             "MCP_DB_MIDDLEWARE": "1",
             "MCP_DB_DEFAULT_NODE_ID": "1",
             "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS),
+            # The tests find the owning worker, then act on it: the session stays there.
+            "MCP_DB_HAND_OFF": "0",
         }
         self.node = Node(env=env, workers=3, gunicorn_preload=True)
 

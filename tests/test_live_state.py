@@ -79,7 +79,10 @@ class Deployment:
         if kind in ("cluster", "redis-cluster"):
             self.cluster = Cluster(redis, prefix, size=3, **env)  # type: ignore[arg-type]
         elif kind == "workers":
-            self.node = Node(env={**base, "MCP_DB_MIDDLEWARE": "1"}, workers=3)
+            # The tests find a session's owner, then act on it; the kernel spreads requests
+            # at random, and two in a row through one other worker would move the session.
+            workers_env = {**base, "MCP_DB_MIDDLEWARE": "1", "MCP_DB_HAND_OFF": "0"}
+            self.node = Node(env=workers_env, workers=3)
         else:
             self.node = Node(env=base)
 

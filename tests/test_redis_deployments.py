@@ -152,6 +152,7 @@ async def test_the_relay_follows_the_pub_sub_hub_through_cluster_failovers(prefi
     relay loses its connection and subscribes again on the replica the cluster promotes."""
     redis = RedisCluster(hub_replica=True).start()
     env = {"MCP_DB_REDIS_URL": redis.url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
+    env["MCP_DB_HAND_OFF"] = "0"  # what a node relays stays relayed: the relay is the subject
     nodes = [Node(env=env).start(), Node(env=env).start()]
     try:
         async with httpx.AsyncClient(timeout=30) as http:

@@ -55,6 +55,7 @@ async def test_a_full_redis_keeps_sessions_going_and_refuses_new_ones_with_503(
         "MCP_DB_PREFIX": prefix,
         "MCP_DB_MIDDLEWARE": "1",
         "MCP_DB_LEASE_SECONDS": str(LEASE_SECONDS),
+        "MCP_DB_HAND_OFF": "0",  # what is sent to `other` stays relayed to `owner`
     }
     # Addressed directly: the load balancer plays no part in this.
     owner, other = Node(env=env), Node(env=env)

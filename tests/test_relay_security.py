@@ -369,6 +369,7 @@ async def test_one_chunk_larger_than_the_window_still_goes(store: RedisEventStor
 def _nodes(redis_url: str, prefix: str, *secrets: str | None) -> Iterator[list[Node]]:
     """One node per secret (``None``: no ``MCP_DB_RELAY_SECRET``), all with the middleware."""
     base = {"MCP_DB_REDIS_URL": redis_url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
+    base["MCP_DB_HAND_OFF"] = "0"  # what a node relays stays relayed: the relay is the subject
     nodes = []
     try:
         for secret in secrets:
