@@ -13,7 +13,8 @@ turn, interleaved over several runs:
 
 Server CPU is read from ``/proc`` (user + system time of every node process and of
 redis-server, before and after a run); the load balancer's is not counted, the client's is
-reported apart. The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of
+reported apart. Behind round robin and nginx hash, sessions are handed to the node their
+requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times that. The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of
 its own: ``initialize``, then ``tools/call`` one after another, then DELETE. The client is a
 bare HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck. Ratios are of
 medians over the runs.
@@ -156,6 +157,34 @@ async def _session(port: int, k: int, calls: int) -> int:
     return calls + 3
 
 
+async def _hand_off_times(nodes: list[Node], sessions: int = 40) -> tuple[float, float, float]:
+    """Median latency (ms) of a session's requests sent to node B while node A owns it: the
+    first (relayed to A), the second (A hands the session to B instead, and B rebuilds it
+    from its record and serves it), the third (B serves it as the owner)."""
+    times: list[list[float]] = [[], [], []]
+    for k in range(sessions):
+        owner = await _Connection.open(nodes[0].port)
+        other = await _Connection.open(nodes[1].port)
+        try:
+            _, headers, _ = await owner.request("POST", _JSON, _INIT)
+            session = {**_JSON, "mcp-session-id": headers["mcp-session-id"]}
+            await owner.request("POST", session, _INITIALIZED)
+            for i in range(3):
+                call = {"jsonrpc": "2.0", "id": i + 10, "method": "tools/call",
+                        "params": {"name": "echo", "arguments": {"text": f"k{k}"}}}  # fmt: skip
+                started = time.perf_counter()
+                status, _, data = await other.request("POST", session, json.dumps(call).encode())
+                times[i].append((time.perf_counter() - started) * 1000)
+                if status != 200 or f'"k{k}"'.encode() not in data:
+                    raise RuntimeError(f"hand-off: {status} {data[:200]!r}")
+            await other.request("DELETE", session)
+        finally:
+            owner.close()
+            other.close()
+    relayed, handed, owned = (statistics.median(t) for t in times)
+    return relayed, handed, owned
+
+
 async def _load(port: int, calls: int) -> int:
     """``SESSIONS`` sessions at once; the requests made."""
     return sum(await asyncio.gather(*(_session(port, k, calls) for k in range(SESSIONS))))
@@ -185,6 +214,7 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
             order = deployments if run % 2 == 0 else deployments[::-1]
             for deployment in order:
                 await _run(deployment, redis_pid, calls)
+        relayed, handed, owned = await _hand_off_times(deployments[2].nodes)
     finally:
         for deployment in deployments:
             deployment.stop()
@@ -205,4 +235,9 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
             f"  {d.name:<24}{cpu:>10.0f} us{median(d, 1):>9.0f}{cpu / bare:>8.2f}x"
             f"{cpu / one:>10.2f}x{median(d, 2):>13.0f} us"
         )
+    lines.append(
+        f"  hand-off: a session's requests to node B while node A owns it, median of 40: "
+        f"1st (relayed) {relayed:.2f} ms, 2nd (handed to B, rebuilt there) {handed:.2f} ms, "
+        f"3rd (B owns it) {owned:.2f} ms"
+    )
     return lines

@@ -86,8 +86,9 @@ class Forwarder:
     async def to_remembered(self, request: Request, owner: str) -> bool:
         """Relays to the owner this node last saw, without reading the record. ``True`` if
         the request is answered; ``False`` if the record must be read (the hint is gone)."""
-        body, complete = await read_body(request.receive, self.max_body)
-        request.receive = Replay(body, request.receive, more=not complete)
+        receive = request.receive
+        body, complete = await read_body(receive, self.max_body)
+        request.receive = Replay(body, receive, more=not complete)
         if complete:
             try:
                 outcome = await self.relay_once(request, owner, body)
@@ -103,6 +104,9 @@ class Forwarder:
             if outcome in (SENT, FAILED):
                 return True
             self.table.hints.pop(request.session_id, None)
+            # Whoever serves it next reads the body again: the relay's watch for the client
+            # going away (a response slower than 50 ms) may have taken it from the replay.
+            request.receive = Replay(body, receive, more=False)
         return False
 
     async def forward(self, request: Request, record: Record, owner: str, epoch: int) -> None:
