@@ -163,7 +163,9 @@ async def test_one_session_across_nodes_with_fastmcp_client(deployment: Deployme
         assert result.data == "done 20"
     assert steps == list(range(20)), "every progress step once, in order"
     assert {a.split(" on ")[0] for a in answers} == {"fastmcp"}, answers
-    assert len({_pid(a) for a in answers}) == 1, f"one owner ran every call: {answers}"
+    # Every call ran on the session's owner; a hand-off to a node its requests kept arriving
+    # at may have moved it once.
+    assert len({_pid(a) for a in answers}) <= 2, f"the owner ran every call: {answers}"
     if deployment.cluster is not None:
         assert len(deployment.cluster.served_by()) == 3, "nginx spread them over every node"
 
@@ -172,7 +174,7 @@ async def test_one_session_across_nodes_with_the_sdk_client(deployment: Deployme
     async with client_session(deployment.url, fresh_connections=deployment.kind == "workers") as s:
         answers = {result_text(await s.call_tool("whoami", {})) for _ in range(6)}
         assert result_text(await s.call_tool("echo", {"text": "hi"})) == "hi"
-    assert len(answers) == 1, answers
+    assert len(answers) <= 2, answers  # the owner, or the node it was handed to
 
 
 async def test_a_stream_the_server_cuts_resumes_through_another_node(
