@@ -14,10 +14,12 @@ turn, interleaved over several runs:
 Server CPU is read from ``/proc`` (user + system time of every node process and of
 redis-server, before and after a run); the load balancer's is not counted, the client's is
 reported apart. Behind round robin and nginx hash, sessions are handed to the node their
-requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times that. The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of
-its own: ``initialize``, then ``tools/call`` one after another, then DELETE. The client is a
-bare HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck. Ratios are of
-medians over the runs.
+requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times that.
+
+The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of its own:
+``initialize``, then ``tools/call`` one after another, then DELETE. The client is a bare
+HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck. Ratios are of medians
+over the runs.
 """
 
 from __future__ import annotations

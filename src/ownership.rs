@@ -68,7 +68,14 @@ impl Ownership {
     }
 
     /// Hands `session`, owned here at `epoch`, to node `to` (`CLAIMED`: `to` owns it now).
-    fn hand_off<'py>(&self, py: Python<'py>, session: String, to: String, epoch: i64, ttl_ms: u64) -> PyResult<Bound<'py, PyAny>> {
+    fn hand_off<'py>(
+        &self,
+        py: Python<'py>,
+        session: String,
+        to: String,
+        epoch: i64,
+        ttl_ms: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let owner = self.owner.clone();
         bridge::future(py, async move {
             let claim = owner.hand_off(&session, &to, epoch, ttl_ms).await.map_err(to_py)?;

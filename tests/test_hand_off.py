@@ -75,7 +75,8 @@ def _last_upstream(cluster: Cluster) -> str:
 
 
 async def _ping(session: RawSession) -> None:
-    reply = await session.post({"jsonrpc": "2.0", "id": next(session.request_ids), "method": "ping"})
+    ping = {"jsonrpc": "2.0", "id": next(session.request_ids), "method": "ping"}
+    reply = await session.post(ping)
     assert reply.status_code == 200, reply.text
     assert "mcp-db-moved" not in reply.headers, "the hand-off never reaches the client"
 

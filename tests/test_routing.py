@@ -17,8 +17,10 @@ from mcp_db.middleware.routing import (
     CANNOT_CLOSE,
     CLAIMED_ELSEWHERE,
     GIVE_UP,
+    HAND_OFF_CALM,
     NOT_FOUND_OTHER_PRINCIPAL,
     READ_RECORD,
+    RELISTENING_FROM,
     SERVE_OWNED,
     SERVE_UNRECORDED,
     STORE_UNAVAILABLE,
@@ -37,12 +39,8 @@ from mcp_db.middleware.routing import (
     decide_at_once,
     decide_by_record,
     decide_without_record,
-    silent_owner,
-)
-from mcp_db.middleware.routing import (
-    HAND_OFF_CALM,
-    RELISTENING_FROM,
     hand_off_to,
+    silent_owner,
 )
 
 NODE = "node-a"

@@ -28,6 +28,7 @@ from mcp_db.middleware.node import Bus, Lease
 from mcp_db.middleware.owner import Owner, not_found
 from mcp_db.middleware.ownership import Ownership
 from mcp_db.middleware.routing import (
+    HAND_OFF_CALM,
     MAX_MOVES,
     Claimed,
     GiveUp,
@@ -162,8 +163,9 @@ class Forwarder:
             claim = after_claim(answer.outcome)
             if isinstance(claim, Claimed):
                 # Adopted before the next await, so concurrent requests here see the claim.
-                self.table.adopt(session_id, epoch, record.principal, record.subscriptions)
+                owned = self.table.adopt(session_id, epoch, record.principal, record.subscriptions)
                 if claim.took_over:
+                    owned.calm = HAND_OFF_CALM  # a session moves at most once per calm stretch
                     self.counters.takeovers += 1
                     scope[PATH] = "takeover"
                     await self.bus.taken_over(session_id, self.table.node_id, epoch)

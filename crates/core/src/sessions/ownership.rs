@@ -196,7 +196,14 @@ impl Owner {
         self.set_owner(session, to, &self.node, epoch, ttl_ms).await
     }
 
-    async fn set_owner(&self, session: &str, owner: &str, expected_owner: &str, expected_epoch: i64, ttl_ms: u64) -> Result<Claim> {
+    async fn set_owner(
+        &self,
+        session: &str,
+        owner: &str,
+        expected_owner: &str,
+        expected_epoch: i64,
+        ttl_ms: u64,
+    ) -> Result<Claim> {
         let key = record_key(&self.prefix, session);
         let mut call = self.claim.key(&key);
         call.arg(owner).arg(expected_owner).arg(expected_epoch).arg(ttl_ms).arg(now_ms());
