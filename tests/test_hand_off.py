@@ -29,6 +29,9 @@ from tests.test_cluster import _step
 from tests.test_resume_e2e import RawSession
 
 pytestmark = pytest.mark.multinode
+#: Raw HTTP sessions: the routing and the balancer are the subject, not the SDK's client. They
+#: run on the newest SDK line only; the SDK client's own test runs on every line.
+ONE_LINE = pytest.mark.one_sdk_line
 
 
 @pytest.fixture
@@ -99,6 +102,7 @@ async def _sessions_owned_elsewhere(
     raise AssertionError(f"only {len(found)} sessions opened on another node than their hash")
 
 
+@ONE_LINE
 async def test_behind_a_hash_relaying_stops_after_the_first_requests(
     cluster: Cluster, redis_server: RedisServer, prefix: str
 ) -> None:
@@ -149,6 +153,7 @@ async def test_the_sdk_client_s_session_moves_with_its_get_stream_and_stays(
     raise AssertionError("no session was handed off")
 
 
+@ONE_LINE
 def test_the_recipe_hashes_as_the_tests_do() -> None:
     recipe = (Path(__file__).parent.parent / "examples" / "nginx-hash.conf").read_text()
     assert HASH.strip() in recipe
@@ -167,6 +172,7 @@ def _call_steps(n: int, delay: float) -> dict[str, Any]:
     }
 
 
+@ONE_LINE
 async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
     cluster: Cluster, redis_server: RedisServer, prefix: str
 ) -> None:
@@ -212,6 +218,7 @@ async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
         assert _total(cluster, "relay.forwarded") == relayed
 
 
+@ONE_LINE
 async def test_after_kill_9_a_nodes_sessions_move_once_to_where_the_ring_sends_them(
     cluster: Cluster, redis_server: RedisServer, prefix: str
 ) -> None:
@@ -245,6 +252,7 @@ async def test_after_kill_9_a_nodes_sessions_move_once_to_where_the_ring_sends_t
         assert _total(cluster, "relay.forwarded") == relayed
 
 
+@ONE_LINE
 async def test_behind_round_robin_a_session_moves_at_most_once_in_40_requests(
     redis_server: RedisServer, prefix: str
 ) -> None:
