@@ -9,7 +9,7 @@ import signal
 
 import httpx
 
-from tests._nodes import Node
+from tests._nodes import Node, start_all, stop_all
 from tests.support.haproxy import HAProxy
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
@@ -53,8 +53,7 @@ class Cluster:
 
     def start(self) -> Cluster:
         try:
-            for node in self.nodes:
-                node.start()
+            start_all(self.nodes)
             self.lb.start()
         except BaseException:
             self.stop()
@@ -66,7 +65,7 @@ class Cluster:
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 os.kill(node.process.pid, signal.SIGCONT)  # a frozen node must not hang stop()
-            node.stop()
+        stop_all(self.nodes)
 
     def session_counts(self) -> list[int]:
         """How many transports each node holds right now."""

@@ -52,6 +52,11 @@ class Node:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self) -> Node:
+        self.launch()
+        return self.listening()
+
+    def launch(self) -> None:
+        """Starts the process, without waiting for it to listen (``listening``)."""
         env = {**os.environ, **self.env, "PYTHONPATH": str(ROOT)}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
@@ -63,6 +68,11 @@ class Node:
                 # Its own process group, so stop() can end workers the supervisor left.
                 start_new_session=self.workers > 1,
             )
+
+    def listening(self) -> Node:
+        """Waits until the launched node listens; RuntimeError with its output if it does
+        not within 20 s."""
+        assert self.process is not None, "launch() first"
         if not wait_listening(self.port, self.process, 20):
             raise RuntimeError(f"node on port {self.port} did not start:\n{self.output()}")
         return self
@@ -99,6 +109,11 @@ class Node:
     def output(self) -> str:
         return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
 
+    def signal_stop(self) -> None:
+        """Sends SIGTERM, without waiting (``stop`` waits)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+
     def stop(self, *, kill: bool = False) -> None:
         if self.process is not None:
             stop_process(self.process, kill=kill)
@@ -108,3 +123,19 @@ class Node:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
         self.process = None
+
+
+def start_all(nodes: list[Node]) -> None:
+    """Starts ``nodes`` side by side: each imports the app while the others do."""
+    for node in nodes:
+        node.launch()
+    for node in nodes:
+        node.listening()
+
+
+def stop_all(nodes: list[Node]) -> None:
+    """Stops ``nodes`` side by side: each shuts down while the others do."""
+    for node in nodes:
+        node.signal_stop()
+    for node in nodes:
+        node.stop()

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from mcp_db._sdk import SDK_MAJOR
-from tests._nodes import Node
+from tests._nodes import Node, start_all, stop_all
 from tests.support.nginx import Nginx
 from tests.support.redis_server import RedisServer
 
@@ -48,14 +48,12 @@ def deployment(
     nodes = [Node(APP, env=env) for _ in range(3)]
     lb = Nginx([f"127.0.0.1:{n.port}" for n in nodes])
     try:
-        for node in nodes:
-            node.start()
+        start_all(nodes)
         lb.start()
         yield nodes, lb
     finally:
         lb.stop()
-        for node in nodes:
-            node.stop()
+        stop_all(nodes)
 
 
 async def answer(context: Any, params: Any) -> ElicitResult:
