@@ -155,7 +155,11 @@ MOVED = Response(503, _error(-32603, "Session moved; retry"), retry_after=True, 
 #: which serves it now; nothing of it ran.
 HANDED_OFF_VALUE = b"handed-off"
 HANDED_OFF = Response(
-    503, _error(-32603, "Session moved; retry"), retry_after=True, moved=HANDED_OFF_VALUE
+    503,
+    _error(-32603, "Session moved; retry"),
+    retry_after=True,
+    moved=HANDED_OFF_VALUE,
+    path="handed_off",
 )
 OWNER_BUSY = Response(503, _error(-32603, "Session owner not answering"), retry_after=True)
 OWNER_LOST = Response(503, _error(-32603, "Session owner went away"), retry_after=True)
