@@ -138,21 +138,33 @@ _INIT = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params":
 _INITIALIZED = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
 
 
+async def _open_session(connection: _Connection) -> dict[str, str]:
+    """``initialize`` and ``notifications/initialized``; the headers of the session's
+    later requests."""
+    status, headers, data = await connection.request("POST", _JSON, _INIT)
+    if status != 200:
+        raise RuntimeError(f"port {connection.port}: initialize got {status} {data[:200]!r}")
+    session = {**_JSON, "mcp-session-id": headers["mcp-session-id"]}
+    await connection.request("POST", session, _INITIALIZED)
+    return session
+
+
+async def _echo(connection: _Connection, session: dict[str, str], i: int, k: int) -> None:
+    """Call ``i`` of session ``k``: ``echo``, whose answer must carry its text."""
+    call = {"jsonrpc": "2.0", "id": i + 10, "method": "tools/call",
+            "params": {"name": "echo", "arguments": {"text": f"k{k}"}}}  # fmt: skip
+    status, _, data = await connection.request("POST", session, json.dumps(call).encode())
+    if status != 200 or f'"k{k}"'.encode() not in data:
+        raise RuntimeError(f"port {connection.port}: {status} {data[:200]!r}")
+
+
 async def _session(port: int, k: int, calls: int) -> int:
     """One session: ``initialize``, ``calls`` calls in a row, DELETE; the requests made."""
     connection = await _Connection.open(port)
     try:
-        status, headers, data = await connection.request("POST", _JSON, _INIT)
-        if status != 200:
-            raise RuntimeError(f"port {port}: initialize got {status} {data[:200]!r}")
-        session = {**_JSON, "mcp-session-id": headers["mcp-session-id"]}
-        await connection.request("POST", session, _INITIALIZED)
+        session = await _open_session(connection)
         for i in range(calls):
-            call = {"jsonrpc": "2.0", "id": i + 10, "method": "tools/call",
-                    "params": {"name": "echo", "arguments": {"text": f"k{k}"}}}  # fmt: skip
-            status, _, data = await connection.request("POST", session, json.dumps(call).encode())
-            if status != 200 or f'"k{k}"'.encode() not in data:
-                raise RuntimeError(f"port {port}: {status} {data[:200]!r}")
+            await _echo(connection, session, i, k)
         await connection.request("DELETE", session)
     finally:
         connection.close()
@@ -168,17 +180,11 @@ async def _hand_off_times(nodes: list[Node], sessions: int = 40) -> tuple[float,
         owner = await _Connection.open(nodes[0].port)
         other = await _Connection.open(nodes[1].port)
         try:
-            _, headers, _ = await owner.request("POST", _JSON, _INIT)
-            session = {**_JSON, "mcp-session-id": headers["mcp-session-id"]}
-            await owner.request("POST", session, _INITIALIZED)
+            session = await _open_session(owner)
             for i in range(3):
-                call = {"jsonrpc": "2.0", "id": i + 10, "method": "tools/call",
-                        "params": {"name": "echo", "arguments": {"text": f"k{k}"}}}  # fmt: skip
                 started = time.perf_counter()
-                status, _, data = await other.request("POST", session, json.dumps(call).encode())
+                await _echo(other, session, i, k)
                 times[i].append((time.perf_counter() - started) * 1000)
-                if status != 200 or f'"k{k}"'.encode() not in data:
-                    raise RuntimeError(f"hand-off: {status} {data[:200]!r}")
             await other.request("DELETE", session)
         finally:
             owner.close()

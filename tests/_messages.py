@@ -73,3 +73,18 @@ def mixed(request_id: int | str) -> list[Any]:
         error(f"srv-{request_id}"),
         response(request_id, [{"type": "text", "text": "日本語", "deep": {"a": [1, {"b": None}]}}]),
     ]
+
+
+def steps_call(n: int, delay: float, token: str) -> dict[str, Any]:
+    """The JSON body of a ``tools/call`` of the test servers' ``steps`` tool: ``n`` progress
+    notifications (tagged ``token``), ``delay`` seconds apart, then ``done <n>``."""
+    return {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {
+            "name": "steps",
+            "arguments": {"n": n, "delay": delay},
+            "_meta": {"progressToken": token},
+        },
+    }

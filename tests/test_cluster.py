@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from mcp_db._core import key_of
 from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text, sse_events
 from tests._cluster import Cluster
+from tests._messages import steps_call
 from tests._nodes import Node
 from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
@@ -277,16 +278,7 @@ async def test_a_stream_cut_by_kill_9_resumes_from_redis_on_a_survivor(cluster: 
     victim = cluster.nodes[0]
     async with httpx.AsyncClient(timeout=10) as http:
         session = await RawSession(http, victim.url).open()
-        call = {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "tools/call",
-            "params": {
-                "name": "steps",
-                "arguments": {"n": 200, "delay": 0.02},
-                "_meta": {"progressToken": "p"},
-            },
-        }
+        call = steps_call(200, 0.02, "p")
         seen: list[dict[str, str]] = []
         async with http.stream("POST", victim.url, json=call, headers=session.headers()) as stream:
             async for event in sse_events(stream):

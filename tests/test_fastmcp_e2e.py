@@ -31,6 +31,7 @@ from fastmcp.client.transports import StreamableHttpTransport  # noqa: E402
 
 from tests._client import client_session, result_text, sse_events  # noqa: E402
 from tests._cluster import Cluster  # noqa: E402
+from tests._messages import steps_call  # noqa: E402
 from tests._nodes import Node  # noqa: E402
 from tests.support.redis_server import RedisServer  # noqa: E402
 
@@ -294,16 +295,7 @@ async def test_a_stream_cut_by_kill_9_of_its_owner_resumes_once_in_order(
     ``Last-Event-ID`` through the balancer: a survivor takes the session over and replays
     what the dead node stored, once and in order. FastMCP's session state, kept in Redis,
     survives with the session."""
-    call = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {
-            "name": "steps",
-            "arguments": {"n": 200, "delay": 0.02},
-            "_meta": {"progressToken": "p"},
-        },
-    }
+    call = steps_call(200, 0.02, "p")
     try:
         async with _raw_session(deployment) as (http, session_id):
             headers = {**HEADERS, "mcp-session-id": session_id}

@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from tests._client import AUTO_RESUME, client_session, result_text
 from tests._cluster import Cluster
+from tests._messages import steps_call
 from tests.support.nginx import HASH, Nginx
 from tests.support.redis_server import RedisServer
 from tests.test_cluster import _step
@@ -159,19 +160,6 @@ def test_the_recipe_hashes_as_the_tests_do() -> None:
     assert HASH.strip() in recipe
 
 
-def _call_steps(n: int, delay: float) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {
-            "name": "steps",
-            "arguments": {"n": n, "delay": delay},
-            "_meta": {"progressToken": "hand-off"},
-        },
-    }
-
-
 @ONE_LINE
 async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
     cluster: Cluster, redis_server: RedisServer, prefix: str
@@ -193,7 +181,7 @@ async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
 
         async def call() -> None:
             headers = session.headers()
-            async with http.stream("POST", cluster.url, json=_call_steps(20, 0.1),
+            async with http.stream("POST", cluster.url, json=steps_call(20, 0.1, "hand-off"),
                                    headers=headers) as response:  # fmt: skip
                 assert response.status_code == 200
                 async for line in response.aiter_lines():

@@ -18,6 +18,7 @@ import pytest
 
 from tests._client import client_session, result_text, sse_events
 from tests._cluster import Cluster
+from tests._messages import steps_call
 from tests._nodes import Node
 from tests.support.haproxy import HAProxy
 from tests.support.redis_server import RedisServer
@@ -119,16 +120,7 @@ async def test_a_stream_cut_by_kill_9_of_the_owner_resumes_on_a_survivor(
     async with httpx.AsyncClient(timeout=10) as http:
         session = await RawSession(http, cluster.url).open()
         owner = node_at[lb.stuck()[session.id]]
-        call = {
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "tools/call",
-            "params": {
-                "name": "steps",
-                "arguments": {"n": 200, "delay": 0.02},
-                "_meta": {"progressToken": "p"},
-            },
-        }
+        call = steps_call(200, 0.02, "p")
         seen: list[dict[str, str]] = []
         async with http.stream("POST", cluster.url, json=call, headers=session.headers()) as stream:
             assert node_at[lb.server(stream.headers["x-served-by"])] is owner
