@@ -13,6 +13,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,15 @@ def _node_name(cluster: Cluster, port: str) -> str:
     return f"node-{node.process.pid}"
 
 
-def _last_upstream(cluster: Cluster) -> str:
-    """The node (its ID) nginx sent the last request to."""
+def _upstream(cluster: Cluster, n: int) -> str:
+    """The node (its ID) nginx sent its ``n``-th request to (from 0). nginx logs a request
+    once it is over, which may be just after its client has the answer: wait for it."""
     assert isinstance(cluster.lb, Nginx)
-    return _node_name(cluster, cluster.lb.upstreams()[-1].rsplit(":", 1)[1])
+    deadline = time.monotonic() + 5
+    while len(logged := cluster.lb.upstreams()) <= n:
+        assert time.monotonic() < deadline, f"nginx logged {len(logged)} requests, not {n + 1}"
+        time.sleep(0.01)
+    return _node_name(cluster, logged[n].rsplit(":", 1)[1])
 
 
 async def _ping(session: RawSession) -> None:
@@ -92,10 +98,12 @@ async def _sessions_owned_elsewhere(
     picks for them, each with the node picked, before any request of theirs was relayed."""
     found: list[tuple[RawSession, str]] = []
     for _ in range(20 * count):
+        assert isinstance(cluster.lb, Nginx)
+        before = len(cluster.lb.upstreams())  # requests go one at a time here
         session = await RawSession(http, cluster.url).initialize()
         owner, _ = await _owner(redis, prefix, session.id)
         await session.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        picked = _last_upstream(cluster)
+        picked = _upstream(cluster, before + 1)  # the notification's node
         if picked != owner:
             found.append((session, picked))
             if len(found) == count:
