@@ -5,6 +5,8 @@ Deployments of the test suite's SDK server (``tests/servers/app.py``), each unde
 turn, interleaved over several runs:
 
 - ``bare SDK``: one node, the SDK alone (no event store, no mcp-db);
+- ``store alone, 1 node``: the SDK with ``RedisEventStore`` as its event store, no
+  middleware (what the store costs, apart from what the middleware adds);
 - ``mcp-db, 1 node``: ``RedisEventStore`` and ``SessionMiddleware``;
 - ``3 nodes, round robin``: three such nodes behind nginx round robin;
 - ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``;
@@ -13,7 +15,9 @@ turn, interleaved over several runs:
 
 Server CPU is read from ``/proc`` (user + system time of every node process and of
 redis-server, before and after a run); the load balancer's is not counted, the client's is
-reported apart. Behind round robin and nginx hash, sessions are handed to the node their
+reported apart. Where Redis's part goes is printed too: the commands each request costs,
+from ``INFO commandstats`` (commands a script runs are counted on their own as well as in
+the script's time). Behind round robin and nginx hash, sessions are handed to the node their
 requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times that.
 
 The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of its own:
@@ -31,6 +35,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from tests._nodes import Node
 from tests.support.haproxy import HAProxy
@@ -52,7 +58,11 @@ class Deployment:
     name: str
     nodes: list[Node]
     balancer: Nginx | HAProxy | None = None
-    runs: list[tuple[float, float, float]] = field(default_factory=list)  # cpu/req, rps, client
+    #: Per run: server CPU per request, requests per second, the client's CPU per request,
+    #: and redis-server's part of the server CPU per request.
+    runs: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: Redis's commands in the last run: calls and microseconds per request, by command.
+    commands: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     @property
     def port(self) -> int:
@@ -85,6 +95,7 @@ def _deployments(redis_url: str) -> list[Deployment]:
 
     return [
         Deployment("bare SDK, 1 node", [Node(env={**env, "MCP_DB_STORE": "none"})]),
+        Deployment("store alone, 1 node", [Node(env=env)]),
         Deployment("mcp-db, 1 node", [Node(env=wrapped)]),
         Deployment("3 nodes, round robin", *three(Nginx)),
         Deployment("3 nodes, nginx hash", *three(Nginx, hash=True)),
@@ -198,21 +209,33 @@ async def _load(port: int, calls: int) -> int:
     return sum(await asyncio.gather(*(_session(port, k, calls) for k in range(SESSIONS))))
 
 
-async def _run(deployment: Deployment, redis_pid: int, calls: int) -> None:
+def _named(deployments: list[Deployment], name: str) -> Deployment:
+    return next(d for d in deployments if name in d.name)
+
+
+async def _run(deployment: Deployment, redis: Any, redis_pid: int, calls: int) -> None:
+    await redis.config_resetstat()
     pids = [*deployment.pids(), redis_pid]
     before = [_cpu_seconds(pid) for pid in pids]
     client_before, started = time.process_time(), time.perf_counter()
     requests = await _load(deployment.port, calls)
     wall = time.perf_counter() - started
     client = time.process_time() - client_before
-    server = sum(_cpu_seconds(pid) for pid in pids) - sum(before)
-    deployment.runs.append((server / requests * 1e6, requests / wall, client / requests * 1e6))
+    used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    per_request = [seconds / requests * 1e6 for seconds in (sum(used), client, used[-1])]
+    deployment.runs.append((per_request[0], requests / wall, per_request[1], per_request[2]))
+    deployment.commands = {
+        name.removeprefix("cmdstat_"): (stat["calls"] / requests, stat["usec"] / requests)
+        for name, stat in (await redis.info("commandstats")).items()
+        if not name.startswith("cmdstat_config")
+    }
 
 
 async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> list[str]:
     calls = 10 if quick else 40
     runs = max(3, runs) if not quick else 1
     deployments = _deployments(redis_url)
+    redis = aioredis.from_url(redis_url)
     try:
         for deployment in deployments:
             deployment.start()
@@ -221,27 +244,35 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
         for run in range(runs):
             order = deployments if run % 2 == 0 else deployments[::-1]
             for deployment in order:
-                await _run(deployment, redis_pid, calls)
-        relayed, handed, owned = await _hand_off_times(deployments[2].nodes)
+                await _run(deployment, redis, redis_pid, calls)
+        relayed, handed, owned = await _hand_off_times(_named(deployments, "round robin").nodes)
     finally:
         for deployment in deployments:
             deployment.stop()
+        await redis.aclose()
 
     def median(deployment: Deployment, i: int) -> float:
         return statistics.median(r[i] for r in deployment.runs)
 
-    bare, one = median(deployments[0], 0), median(deployments[1], 0)
+    bare = median(_named(deployments, "bare SDK"), 0)
+    one = median(_named(deployments, "mcp-db, 1 node"), 0)
     lines = [
         f"cluster: server CPU per request (nodes + redis-server, from /proc), {SESSIONS} "
         f"sessions x {calls} tools/call, median of {runs} interleaved run(s)",
-        f"  {'deployment':<24}{'CPU/request':>13}{'req/s':>9}{'vs bare':>9}{'vs 1 node':>11}"
-        f"{'client CPU/req':>16}",
+        f"  {'deployment':<24}{'CPU/request':>13}{'of it Redis':>13}{'req/s':>9}{'vs bare':>9}"
+        f"{'vs 1 node':>11}{'client CPU/req':>16}",
     ]
     for d in deployments:
         cpu = median(d, 0)
         lines.append(
-            f"  {d.name:<24}{cpu:>10.0f} us{median(d, 1):>9.0f}{cpu / bare:>8.2f}x"
-            f"{cpu / one:>10.2f}x{median(d, 2):>13.0f} us"
+            f"  {d.name:<24}{cpu:>10.0f} us{median(d, 3):>10.0f} us{median(d, 1):>9.0f}"
+            f"{cpu / bare:>8.2f}x{cpu / one:>10.2f}x{median(d, 2):>13.0f} us"
+        )
+    for d in deployments[1:]:
+        top = sorted(d.commands.items(), key=lambda item: -item[1][1])[:5]
+        lines.append(
+            f"  Redis per request, {d.name}: "
+            + ", ".join(f"{name} {calls:.2f}x {usec:.1f} us" for name, (calls, usec) in top)
         )
     lines.append(
         f"  hand-off: a session's requests to node B while node A owns it, median of 40: "

@@ -14,6 +14,7 @@ import redis as redis_py
 
 from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
+from mcp_db._relay import serve
 from tests._relay_parts import forwarded, next_part, part, request
 from tests.support.redis_server import RedisServer
 
@@ -113,6 +114,62 @@ async def test_a_whole_response_travels_in_one_frame(store: RedisEventStore) -> 
     assert forward.try_next() is None, "nothing follows a whole response"
     assert owner.stats()["in_flight_served"] == 0
     assert relayer.stats()["in_flight_forwarded"] == 0
+
+
+def _sse_app(pauses: list[float]) -> Any:
+    """An ASGI app answering with an event stream: an event, then after each pause another,
+    then the end (what the SDK sends for a POST)."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})  # fmt: skip
+        await send({"type": "http.response.body", "body": b"data: 0\n\n", "more_body": True})
+        for i, pause in enumerate(pauses, 1):
+            await asyncio.sleep(pause)
+            event = f"data: {i}\n\n".encode()
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    return app
+
+
+async def _serve_relayed(store: RedisEventStore, app: Any) -> list[tuple[Any, float]]:
+    """``app`` run by ``_relay.serve`` for a POST relayed between two real relay ends; the
+    parts the relaying node got, in order, each with the seconds it took to come."""
+    owner, relayer = await _pair(store)
+    head = '{"method":"POST","path":"/mcp","raw_path":"/mcp","query_string":"","headers":[]}'
+    forwarding = asyncio.ensure_future(relayer.forward("owner", "s", head, b"{}", 2000))
+    served = asyncio.ensure_future(serve(app, owner, await owner.next_request(), None))
+    started = time.monotonic()
+    outcome, forward = forwarded(await forwarding)
+    assert outcome == "accepted"
+    parts = [(part(forward.try_next() or await asyncio.wait_for(forward.next(), 5)), 0.0)]
+    while parts[-1][0][0] not in ("whole", "end", "cut"):
+        parts.append((await next_part(forward), time.monotonic() - started))
+    await served
+    return parts
+
+
+async def test_a_short_event_stream_is_relayed_in_one_frame(store: RedisEventStore) -> None:
+    # One result and the end, as most POSTs answer: one frame back, not head, data and end.
+    parts = [p for p, _ in await _serve_relayed(store, _sse_app([]))]
+    assert parts == [("whole", 200, [(b"content-type", b"text/event-stream")], b"data: 0\n\n")]
+
+
+async def test_a_slow_event_stream_is_relayed_as_it_comes(store: RedisEventStore) -> None:
+    # The first event may wait for the head's delay, no longer: it is out (with the head)
+    # while the app still sleeps before its second.
+    timed = await _serve_relayed(store, _sse_app([0.5, 0.01]))
+    assert [p for p, _ in timed] == [
+        ("head", 200, [(b"content-type", b"text/event-stream")]),
+        ("chunk", b"data: 0\n\n"),
+        ("chunk", b"data: 1\n\n"),
+        ("chunk", b"data: 2\n\n"),
+        ("end", True),
+    ]
+    first_event, last_event = timed[1][1], timed[2][1]
+    assert first_event < 0.4 < last_event
 
 
 async def test_backpressure_holds_the_owner_until_the_client_catches_up(

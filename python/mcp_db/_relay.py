@@ -24,11 +24,11 @@ Part = Whole | Head | Chunk | End | Cut
 
 #: Scope key marking a request this node runs for another node (value: that node's ID).
 RELAYED = "mcp_db.relayed_from"
-#: A response that is not a stream goes out whole unless its body is larger than this.
+#: A response held to go out whole (``_Response``) is streamed once its body is larger.
 _HOLD_LIMIT = 256 * 1024
 #: How long a relayed response may take before its client is watched for going away.
 _WATCH_AFTER = 0.05
-#: How long the head of a POST's event stream may wait to go out with its first event.
+#: How long a POST's event stream is held to go out whole before it is streamed.
 _HEAD_DELAY = 0.02
 
 #: Scope key: the ``(path, root_path)`` a request had when it entered ``SessionMiddleware``.
@@ -206,27 +206,34 @@ async def serve(
 class _Response:
     """Sends a relayed request's response back in as few frames as keep it live.
 
-    A response that is not a stream goes out whole, in one frame. A stream's head goes out
-    with its first chunk, or after ``_HEAD_DELAY`` if the app is slow to send one (the
-    client must see its headers, not wait on them); a GET stream's head at once (it may
-    stay silent for minutes). A stream ends as soon as the app sends its last chunk."""
+    A response goes out whole, in one frame, when it is over soon enough: one that is not a
+    stream whenever it ends, a POST's event stream if it ends within ``_HEAD_DELAY`` (most
+    do: one result and the end). Otherwise the head and the body so far go out together
+    once that time is up (the client must see an event as it comes, not wait on it), and
+    every later chunk as the app sends it. A GET stream's head goes out at once: it may
+    stay silent for minutes. A body past ``_HOLD_LIMIT`` is streamed, whatever its kind."""
 
     def __init__(self, relay: Any, request_id: bytes, *, hold_stream_head: bool) -> None:
         self.relay = relay
         self.id = request_id
         self.hold_stream_head = hold_stream_head
         self.held: tuple[int, list[tuple[bytes, bytes]]] | None = None
-        self.whole: bytearray | None = None  # the body so far of a response sent whole
+        self.body: bytearray | None = None  # the body so far, while the head is held
         self.timer: asyncio.TimerHandle | None = None
 
     def flush(self) -> None:
-        """Sends the held head, if any."""
+        """Sends the held head and the body held with it, if any."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.held is not None:
             self.relay.start(self.id, *self.held)
             self.held = None
+        if self.body:
+            # The response's first chunk: the window always has room for one, so there is
+            # nothing to wait for (and no waiting in a timer's callback).
+            self.relay.send(self.id, bytes(self.body))
+        self.body = None
 
     async def send(self, message: Message) -> None:
         if message["type"] == "http.response.start":
@@ -236,28 +243,31 @@ class _Response:
             )
             self.held = head
             if not _is_stream(head[1]):
-                self.whole = bytearray()
+                self.body = bytearray()
             elif self.hold_stream_head:
+                self.body = bytearray()
                 self.timer = asyncio.get_running_loop().call_later(_HEAD_DELAY, self.flush)
             else:
                 self.flush()
             return
         if message["type"] != "http.response.body":
             return
-        chunk = bytes(message.get("body", b""))
+        chunk = message.get("body", b"")
         more = message.get("more_body", False)
-        if self.whole is not None:
-            self.whole += chunk
+        if self.body is not None:
+            self.body += chunk
             if not more and self.held is not None:
-                self.relay.respond(self.id, self.held[0], self.held[1], bytes(self.whole))
-                self.held = None
+                if self.timer is not None:
+                    self.timer.cancel()
+                    self.timer = None
+                self.relay.respond(self.id, self.held[0], self.held[1], bytes(self.body))
+                self.held = self.body = None
                 return
-            if len(self.whole) < _HOLD_LIMIT:
+            if len(self.body) < _HOLD_LIMIT:
                 return
-            chunk, self.whole = bytes(self.whole), None  # a big body: stream it after all
-        self.flush()
-        if chunk:
-            waiting = self.relay.send(self.id, chunk)
+            self.flush()  # a big body: stream it after all
+        elif chunk:
+            waiting = self.relay.send(self.id, bytes(chunk))
             if waiting is not None:
                 await waiting  # the window is full: wait for the client to catch up
         if not more:
