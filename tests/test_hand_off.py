@@ -18,13 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from tests._client import AUTO_RESUME, client_session, result_text
+from mcp_db._core import key_of
+from mcp_db.middleware.routing import HAND_OFF_CALM
+from tests._client import AUTO_RESUME, client_session, result_text, sse_events
 from tests._cluster import Cluster
 from tests._messages import steps_call
+from tests._nodes import Node
 from tests.support.nginx import HASH, Nginx
 from tests.support.redis_server import RedisServer
 from tests.test_cluster import _step
@@ -266,3 +270,155 @@ async def test_behind_round_robin_a_session_moves_at_most_once_in_40_requests(
         assert _total(cluster, "taken_over") == 0
     finally:
         cluster.stop()
+
+
+async def _result_stored(redis: RedisServer, prefix: str, session_id: str, stream: str) -> None:
+    """Waits until the last entry of the session's event stream ``stream`` (a POST's: its
+    request ID) is the call's result: the call is over, on whichever node it ran."""
+    key = key_of(prefix, "events", session_id, stream)
+    admin = aioredis.Redis.from_url(redis.url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 10
+        while not (last := await admin.xrevrange(key, count=1)) or "r" not in last[0][1]:
+            assert time.monotonic() < deadline, f"the call's result was never stored: {last}"
+            await asyncio.sleep(0.02)
+    finally:
+        await admin.aclose()
+
+
+@ONE_LINE
+async def test_a_stream_cut_before_a_hand_off_resumes_at_the_new_owner_exactly_once(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    """A client cuts a call's stream on the session's owner; the session then moves to the
+    node the hash picks, and the client resumes there with ``Last-Event-ID``: the new owner
+    replays the rest of the stream from Redis, every event once."""
+    async with httpx.AsyncClient(timeout=30) as http:
+        ((session, picked),) = await _sessions_owned_elsewhere(
+            http, cluster, redis_server, prefix, 1
+        )
+        first_owner, _ = await _owner(redis_server, prefix, session.id)
+        (owner_node,) = [
+            n for n in cluster.nodes if _node_name(cluster, str(n.port)) == first_owner
+        ]
+        # Straight to the owner, which runs it; then the client cuts the stream.
+        n, call = 20, steps_call(20, 0.05, "resumed")
+        seen: list[dict[str, str]] = []
+        headers = session.headers()
+        async with http.stream("POST", owner_node.url, json=call, headers=headers) as stream:
+            assert stream.status_code == 200
+            async for event in sse_events(stream):
+                seen.append(event)
+                if len(seen) == 5:
+                    break
+        # The call runs on without its client: let it end before the session moves. The
+        # owner's hand-off waits for requests in flight, and the cut POST no longer counts as
+        # one (a hand-off now ends the call midway, its last steps never stored).
+        await _result_stored(redis_server, prefix, session.id, str(call["id"]))
+        for _ in range(4):  # requests in a row from the picked node: the second moves it
+            await _ping(session)
+            if await _owner(redis_server, prefix, session.id) == (picked, 2):
+                break
+        assert await _owner(redis_server, prefix, session.id) == (picked, 2), "handed over"
+        relayed = _total(cluster, "relay.forwarded")
+        assert isinstance(cluster.lb, Nginx)
+        logged = len(cluster.lb.upstreams())
+        # The client resumes through the balancer, which sends it to the new owner.
+        headers = {**headers, "accept": "text/event-stream", "last-event-id": seen[-1]["id"]}
+        replayed: list[dict[str, str]] = []
+        with anyio.move_on_after(5) as reading:
+            async with http.stream("GET", cluster.url, headers=headers) as stream:
+                assert stream.status_code == 200
+                async for event in sse_events(stream):
+                    replayed.append(event)
+                    if "result" in json.loads(event["data"]):
+                        # The stream stays open: a while longer for anything sent twice.
+                        reading.deadline = min(reading.deadline, anyio.current_time() + 0.3)
+    assert _upstream(cluster, logged) == picked
+    assert _total(cluster, "relay.forwarded") == relayed, "the new owner replayed it itself"
+    messages = [json.loads(e["data"]) for e in seen + replayed]
+    steps = [_step(m) for m in messages if m.get("method") is not None]
+    assert steps == list(range(n)), "every step once, in order, none before Last-Event-ID again"
+    results = [m for m in messages if "result" in m]
+    assert len(results) == 1 and f"done {n}" in json.dumps(results[0]), results
+    assert "result" in messages[-1]
+    ids = [e["id"] for e in seen + replayed]
+    assert len(set(ids)) == len(ids), ids
+
+
+async def _target(http: httpx.AsyncClient, balancer: Nginx, session_id: str) -> str:
+    """The node (its ID) ``balancer`` sends the session's requests to. nginx hashes the
+    header whatever the path, and ``/debug/pid`` is outside the MCP endpoint: no session
+    is touched."""
+    url = f"http://127.0.0.1:{balancer.port}/debug/pid"
+    reply = await http.get(url, headers={"mcp-session-id": session_id})
+    return f"node-{reply.json()['pid']}"
+
+
+@ONE_LINE
+async def test_a_node_added_to_the_ring_moves_only_the_sessions_the_ring_moves(
+    cluster: Cluster, redis_server: RedisServer, prefix: str
+) -> None:
+    """nginx's consistent hash (ketama) sends a session to another node when one joins only
+    if the session now falls to the new node: those sessions are handed to it once, and the
+    others stay where they are, at the same epoch."""
+    assert isinstance(cluster.lb, Nginx)
+    added = Node(cluster.nodes[0].app, env=cluster.nodes[0].env)
+    # One of the cluster's nodes from now on: its counters count, and node IDs resolve.
+    cluster.nodes.append(added)
+    backends = [f"127.0.0.1:{node.port}" for node in cluster.nodes]
+    # Another nginx over the four nodes tells where the grown ring will send each session
+    # (the same servers hash the same), so that sessions can be opened until one will move.
+    grown = Nginx(backends, hash=True)
+    try:
+        added.start()
+        added_id = _node_name(cluster, str(added.port))
+        grown.start()
+        async with httpx.AsyncClient(timeout=20) as http:
+            sessions: list[RawSession] = []
+            will_target: dict[str, str] = {}
+            while len(sessions) < 12 or added_id not in will_target.values():
+                assert len(sessions) < 60, "no session of 60 hashes to the added node"
+                session = await RawSession(http, cluster.url).open()
+                for _ in range(2):
+                    await _ping(session)
+                sessions.append(session)
+                will_target[session.id] = await _target(http, grown, session.id)
+            grown.stop()
+            before = {s.id: await _owner(redis_server, prefix, s.id) for s in sessions}
+            for session in sessions:
+                assert before[session.id][0] == await _target(http, cluster.lb, session.id)
+                if will_target[session.id] == added_id and before[session.id][1] > 1:
+                    # Handed in when it opened: it may move again after that many requests.
+                    for _ in range(HAND_OFF_CALM):
+                        await _ping(session)
+            counts = {k: _total(cluster, k) for k in ("relay.forwarded", "handed_off", "handed_in")}
+            cluster.lb.restart(backends)  # the fourth node joins the ring
+            for session in sessions:
+                target = await _target(http, cluster.lb, session.id)
+                assert target == will_target[session.id]
+                assert target in (before[session.id][0], added_id), (
+                    "ketama moves keys to the added node only"
+                )
+            for session in sessions:
+                for _ in range(2):
+                    await _ping(session)
+            after = {s.id: await _owner(redis_server, prefix, s.id) for s in sessions}
+            moved = [s for s in sessions if will_target[s.id] == added_id]
+            for session_id, (owner, epoch) in before.items():
+                if will_target[session_id] == added_id:
+                    assert after[session_id] == (added_id, epoch + 1), "handed over once"
+                else:
+                    assert after[session_id] == (owner, epoch), "the ring did not move it"
+            # Each moved session: two requests relayed by the added node, the second handed over.
+            assert _total(cluster, "relay.forwarded") == counts["relay.forwarded"] + 2 * len(moved)
+            assert _total(cluster, "handed_off") == counts["handed_off"] + len(moved)
+            assert _total(cluster, "handed_in") == counts["handed_in"] + len(moved)
+            assert _total(cluster, "taken_over") == 0
+            relayed = _total(cluster, "relay.forwarded")
+            for session in sessions:
+                await _ping(session)
+            assert _total(cluster, "relay.forwarded") == relayed, "nothing relayed any more"
+    finally:
+        grown.stop()
+        added.stop()

@@ -90,18 +90,22 @@ class Nginx:
         self.binary = binary
         self.port = free_port()
         self.prefix = Path(tempfile.mkdtemp(prefix="mcp-db-nginx-"))
+        self.opening, self.hash = opening, hash
+        self._configure(backends)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _configure(self, backends: list[str]) -> None:
         servers = "\n".join(f"        server {b} max_fails=0;" for b in backends)
         (self.prefix / "nginx.conf").write_text(
             CONFIG.format(
                 prefix=self.prefix,
                 servers=servers,
-                balance=HASH if hash else "",
+                balance=HASH if self.hash else "",
                 port=self.port,
-                opening=OPENING.format(backend=opening) if opening else "",
-                target="$pool" if opening else "mcp",
+                opening=OPENING.format(backend=self.opening) if self.opening else "",
+                target="$pool" if self.opening else "mcp",
             )
         )
-        self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -133,10 +137,21 @@ class Nginx:
         log = self.prefix / "access.log"
         return [line.split()[-1] for line in log.read_text().splitlines()] if log.exists() else []
 
-    def stop(self) -> None:
+    def restart(self, backends: list[str]) -> Nginx:
+        """Balances over ``backends`` from now on, on the same port, its access log going
+        on: a stop and a start, not ``nginx -s reload``, whose old workers would go on
+        serving the connections they hold for a while. Open connections are cut."""
+        self._halt()
+        self._configure(backends)
+        return self.start()
+
+    def _halt(self) -> None:
         if self.process is not None:
             if self.process.poll() is None:
                 self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
+
+    def stop(self) -> None:
+        self._halt()
         shutil.rmtree(self.prefix, ignore_errors=True)
