@@ -105,10 +105,8 @@ async def _round_trips(owner: Any, relayer: Any, owner_name: str, n: int) -> lis
     for _ in range(n):
         begin = time.perf_counter()
         forwarding = asyncio.ensure_future(relayer.forward(owner_name, "s", HEAD, BODY, 2000))
-        request_id = (await owner.next_request()).id
-        claimed = owner.claimed(request_id)
-        if not isinstance(claimed, bool):
-            claimed = await claimed
+        (taken,) = await owner.next_requests(1)
+        request_id = taken.id
         owner.respond(request_id, 200, [(b"content-type", b"application/json")], REPLY)
         done = await forwarding
         forward = done.response

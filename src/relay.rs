@@ -6,9 +6,9 @@
 
 use std::collections::HashMap;
 
-use mcp_db_core::relay::{self, Claimed, Headers, Incoming, Part};
+use mcp_db_core::relay::{self, Headers, Incoming, Part};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyBytes, PyList};
+use pyo3::types::{PyBytes, PyList};
 
 use crate::bridge;
 use crate::error::to_py;
@@ -86,44 +86,41 @@ impl Relay {
 
     // -- the owning side --------------------------------------------------------------------
 
-    /// The next request relayed to this node, or `None` once the relay is closed. Its claim is under way meanwhile: run nothing of
-    /// it before `claimed(id)` says it is this node's.
-    fn next_request<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let next = self.relay.next_request();
+    /// The next requests relayed to this node, as a list (at most `max`: all that have come,
+    /// once one has), or `None` once the relay is closed. Each is claimed by this node
+    /// already: run it. A request is claimed only when this is awaited.
+    #[pyo3(signature = (max = 64))]
+    fn next_requests<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
+        let next = self.relay.next_requests(max);
         let work = async move { Ok(next.await) };
         let relay = self.relay.clone();
-        let give_back = move |incoming: Option<Incoming>| {
-            if let Some(incoming) = incoming {
+        let give_back = move |taken: Option<Vec<Incoming>>| {
+            for incoming in taken.into_iter().flatten() {
                 relay.give_back(incoming);
             }
         };
         bridge::spawn_or_give_back(
             py,
             work,
-            |py, incoming: Option<Incoming>| {
-                let Some(incoming) = incoming else { return Ok(py.None()) };
-                let request = RelayedRequest {
-                    id: PyBytes::new(py, &incoming.id).unbind(),
-                    sender: incoming.from,
-                    session: incoming.session,
-                    head: incoming.head,
-                    body: PyBytes::new(py, &incoming.body).unbind(),
-                };
-                Ok(Py::new(py, request)?.into_any())
+            |py, taken: Option<Vec<Incoming>>| {
+                let Some(taken) = taken else { return Ok(py.None()) };
+                let requests = taken
+                    .into_iter()
+                    .map(|incoming| {
+                        let request = RelayedRequest {
+                            id: PyBytes::new(py, &incoming.id).unbind(),
+                            sender: incoming.from,
+                            session: incoming.session,
+                            head: incoming.head,
+                            body: PyBytes::new(py, &incoming.body).unbind(),
+                        };
+                        Py::new(py, request)
+                    })
+                    .collect::<PyResult<Vec<_>>>()?;
+                Ok(PyList::new(py, requests)?.into_any().unbind())
             },
             give_back,
         )
-    }
-
-    /// Whether this node won the claim of a request from `next_request`: a bool if that is
-    /// decided, else an awaitable of it. `False`: the relaying node gave up; drop it.
-    fn claimed<'py>(&self, py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        let wait = match self.relay.claimed(id).map_err(to_py)? {
-            Claimed::Decided(won) => return Ok(PyBool::new(py, won).to_owned().into_any()),
-            Claimed::Pending(wait) => wait,
-        };
-        let work = async move { Ok(wait.wait().await) };
-        bridge::spawn(py, work, |py, won: bool| Ok(PyBool::new(py, won).to_owned().into_any().unbind()))
     }
 
     /// Sends the response's status and headers.
@@ -254,8 +251,8 @@ impl Forwarded {
     }
 }
 
-/// A request another node relayed here (`Relay.next_request`): `id` names it in `claimed`,
-/// `start`, `send` and `end`; `sender` is the node that relayed it.
+/// A request another node relayed here, claimed by this node (`Relay.next_requests`): `id`
+/// names it in `start`, `send`, `respond` and `end`; `sender` is the node that relayed it.
 #[pyclass(frozen, get_all, module = "mcp_db._core")]
 pub struct RelayedRequest {
     id: Py<PyBytes>,

@@ -44,6 +44,12 @@ async def next_part(forward: Forward, timeout: float = 5) -> tuple[Any, ...]:
     return part(await asyncio.wait_for(forward.next(), timeout))
 
 
+async def take(owner: Any, timeout: float = 5) -> RelayedRequest:
+    """The next request relayed to ``owner``, claimed by it (``next_requests``)."""
+    (taken,) = await asyncio.wait_for(owner.next_requests(1), timeout)
+    return taken
+
+
 def forwarded(f: Forwarded) -> tuple[Any, ...]:
     """``(outcome, response or reason or None)``."""
     return (_OUTCOMES[f.outcome], f.response if f.response is not None else f.reason)

@@ -15,7 +15,7 @@ import redis as redis_py
 from mcp_db import McpDbError, RedisEventStore
 from mcp_db._core import key_layout
 from mcp_db._relay import serve
-from tests._relay_parts import forwarded, next_part, part, request
+from tests._relay_parts import forwarded, next_part, part, request, take
 from tests.support.redis_server import RedisServer
 
 # The Rust relay's frames between two ends in one process, not the SDK: see tests/conftest.py.
@@ -41,14 +41,9 @@ async def _pair(store: RedisEventStore, window: int = 64) -> tuple[Any, Any]:
 
 
 async def _take(owner: Any) -> tuple[Any, ...]:
-    """The next relayed request, once this node has won its claim (as the middleware does:
-    nothing of a request runs before that)."""
-    item = request(await asyncio.wait_for(owner.next_request(), 5))
-    claimed = owner.claimed(item[0])
-    if not isinstance(claimed, bool):
-        claimed = await asyncio.wait_for(claimed, 5)
-    assert claimed is True
-    return tuple(item)
+    """The next relayed request, which this node has claimed (the relay gives no other: as
+    the middleware does, nothing of a request runs before that)."""
+    return tuple(request(await take(owner)))
 
 
 async def _frames(forward: Any) -> list[Any]:
@@ -91,12 +86,11 @@ async def test_an_owner_that_never_takes_the_request_times_out_and_never_runs_it
     owner, relayer = await _pair(store)
     # The owner listens but its event loop never asks for work (a stuck node).
     assert forwarded(await relayer.forward("owner", "s", "{}", b"late", 300)) == ("timeout", None)
-    # When it finally asks, the request is there but not its to run: the relayer's claim won.
-    request_id = (await asyncio.wait_for(owner.next_request(), 5)).id
-    claimed = owner.claimed(request_id)
-    if not isinstance(claimed, bool):
-        claimed = await asyncio.wait_for(claimed, 5)
-    assert claimed is False
+    # When it finally asks, the request is not its to run (the relayer's claim won): the
+    # relay drops it and gives none.
+    with pytest.raises(asyncio.TimeoutError):
+        await asyncio.wait_for(owner.next_requests(), 0.5)
+    assert owner.stats()["served"] == 0
     assert relayer.stats()["timeouts"] == 1
     assert owner.stats()["in_flight_served"] == 0, "a lost claim leaves nothing behind"
 
@@ -140,7 +134,7 @@ async def _serve_relayed(store: RedisEventStore, app: Any) -> list[tuple[Any, fl
     owner, relayer = await _pair(store)
     head = '{"method":"POST","path":"/mcp","raw_path":"/mcp","query_string":"","headers":[]}'
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", head, b"{}", 2000))
-    served = asyncio.ensure_future(serve(app, owner, await owner.next_request(), None))
+    served = asyncio.ensure_future(serve(app, owner, await take(owner), None))
     started = time.monotonic()
     outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"
@@ -258,11 +252,10 @@ async def test_a_request_whose_publish_failed_is_settled_by_its_claim(prefix: st
                 admin.execute_command("CLIENT", "PAUSE", 1500, "ALL")
             with pytest.raises(McpDbError):
                 await relayer.forward("owner", "s", "{}", b"", 2000)
-            request_id = (await asyncio.wait_for(owner.next_request(), 5)).id
-            claimed = owner.claimed(request_id)
-            if not isinstance(claimed, bool):
-                claimed = await asyncio.wait_for(claimed, 5)
-            assert claimed is False
+            # Once Redis resumes (1.5 s), the owner's claim loses: nothing comes out.
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(owner.next_requests(), 2.5)
+            assert owner.stats()["served"] == 0
     finally:
         redis.cleanup()
 
@@ -273,7 +266,7 @@ async def test_a_cancelled_wait_for_a_request_takes_none(store: RedisEventStore)
     come before the loop gets round to stopping the wait (here the loop is kept busy while
     it comes): the next wait gets it all the same."""
     owner, relayer = await _pair(store)
-    waiting = asyncio.ensure_future(owner.next_request())
+    waiting = asyncio.ensure_future(owner.next_requests())
     await asyncio.sleep(0.05)
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):

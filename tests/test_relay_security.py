@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from mcp_db import ConfigError, RedisEventStore
 from tests._nodes import Node
-from tests._relay_parts import forwarded, next_part, request
+from tests._relay_parts import forwarded, next_part, request, take
 from tests.support.redis_server import RedisServer
 from tests.test_resume_e2e import RawSession
 
@@ -68,15 +68,12 @@ async def _runs(owner: Any, wait: float = 0.5) -> list[bytes]:
     ran = []
     while True:
         try:
-            item = request(await asyncio.wait_for(owner.next_request(), wait))
+            taken = await asyncio.wait_for(owner.next_requests(), wait)
         except asyncio.TimeoutError:
             return ran
-        claimed = owner.claimed(item[0])
-        if not isinstance(claimed, bool):
-            claimed = await asyncio.wait_for(claimed, 5)
-        if claimed:
-            ran.append(item[0])
-            owner.respond(item[0], 200, [], b"ran")
+        for item in taken:
+            ran.append(item.id)
+            owner.respond(item.id, 200, [], b"ran")
 
 
 class Capture:
@@ -222,12 +219,7 @@ async def test_frames_injected_into_a_live_stream_are_dropped(
 
 
 async def _runs_streaming(owner: Any) -> list[bytes]:
-    item = request(await asyncio.wait_for(owner.next_request(), 5))
-    claimed = owner.claimed(item[0])
-    if not isinstance(claimed, bool):
-        claimed = await asyncio.wait_for(claimed, 5)
-    assert claimed
-    return [bytes(item[0])]
+    return [bytes((await take(owner)).id)]
 
 
 # -- nodes that do not share the secret ----------------------------------------------------
@@ -279,7 +271,7 @@ async def test_a_streamed_response_through_sealed_frames(
 async def _sealed_stream(store: RedisEventStore) -> None:
     owner, relayer = await _pair(store, SECRET, SECRET, window=4)
     forwarding = asyncio.ensure_future(relayer.forward("owner", "s", '{"m":1}', b"body", 2000))
-    item = request(await asyncio.wait_for(owner.next_request(), 5))
+    item = request(await take(owner))
     assert tuple(item[1:]) == ("relayer", "s", '{"m":1}', b"body")
     outcome, forward = forwarded(await forwarding)
     assert outcome == "accepted"

@@ -496,8 +496,8 @@ class Forwarded:
 
 @final
 class RelayedRequest:
-    """A request another node relayed here: ``id`` names it in ``claimed``, ``start``,
-    ``send`` and ``end``; ``sender`` is the node that relayed it."""
+    """A request another node relayed here, claimed by this node: ``id`` names it in
+    ``start``, ``send``, ``respond`` and ``end``; ``sender`` is the node that relayed it."""
 
     @property
     def id(self) -> bytes: ...
@@ -535,12 +535,11 @@ class Relay:
     ) -> Forwarded:
         """Relays a request to ``owner``. Raises ``RedisUnavailableError`` when Redis
         failed and the owner may have heard the request: it must not be sent again."""
-    async def next_request(self) -> RelayedRequest | None:
-        """The next request relayed here; ``None`` once the relay is closed. Its claim is
-        under way: run nothing of it before :meth:`claimed` says so."""
-    def claimed(self, id: bytes) -> bool | Awaitable[bool]:
-        """Whether this node won the request's claim, or an awaitable of it while the
-        claim is in flight. ``False``: the relaying node gave up; drop the request."""
+    async def next_requests(self, max: int = 64) -> list[RelayedRequest] | None:
+        """The next requests relayed here (at most ``max``: all that have come, once one
+        has); ``None`` once the relay is closed. Each is claimed by this node already: run
+        it. A request is claimed only while this is awaited, so a node that asks for no
+        work takes none on."""
     def start(self, id: bytes, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         """Sends the status and headers of a streamed response."""
     def respond(

@@ -172,15 +172,10 @@ async def pump(forward: Forward, receive: Receive, send: Send) -> Pumped:
 async def serve(
     app: App, relay: Any, request: RelayedRequest, state: dict[str, Any] | None
 ) -> None:
-    """Runs one relayed request on this node, once its claim is won, and streams the
-    response back."""
+    """Runs one relayed request on this node (``Relay.next_requests`` gives only those this
+    node claimed), and streams the response back."""
     request_id, relayed_from, body = request.id, request.sender, request.body
     scope = decode_head(request.head, state, relayed_from)
-    claimed = relay.claimed(request_id)
-    if not isinstance(claimed, bool):
-        claimed = await claimed
-    if not claimed:
-        return  # the relaying node gave up on it (and answered 503): it must never run
     body_pending = True
 
     async def receive() -> Message:

@@ -298,16 +298,18 @@ class Node:
                 await table.let_go(session_id, _LET_GO.get(status, "moved"))
 
     async def _take_relayed(self) -> None:
-        """Serves requests other nodes relay to this one, each in its own task."""
+        """Serves requests other nodes relay to this one, each in its own task: all that
+        came while the loop was busy, at one wake-up."""
         while True:
             try:
-                item = await self.relay.next_request()
+                taken = await self.relay.next_requests()
             except McpDbError as exc:
                 self.counters.redis_errors["relay"] += 1
                 logger.warning("cannot take a relayed request: %s", exc)
                 await anyio.sleep(0.1)
                 continue
-            if item is None:
+            if taken is None:
                 return
-            self.counters.relayed_in += 1
-            self.spawn(serve(self.app, self.relay, item, self.lifespan_state))
+            self.counters.relayed_in += len(taken)
+            for request in taken:
+                self.spawn(serve(self.app, self.relay, request, self.lifespan_state))

@@ -57,7 +57,7 @@ pub use frame::{Frame, Headers, Incoming, ReqId};
 use inbox::Rejections;
 use outbox::Unheard;
 use seal::{Rejected, Seal};
-pub use serve::{ClaimWait, Claimed, RoomWait};
+pub use serve::RoomWait;
 use serve::{Served, CLAIM_AND_ACCEPT};
 
 const INBOX_BACKLOG: usize = 1024;
@@ -96,7 +96,7 @@ struct Shared {
     rejections: Rejections,
 }
 
-/// Where `next_request` takes requests from: those given back first (already registered
+/// Where `next_requests` takes requests from: those given back first (already registered
 /// and claimed), then those fresh from the inbox.
 struct Waiting {
     fresh: mpsc::Receiver<Incoming>,

@@ -2,12 +2,13 @@
 //! responses sent frame by frame within the relaying node's window.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use tokio::sync::Notify;
 
-use super::frame::{encode_start, encode_whole, kind, Frame, Incoming, ReqId};
+use super::frame::{encode_start, encode_whole, kind, Frame, Incoming};
 use super::outbox::Unheard;
 use super::{id_of, Relay, Shared, Waiting, CLAIM_TTL_MS};
 use crate::error::Result;
@@ -38,14 +39,8 @@ pub(super) struct Served {
     /// The relaying node credits chunks only (an older version): no byte window then.
     pub(super) chunks_only: AtomicBool,
     pub(super) cancelled: AtomicBool,
-    /// The claim's outcome: `CLAIM_PENDING`, `CLAIM_WON` or `CLAIM_LOST`.
-    pub(super) claim: AtomicU8,
     pub(super) wake: Notify,
 }
-
-const CLAIM_PENDING: u8 = 0;
-const CLAIM_WON: u8 = 1;
-const CLAIM_LOST: u8 = 2;
 
 impl Served {
     /// Every waiter creates its `Notified` before checking the state it waits on, so
@@ -67,7 +62,7 @@ impl Served {
 
 /// Registers a request this node is about to claim: the sender may answer the acceptance
 /// at once (credit, cancel).
-fn register(shared: &Shared, incoming: &Incoming) -> Arc<Served> {
+fn register(shared: &Shared, incoming: &Incoming) {
     let served = Arc::new(Served {
         from: incoming.from.clone(),
         next_seq: AtomicU32::new(1),
@@ -77,19 +72,18 @@ fn register(shared: &Shared, incoming: &Incoming) -> Arc<Served> {
         credit_bytes: AtomicU64::new(0),
         chunks_only: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
-        claim: AtomicU8::new(CLAIM_PENDING),
         wake: Notify::new(),
     });
-    shared.served.lock().unwrap().insert(incoming.id, served.clone());
-    served
+    shared.served.lock().unwrap().insert(incoming.id, served);
 }
 
-/// Claims a request and tells its sender, in one script. Lost if the sender gave up first
-/// (or Redis cannot be reached: then the sender times out and answers 503).
-async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: String) {
-    let accepted = Frame { kind: kind::ACCEPTED, id, seq: 0, payload: Vec::new() };
-    let key = claim_key(&shared.prefix, &session, &id);
-    let replies = reply_channel(&shared.prefix, &served.from);
+/// Claims a request and tells its sender, in one script: whether this node won. Lost if
+/// the sender gave up first (or Redis cannot be reached: then the sender times out and
+/// answers 503); a lost request is forgotten here.
+async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
+    let accepted = Frame { kind: kind::ACCEPTED, id: incoming.id, seq: 0, payload: Vec::new() };
+    let key = claim_key(&shared.prefix, &incoming.session, &incoming.id);
+    let replies = reply_channel(&shared.prefix, &incoming.from);
     let in_script = !shared.connector.is_cluster().await.unwrap_or(false);
     let mut call = shared.claim.key(&key);
     call.arg(&shared.node).arg(CLAIM_TTL_MS);
@@ -111,33 +105,27 @@ async fn claim(shared: Arc<Shared>, served: Arc<Served>, id: ReqId, session: Str
     if won {
         shared.stats.served.fetch_add(1, Ordering::Relaxed);
     } else {
-        shared.served.lock().unwrap().remove(&id);
+        shared.served.lock().unwrap().remove(&incoming.id);
     }
-    served.claim.store(if won { CLAIM_WON } else { CLAIM_LOST }, Ordering::SeqCst);
-    served.wake.notify_waiters();
+    won
 }
 
-/// Whether this node won a request's claim (`Relay::claimed`).
-pub enum Claimed {
-    Decided(bool),
-    /// Still under way: [`ClaimWait::wait`] says.
-    Pending(ClaimWait),
-}
-
-/// A claim still under way.
-pub struct ClaimWait(Arc<Served>);
-
-impl ClaimWait {
-    /// Whether this node won the claim, once that is decided.
-    pub async fn wait(self) -> bool {
-        loop {
-            let notified = self.0.wake.notified();
-            match self.0.claim.load(Ordering::SeqCst) {
-                CLAIM_PENDING => notified.await,
-                decided => return decided == CLAIM_WON,
+/// Claims `taken` side by side (their scripts pipelined on one connection), in a task of
+/// its own: the caller's wait may be aborted (its Python future cancelled), and a request
+/// claimed meanwhile must then go to the next caller, not to nobody.
+async fn claim_all(shared: &Arc<Shared>, taken: Vec<Incoming>) -> Vec<Incoming> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task_shared = shared.clone();
+    tokio::spawn(async move {
+        let won = join_all(taken.iter().map(|incoming| claim(&task_shared, incoming))).await;
+        let claimed: Vec<Incoming> = taken.into_iter().zip(won).filter_map(|(i, won)| won.then_some(i)).collect();
+        if let Err(claimed) = tx.send(claimed) {
+            for incoming in claimed {
+                let _ = task_shared.returned.send(incoming);
             }
         }
-    }
+    });
+    rx.await.unwrap_or_default()
 }
 
 /// A response whose window is full (`Relay::send`).
@@ -166,52 +154,62 @@ impl RoomWait {
 }
 
 impl Relay {
-    /// The next request relayed to this node, or `None` once the relay is closed. Its claim
-    /// is under way meanwhile: run nothing of it before [`Relay::claimed`] says it is this
-    /// node's.
-    pub fn next_request(&self) -> impl Future<Output = Option<Incoming>> + Send + 'static {
+    /// The next requests relayed to this node, each claimed by this node already (at most
+    /// `max`: all that have come, once one has), or `None` once the relay is closed. A
+    /// request is claimed only when this is called, so a node whose event loop does not ask
+    /// for work (frozen, overloaded) takes nothing on, and its relaying nodes time out; a
+    /// request whose claim is lost (its sender gave up first) never comes out of here.
+    pub fn next_requests(&self, max: usize) -> impl Future<Output = Option<Vec<Incoming>>> + Send + 'static {
         let shared = self.shared.clone();
+        let max = max.max(1);
         async move {
             loop {
-                let incoming = {
+                let mut fresh = Vec::with_capacity(max);
+                {
                     let mut guard = shared.requests.lock().await;
-                    let Waiting { fresh, returned } = &mut *guard;
+                    let Waiting { fresh: inbox, returned } = &mut *guard;
                     tokio::select! {
                         biased;
-                        Some(returned) = returned.recv() => return Some(returned),
-                        fresh = fresh.recv() => fresh?,
+                        Some(first) = returned.recv() => {
+                            // Claimed already, for a caller who stopped waiting.
+                            let mut again = vec![first];
+                            while again.len() < max {
+                                let Ok(more) = returned.try_recv() else { break };
+                                again.push(more);
+                            }
+                            return Some(again);
+                        }
+                        n = inbox.recv_many(&mut fresh, max) => if n == 0 { return None },
                     }
-                };
-                if shared.draining.load(Ordering::SeqCst) {
-                    let refusal = Frame { kind: kind::REFUSED, id: incoming.id, seq: 0, payload: b"draining".to_vec() };
-                    shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
+                }
+                let mut taken = Vec::with_capacity(fresh.len());
+                for incoming in fresh {
+                    if shared.draining.load(Ordering::SeqCst) {
+                        let refusal =
+                            Frame { kind: kind::REFUSED, id: incoming.id, seq: 0, payload: b"draining".to_vec() };
+                        shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
+                        continue;
+                    }
+                    register(&shared, &incoming);
+                    taken.push(incoming);
+                }
+                if taken.is_empty() {
                     continue;
                 }
-                // The claim's round trip to Redis overlaps with waking the caller up.
-                let served = register(&shared, &incoming);
-                tokio::spawn(claim(shared.clone(), served, incoming.id, incoming.session.clone()));
-                return Some(incoming);
+                let claimed = claim_all(&shared, taken).await;
+                if !claimed.is_empty() {
+                    return Some(claimed);
+                }
             }
         }
     }
 
-    /// Hands a request from `next_request` back when the caller it was taken for stopped
-    /// waiting before it was delivered: the next `next_request` returns it, as it is (it is
-    /// registered, and its claim is under way or decided).
+    /// Hands requests from `next_requests` back when the caller they were taken for stopped
+    /// waiting before they were delivered: the next `next_requests` returns them first, as
+    /// they are (registered and claimed).
     pub fn give_back(&self, incoming: Incoming) {
         // Fails only once the relay is gone; then the request ends with it.
         let _ = self.shared.returned.send(incoming);
-    }
-
-    /// Whether this node won the claim of a request from `next_request`. `false`: the
-    /// relaying node gave up; drop it.
-    pub fn claimed(&self, id: &[u8]) -> Result<Claimed> {
-        let served = self.shared.served.lock().unwrap().get(&id_of(id)?).cloned();
-        let Some(served) = served else { return Ok(Claimed::Decided(false)) };
-        Ok(match served.claim.load(Ordering::SeqCst) {
-            CLAIM_PENDING => Claimed::Pending(ClaimWait(served)),
-            decided => Claimed::Decided(decided == CLAIM_WON),
-        })
     }
 
     /// Sends the response's status and headers.

@@ -28,16 +28,18 @@ async fn node(redis: &RedisServer, name: &str, window: u32, window_bytes: u64) -
 /// and the request's ID.
 async fn accepted(a: &Relay, b: &Relay) -> (Forward, ReqId) {
     let forwarded = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"{}".to_vec(), 5_000));
-    let incoming = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
-    let won = match b.claimed(&incoming.id).expect("an ID") {
-        Claimed::Decided(won) => won,
-        Claimed::Pending(wait) => timeout(LONG, wait.wait()).await.expect("in time"),
-    };
-    assert!(won, "b claims the request");
+    let incoming = take_one(b).await;
     match forwarded.await.expect("no panic").expect("no Redis error") {
         Forwarded::Accepted(forward) => (forward, incoming.id),
         _ => panic!("the owner took the request on"),
     }
+}
+
+/// The next request relayed to `b`, claimed by `b` (as `next_requests` gives them).
+async fn take_one(b: &Relay) -> Incoming {
+    let mut taken = timeout(LONG, b.next_requests(1)).await.expect("in time").expect("a request");
+    assert_eq!(taken.len(), 1, "at most the one asked for");
+    taken.remove(0)
 }
 
 async fn next_part(forward: &Forward) -> Part {
@@ -153,23 +155,52 @@ async fn a_request_given_back_is_the_next_one_taken_and_still_served_once() {
     let redis = RedisServer::start();
     let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
     let first = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"first".to_vec(), 5_000));
-    let taken = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    let taken = take_one(&b).await;
     let second = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"second".to_vec(), 5_000));
     // The caller `taken` was meant for stopped waiting: the next caller gets it, before
     // anything that came after it, and its claim is not made a second time.
     b.give_back(taken);
-    let again = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    let again = take_one(&b).await;
     assert_eq!(again.body, b"first");
-    let then = timeout(LONG, b.next_request()).await.expect("in time").expect("a request");
+    let then = take_one(&b).await;
     assert_eq!(then.body, b"second");
     for (incoming, forwarded) in [(again, first), (then, second)] {
-        let won = match b.claimed(&incoming.id).expect("an ID") {
-            Claimed::Decided(won) => won,
-            Claimed::Pending(wait) => timeout(LONG, wait.wait()).await.expect("in time"),
-        };
-        assert!(won, "b claims each request once, and wins");
         assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
         b.respond(&incoming.id, 200, &[], b"{}").unwrap();
     }
     assert_eq!(b.stats()["served"], 2);
+}
+
+#[tokio::test]
+async fn requests_that_came_meanwhile_are_taken_and_claimed_together() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    let forwarded: Vec<_> =
+        (0..3u8).map(|n| tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), vec![n], 5_000))).collect();
+    // Nobody asks `b` for work until all three are in its inbox: one call takes them all.
+    let deadline = tokio::time::Instant::now() + LONG;
+    while b.shared.requests.lock().await.fresh.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "three requests reach b's inbox");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let taken = timeout(LONG, b.next_requests(8)).await.expect("in time").expect("requests");
+    assert_eq!(taken.iter().map(|i| i.body.clone()).collect::<Vec<_>>(), vec![vec![0], vec![1], vec![2]]);
+    for (incoming, forwarded) in taken.iter().zip(forwarded) {
+        assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+        b.respond(&incoming.id, 200, &[], b"{}").unwrap();
+    }
+    assert_eq!(b.stats()["served"], 3);
+}
+
+#[tokio::test]
+async fn a_request_its_sender_gave_up_on_never_comes_out() {
+    let redis = RedisServer::start();
+    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    // `a` gives up on its first request before `b` asks for work: `a` holds the claim.
+    let first = a.forward("b".into(), "s".into(), "{}".into(), b"first".to_vec(), 100);
+    assert!(matches!(first.await.expect("no Redis error"), Forwarded::Timeout));
+    let second = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"second".to_vec(), 5_000));
+    assert_eq!(take_one(&b).await.body, b"second", "the first is dropped, not run");
+    assert!(matches!(second.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+    assert_eq!(b.stats()["served"], 1);
 }
