@@ -290,9 +290,10 @@ async def _result_stored(redis: RedisServer, prefix: str, session_id: str, strea
 async def test_a_stream_cut_before_a_hand_off_resumes_at_the_new_owner_exactly_once(
     cluster: Cluster, redis_server: RedisServer, prefix: str
 ) -> None:
-    """A client cuts a call's stream on the session's owner; the session then moves to the
-    node the hash picks, and the client resumes there with ``Last-Event-ID``: the new owner
-    replays the rest of the stream from Redis, every event once."""
+    """A client cuts a call's stream on the session's owner. The call runs on: the session
+    moves to the node the hash picks only once the call is answered, and the client resumes
+    there with ``Last-Event-ID``: the new owner replays the rest of the stream from Redis,
+    every event once."""
     async with httpx.AsyncClient(timeout=30) as http:
         ((session, picked),) = await _sessions_owned_elsewhere(
             http, cluster, redis_server, prefix, 1
@@ -311,11 +312,14 @@ async def test_a_stream_cut_before_a_hand_off_resumes_at_the_new_owner_exactly_o
                 seen.append(event)
                 if len(seen) == 5:
                     break
-        # The call runs on without its client: let it end before the session moves. The
-        # owner's hand-off waits for requests in flight, and the cut POST no longer counts as
-        # one (a hand-off now ends the call midway, its last steps never stored).
+        # The call runs on without its client. Requests from the picked node meanwhile are
+        # relayed, and the session stays: handing it on would end the call midway.
+        for _ in range(3):
+            await _ping(session)
+        assert await _owner(redis_server, prefix, session.id) == (first_owner, 1)
+        assert _total(cluster, "handed_off") == 0
         await _result_stored(redis_server, prefix, session.id, str(call["id"]))
-        for _ in range(4):  # requests in a row from the picked node: the second moves it
+        for _ in range(4):  # once the call is answered, the next one moves the session
             await _ping(session)
             if await _owner(redis_server, prefix, session.id) == (picked, 2):
                 break

@@ -12,6 +12,7 @@ import pytest
 from mcp_db._core import ClaimOutcome
 from mcp_db.middleware import ownership as ownership_module
 from mcp_db.middleware.node import Lease
+from mcp_db.middleware.owner import call_ids
 from mcp_db.middleware.ownership import Owned, Ownership
 from mcp_db.middleware.routing import (
     CANNOT_CLOSE,
@@ -354,6 +355,24 @@ def test_a_call_in_flight_holds_the_session_until_it_ends() -> None:
     assert hand_off_to(o, OTHER, RELISTENING_FROM) is None, "the call still runs here"
     o.in_flight = 0
     assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER, "the next request moves it"
+
+
+def test_a_call_whose_client_went_away_holds_the_session_until_answered() -> None:
+    o = held_here(detached={"7": float("inf")})
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) is None
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) is None, "the SDK still runs the call"
+    del o.detached["7"]
+    assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER
+
+
+def test_the_calls_of_a_post_are_its_json_rpc_requests_by_id() -> None:
+    call = b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{}}'
+    assert call_ids(call) == ["7"], "named as the SDK names the call's stream"
+    batch = b'[{"jsonrpc":"2.0","id":"a","method":"ping"},{"jsonrpc":"2.0","method":"x"},'
+    batch += b'{"jsonrpc":"2.0","id":3,"result":{}}]'
+    assert call_ids(batch) == ["a"], "not a notification, not a response"
+    assert call_ids(b"{not json") == []
+    assert call_ids(b'"a string"') == []
 
 
 def test_an_open_get_stream_moves_only_if_its_client_listens_again() -> None:

@@ -15,6 +15,7 @@ import math
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from mcp_db import _core, _fork, _wake, metrics
@@ -51,6 +52,8 @@ _RESUME_WAIT_SECONDS = 2.0
 
 #: Session component of events stored through an unattached store.
 UNATTACHED = ""
+#: The tags (``encode``) of a call's answer: a JSON-RPC response, or an error.
+_ANSWERS = frozenset("re")
 
 
 def _decode_run(tag: str, data: bytes, ends: bytes, first_id: str) -> list[Any]:
@@ -96,6 +99,9 @@ class _Base(_SdkEventStore):
     _metric_attributes: ClassVar[dict[str, str]] = {}
     #: Replays that failed because Redis could not be read.
     _replay_errors = 0
+    #: Told ``(session, stream)`` once an answer (a JSON-RPC response or error) is stored
+    #: (``_on_answer``).
+    _answer_hooks: tuple[Callable[[str, str], None], ...] = ()
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
         raise NotImplementedError
@@ -125,7 +131,11 @@ class _Base(_SdkEventStore):
             if message is None:  # a priming event: a resume point, never replayed
                 return await self._append(session, stream, "p", None)
             tag, data = encode(message)
-            return await self._append(session, stream, tag, data)
+            event_id = await self._append(session, stream, tag, data)
+            if self._answer_hooks and tag in _ANSWERS:
+                for hook in self._answer_hooks:
+                    hook(session, stream)
+            return event_id
         except Exception:
             # Raising would stop the SDK's message router for the whole session. Without an
             # ID the SDK still delivers the message live; it just cannot be resumed from.
@@ -187,6 +197,12 @@ class _Base(_SdkEventStore):
         if not isinstance(session_id, str) or not session_id:
             raise ConfigError(f"session_id must be a non-empty string, got {session_id!r}")
         return SessionEventStore(self, session_id)
+
+    def _on_answer(self, hook: Callable[[str, str], None]) -> None:
+        """Calls ``hook(session, stream)`` each time an answer to a call (a JSON-RPC
+        response or error) is stored, once Redis has it: the call is over, and its answer
+        survives whatever happens to this node next (``SessionMiddleware`` uses it)."""
+        self._answer_hooks = (*self._answer_hooks, hook)
 
     def attach(self, target: Any) -> None:
         """Bind every transport a session manager creates to its own session.

@@ -188,6 +188,8 @@ class Endpoint:
             ownership=ownership if settings.hand_off else None,
             reroute=self._in_session,
         )
+        if settings.hand_off:
+            store._on_answer(owner.answered)  # calls whose client left hold their session
         self._forwarder = Forwarder(
             relay=relay,
             ownership=ownership,

@@ -21,6 +21,7 @@ from mcp_db._asgi import (
     TOO_MANY,
     UNAVAILABLE,
     App,
+    Message,
 )
 from mcp_db._core import ClaimOutcome, Refusal, Transition
 from mcp_db._relay import RELAYED
@@ -32,6 +33,25 @@ from mcp_db.middleware.ownership import Owned, Ownership
 from mcp_db.middleware.routing import HAND_OFF_CALM, NotFound, Record, Request, hand_off_to
 
 logger = logging.getLogger("mcp_db")
+
+#: How long a call whose client went away keeps its session from being handed on, at most,
+#: should its answer go unseen (it was stored just before the client left).
+DETACHED_FOR = 300.0
+
+
+def call_ids(body: bytes) -> list[str]:
+    """The IDs, as the SDK names their streams, of the JSON-RPC requests in a POST's body
+    (one message, or a batch); none if it is not JSON-RPC."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return []
+    messages = parsed if isinstance(parsed, list) else [parsed]
+    return [
+        str(m["id"])
+        for m in messages
+        if isinstance(m, dict) and "method" in m and m.get("id") is not None
+    ]
 
 
 def fenced(done: Transition) -> bool:
@@ -109,6 +129,11 @@ class Owner:
             await self._close(request, owned)
             return
         if self.ownership is not None:
+            if owned.detached:
+                now = time.monotonic()
+                for call, until in list(owned.detached.items()):
+                    if until < now:
+                        del owned.detached[call]
             to = hand_off_to(owned, request.scope.get(RELAYED), request.version)
             if to is not None and await self._hand_off(request, owned, to):
                 return
@@ -129,11 +154,49 @@ class Owner:
         owned.in_flight += 1
         owned.listening += listening
         try:
-            await self.inner(request.scope, request.receive, request.send)
+            if method == "POST":
+                await self._serve_call(request, owned)
+            else:
+                await self.inner(request.scope, request.receive, request.send)
         finally:
             owned.in_flight -= 1
             owned.listening -= listening
             owned.last_used = time.monotonic()
+
+    async def _serve_call(self, request: Request, owned: Owned) -> None:
+        """Serves a POST, and notes the calls of one whose client went away before the
+        answer: the SDK runs them on, and the session must not be handed on under them
+        (``Owned.detached``, until ``answered`` hears their answer stored)."""
+        receive, send = request.receive, request.send
+        body: list[bytes] = []
+        answered = False
+
+        async def receive_noting() -> Message:
+            message = await receive()
+            if message["type"] == "http.request":
+                body.append(message.get("body", b""))
+            return message
+
+        async def send_noting(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                answered = True
+            await send(message)
+
+        try:
+            await self.inner(request.scope, receive_noting, send_noting)
+        finally:
+            if not answered and self.ownership is not None:
+                until = time.monotonic() + DETACHED_FOR
+                for call in call_ids(b"".join(body)):
+                    owned.detached[call] = until
+
+    def answered(self, session_id: str, stream: str) -> None:
+        """The store stored an answer on ``stream`` of ``session_id``: a call detached from
+        its client (if it was one) is over."""
+        owned = self.table.owned.get(session_id)
+        if owned is not None and owned.detached:
+            owned.detached.pop(stream, None)
 
     async def _hand_off(self, request: Request, owned: Owned, to: str) -> bool:
         """Hands the session to node ``to``, which relayed this request, instead of serving
