@@ -35,7 +35,7 @@ PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.t
 # Keep the virtualenv stamps: they are real, slow-to-make state, not intermediates.
 .SECONDARY:
 
-.PHONY: all help build test test-rust test-python bench lint format demo clean
+.PHONY: all help build test test-envs test-rust test-python bench lint format demo clean
 all: test
 
 ## this list
@@ -87,6 +87,9 @@ test: test-rust test-python
 ## cargo test of the Rust workspace: the core (against throwaway redis-servers) and the binding
 test-rust:
 	cargo test --workspace --locked -q
+
+# Every virtualenv the tests run in (CI builds them side by side: make -j4 test-envs).
+test-envs: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed
 
 ## pytest in one virtualenv per SDK line of MCP_VERSIONS, then FastMCP's tests in its own
 test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed

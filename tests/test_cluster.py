@@ -208,7 +208,7 @@ async def _record(redis_server: RedisServer, prefix: str, session_id: str) -> di
 
 @pytest.mark.multinode
 async def test_many_sessions_round_robin_without_failures(cluster: Cluster) -> None:
-    sessions, requests = 200, 20
+    sessions, requests = 100, 20
     failures: list[str] = []
     limit = asyncio.Semaphore(20)
 
