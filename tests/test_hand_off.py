@@ -115,6 +115,17 @@ async def _sessions_owned_elsewhere(
     raise AssertionError(f"only {len(found)} sessions opened on another node than their hash")
 
 
+async def _owned_elsewhere_with_owner(
+    http: httpx.AsyncClient, cluster: Cluster, redis: RedisServer, prefix: str
+) -> tuple[RawSession, str, str, Any]:
+    """One session owned elsewhere than the node the hash picks (``_sessions_owned_elsewhere``):
+    the session, the picked node, its owner's ID and the owner's ``Node``."""
+    ((session, picked),) = await _sessions_owned_elsewhere(http, cluster, redis, prefix, 1)
+    first_owner, _ = await _owner(redis, prefix, session.id)
+    (owner_node,) = [n for n in cluster.nodes if _node_name(cluster, str(n.port)) == first_owner]
+    return session, picked, first_owner, owner_node
+
+
 @ONE_LINE
 async def test_behind_a_hash_relaying_stops_after_the_first_requests(
     cluster: Cluster, redis_server: RedisServer, prefix: str
@@ -177,15 +188,11 @@ async def test_a_hand_off_waits_for_a_call_in_flight_and_nothing_runs_twice(
     cluster: Cluster, redis_server: RedisServer, prefix: str
 ) -> None:
     async with httpx.AsyncClient(timeout=30) as http:
-        ((session, picked),) = await _sessions_owned_elsewhere(
-            http, cluster, redis_server, prefix, 1
+        session, picked, first_owner, owner_node = await _owned_elsewhere_with_owner(
+            http, cluster, redis_server, prefix
         )
-        first_owner, _ = await _owner(redis_server, prefix, session.id)
         # A request straight to the owner breaks the streak the notification began: the
         # call is then the first of a new one, and runs on the owner.
-        (owner_node,) = [
-            n for n in cluster.nodes if _node_name(cluster, str(n.port)) == first_owner
-        ]
         direct = RawSession(http, owner_node.url)
         direct.id = session.id
         await _ping(direct)
@@ -295,13 +302,9 @@ async def test_a_stream_cut_before_a_hand_off_resumes_at_the_new_owner_exactly_o
     there with ``Last-Event-ID``: the new owner replays the rest of the stream from Redis,
     every event once."""
     async with httpx.AsyncClient(timeout=30) as http:
-        ((session, picked),) = await _sessions_owned_elsewhere(
-            http, cluster, redis_server, prefix, 1
+        session, picked, first_owner, owner_node = await _owned_elsewhere_with_owner(
+            http, cluster, redis_server, prefix
         )
-        first_owner, _ = await _owner(redis_server, prefix, session.id)
-        (owner_node,) = [
-            n for n in cluster.nodes if _node_name(cluster, str(n.port)) == first_owner
-        ]
         # Straight to the owner, which runs it; then the client cuts the stream.
         n, call = 20, steps_call(20, 0.05, "resumed")
         seen: list[dict[str, str]] = []

@@ -154,7 +154,7 @@ class Owner:
         owned.in_flight += 1
         owned.listening += listening
         try:
-            if method == "POST":
+            if method == "POST" and self.ownership is not None:
                 await self._serve_call(request, owned)
             else:
                 await self.inner(request.scope, request.receive, request.send)
@@ -164,9 +164,10 @@ class Owner:
             owned.last_used = time.monotonic()
 
     async def _serve_call(self, request: Request, owned: Owned) -> None:
-        """Serves a POST, and notes the calls of one whose client went away before the
-        answer: the SDK runs them on, and the session must not be handed on under them
-        (``Owned.detached``, until ``answered`` hears their answer stored)."""
+        """Serves a POST (when sessions may be handed off), and notes the calls of one
+        whose client went away before the answer: the SDK runs them on, and the session
+        must not be handed on under them (``Owned.detached``, until ``answered`` hears
+        their answer stored)."""
         receive, send = request.receive, request.send
         body: list[bytes] = []
         answered = False
@@ -186,7 +187,7 @@ class Owner:
         try:
             await self.inner(request.scope, receive_noting, send_noting)
         finally:
-            if not answered and self.ownership is not None:
+            if not answered:
                 until = time.monotonic() + DETACHED_FOR
                 for call in call_ids(b"".join(body)):
                     owned.detached[call] = until
