@@ -35,7 +35,8 @@ PY_SOURCES   := $(shell find python -name '*.py' -o -name '*.pyi' -o -name 'py.t
 # Keep the virtualenv stamps: they are real, slow-to-make state, not intermediates.
 .SECONDARY:
 
-.PHONY: all help build test test-envs test-rust test-python bench lint format demo clean
+.PHONY: all help build test test-envs test-rust test-python test-lane-main test-lane-others \
+  bench lint format demo clean
 all: test
 
 ## this list
@@ -91,13 +92,33 @@ test-rust:
 # Every virtualenv the tests run in (CI builds them side by side: make -j4 test-envs).
 test-envs: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed
 
-## pytest in one virtualenv per SDK line of MCP_VERSIONS, then FastMCP's tests in its own
-test-python: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed
-	@set -e; $(foreach v,$(MCP_VERSIONS), \
-	  echo '=== pytest with mcp $(v) $(MARKS_$(v))'; \
-	  $(VENVS)/mcp-$(v)/bin/python -m pytest -q $(MARKS_$(v)) $(PYTEST_ARGS);)
+## pytest in one virtualenv per SDK line of MCP_VERSIONS, and FastMCP's tests in its own
+# Two lanes side by side (TEST_LANES=1: one after the other). Most of a test's time is spent
+# waiting (leases, restarts, streams), so two cores carry both. One lane runs the newest SDK
+# line's suite, the longest, but for LANE_FILES; the other runs the other lines, FastMCP's
+# tests and LANE_FILES on the newest line, so the two end at about the same time. Each
+# lane's output is printed whole when it ends.
+TEST_LANES ?= 2
+LANE_FILES := tests/test_relay_security.py tests/test_redis_deployments.py
+test-python: test-envs
+	@$(MAKE) --no-print-directory -j$(TEST_LANES) --output-sync=target \
+	  test-lane-main test-lane-others
+
+# Each lane picks its servers' ports from a range of its own.
+test-lane-main: export MCP_DB_TEST_PORTS = 20000-25999
+test-lane-main:
+	@$(call pytest_line,$(MCP_MAIN),$(addprefix --ignore=,$(LANE_FILES)))
+
+test-lane-others: export MCP_DB_TEST_PORTS = 26000-31999
+test-lane-others:
+	@set -e; $(foreach v,$(filter-out $(MCP_MAIN),$(MCP_VERSIONS)),$(call pytest_line,$(v));)
 	@echo "=== pytest with fastmcp $(FASTMCP_VERSION) (mcp $(FASTMCP_MCP)): the fastmcp tests"
-	$(FASTMCP_VENV)/bin/python -m pytest -q -m fastmcp $(PYTEST_ARGS)
+	@$(FASTMCP_VENV)/bin/python -m pytest -q -m fastmcp $(PYTEST_ARGS)
+	@$(call pytest_line,$(MCP_MAIN),$(LANE_FILES))
+
+# pytest on one SDK line, with its marks, then $(2) (paths, or --ignore= of paths).
+pytest_line = echo '=== pytest with mcp $(1) $(MARKS_$(1)) $(2)'; \
+  $(VENVS)/mcp-$(1)/bin/python -m pytest -q $(MARKS_$(1)) $(PYTEST_ARGS) $(2)
 
 ## benchmarks: ratios against baselines run in the same process (BENCH_ARGS="...")
 bench: $(VENVS)/mcp-$(MCP_MAIN)/.installed $(FASTMCP_VENV)/.installed

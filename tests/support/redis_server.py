@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -16,6 +17,11 @@ _handed_out: set[int] = set()
 # Below Linux's ephemeral range (32768-60999), so an outgoing connection cannot take a port
 # between the moment it is chosen here and the moment a server binds it.
 _PORTS = range(20000, 32000)
+# Test runs side by side (``make test``'s lanes) each take a range of their own, so one never
+# picks a port another has handed out, or holds across a server's restart: "FIRST-LAST".
+if os.environ.get("MCP_DB_TEST_PORTS"):
+    _first, _, _last = os.environ["MCP_DB_TEST_PORTS"].partition("-")
+    _PORTS = range(int(_first), int(_last) + 1)
 
 
 def free_port() -> int:
