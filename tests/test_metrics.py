@@ -150,6 +150,29 @@ async def test_a_takeover_is_counted(nodes: list[Node]) -> None:
     assert value(samples, seconds, path="takeover", method="POST") == 1
 
 
+async def test_a_hand_off_is_counted_on_both_nodes(nodes: list[Node]) -> None:
+    """Two requests of a session in a row relayed from one node move the session there:
+    the owner counts it handed off and the request as ``handed_off``; the other node counts
+    it handed in and rebuilt, and from then on serves it itself."""
+    owner, other = nodes
+    async with httpx.AsyncClient(timeout=10) as http:
+        raw = await RawSession(http, owner.url).open()
+        raw.url = other.url
+        for i in range(3):
+            served = await raw.post({"jsonrpc": "2.0", "id": 2 + i, "method": "tools/list"})
+            assert served.status_code == 200, served.text
+    at_owner, at_other = scrape(owner), scrape(other)
+    seconds = "mcp_db_request_duration_seconds_count"
+    assert value(at_owner, "mcp_db_sessions_handed_off_total") == 1
+    assert value(at_owner, seconds, path="relay_in", method="POST") == 1
+    assert value(at_owner, seconds, path="handed_off", method="POST") == 1
+    assert value(at_other, "mcp_db_sessions_handed_in_total") == 1
+    assert value(at_other, "mcp_db_sessions_rehydrated_total") == 1
+    assert value(at_other, seconds, path="relayed", method="POST") == 1
+    assert value(at_other, seconds, path="local", method="POST") == 1
+    assert value(at_other, "mcp_db_relay_forwarded_total") == 2
+
+
 async def test_redis_errors_are_counted_by_operation(prefix: str) -> None:
     redis = RedisServer().start()
     node = Node(APP, {"MCP_DB_REDIS_URL": redis.url, "MCP_DB_PREFIX": prefix}).start()

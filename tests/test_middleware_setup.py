@@ -67,6 +67,8 @@ def test_the_manager_is_found_inside_an_sdk_app() -> None:
         ({"session_ttl_seconds": "60"}, "session_ttl_seconds"),
         ({"relay_secret": "short"}, "relay secret has 5 bytes; use at least 16"),
         ({"relay_secret": 12345}, "relay_secret must be bytes or str"),
+        ({"node_id": ""}, "node_id must be a non-empty string, got ''"),
+        ({"node_id": 7}, "node_id must be a non-empty string, got 7"),
     ],
 )
 def test_bad_options_raise_value_error(kwargs: dict[str, Any], match: str) -> None:
