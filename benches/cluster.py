@@ -22,8 +22,11 @@ requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times t
 
 The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of its own:
 ``initialize``, then ``tools/call`` one after another, then DELETE. The client is a bare
-HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck. Ratios are of medians
-over the runs.
+HTTP/1.1 loop (``_Connection``), so that it is not the bottleneck.
+
+The machine's speed drifts by as much as 20% over minutes, so a ratio is taken within each
+run, between deployments measured a few seconds apart, and the median of those is printed
+with their range; the absolute figures are medians over the runs.
 """
 
 from __future__ import annotations
@@ -254,19 +257,24 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
     def median(deployment: Deployment, i: int) -> float:
         return statistics.median(r[i] for r in deployment.runs)
 
-    bare = median(_named(deployments, "bare SDK"), 0)
-    one = median(_named(deployments, "mcp-db, 1 node"), 0)
+    def ratios(deployment: Deployment, base: Deployment) -> list[float]:
+        """CPU per request against ``base``'s, run by run."""
+        return [r[0] / b[0] for r, b in zip(deployment.runs, base.runs, strict=True)]
+
+    bare, one = _named(deployments, "bare SDK"), _named(deployments, "mcp-db, 1 node")
     lines = [
         f"cluster: server CPU per request (nodes + redis-server, from /proc), {SESSIONS} "
-        f"sessions x {calls} tools/call, median of {runs} interleaved run(s)",
+        f"sessions x {calls} tools/call, {runs} interleaved run(s): medians; ratios taken "
+        "within each run, their median and range",
         f"  {'deployment':<24}{'CPU/request':>13}{'of it Redis':>13}{'req/s':>9}{'vs bare':>9}"
-        f"{'vs 1 node':>11}{'client CPU/req':>16}",
+        f"{'vs 1 node':>11}{'range':>13}{'client CPU/req':>16}",
     ]
     for d in deployments:
-        cpu = median(d, 0)
+        to_one = ratios(d, one)
         lines.append(
-            f"  {d.name:<24}{cpu:>10.0f} us{median(d, 3):>10.0f} us{median(d, 1):>9.0f}"
-            f"{cpu / bare:>8.2f}x{cpu / one:>10.2f}x{median(d, 2):>13.0f} us"
+            f"  {d.name:<24}{median(d, 0):>10.0f} us{median(d, 3):>10.0f} us{median(d, 1):>9.0f}"
+            f"{statistics.median(ratios(d, bare)):>8.2f}x{statistics.median(to_one):>10.2f}x"
+            f"{min(to_one):>7.2f}-{max(to_one):.2f}{median(d, 2):>13.0f} us"
         )
     for d in deployments[1:]:
         top = sorted(d.commands.items(), key=lambda item: -item[1][1])[:5]

@@ -24,10 +24,20 @@ async fn node(redis: &RedisServer, name: &str, window: u32, window_bytes: u64) -
     relay
 }
 
+/// Two nodes, `a` and `b`, with a window of 64 chunks.
+async fn pair(redis: &RedisServer) -> (Relay, Relay) {
+    (node(redis, "a", 64, WINDOW_BYTES).await, node(redis, "b", 64, WINDOW_BYTES).await)
+}
+
+/// Node `a` forwards a request of session `s` with `body` to node `b`, in a task of its own.
+fn send(a: &Relay, body: &[u8], accept_timeout_ms: u64) -> tokio::task::JoinHandle<Result<Forwarded>> {
+    tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), body.to_vec(), accept_timeout_ms))
+}
+
 /// Node `a` forwards a request to node `b`, which takes it on: `a`'s end of the response
 /// and the request's ID.
 async fn accepted(a: &Relay, b: &Relay) -> (Forward, ReqId) {
-    let forwarded = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"{}".to_vec(), 5_000));
+    let forwarded = send(a, b"{}", 5_000);
     let incoming = take_one(b).await;
     match forwarded.await.expect("no panic").expect("no Redis error") {
         Forwarded::Accepted(forward) => (forward, incoming.id),
@@ -56,7 +66,7 @@ async fn forward_to_a_bare_inbox(
 ) -> (tokio::task::JoinHandle<Result<Forwarded>>, ReqId) {
     let (mut inbox, _) = redis.connector().pubsub().await.expect("a pub/sub connection");
     inbox.subscribe(inbox_channel(PREFIX, "b")).await.expect("subscribed");
-    let forwarded = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), Vec::new(), accept_timeout_ms));
+    let forwarded = send(a, b"", accept_timeout_ms);
     let message = timeout(LONG, inbox.on_message().next()).await.expect("in time").expect("the request");
     let request = Frame::decode(message.get_payload_bytes()).expect("a frame");
     assert_eq!(request.kind, kind::REQUEST);
@@ -100,7 +110,7 @@ async fn an_unclaimed_request_times_out_and_can_never_run() {
 #[tokio::test]
 async fn a_sequence_gap_ends_the_response() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    let (a, b) = pair(&redis).await;
     let (forward, id) = accepted(&a, &b).await;
     b.start(&id, 200, &[(b"content-type".to_vec(), b"text/event-stream".to_vec())]).unwrap();
     // A frame sent while `a`'s subscriber was away (reconnecting): it never arrives.
@@ -153,10 +163,10 @@ async fn the_owner_waits_for_credit_once_the_byte_window_is_full() {
 #[tokio::test]
 async fn a_request_given_back_is_the_next_one_taken_and_still_served_once() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
-    let first = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"first".to_vec(), 5_000));
+    let (a, b) = pair(&redis).await;
+    let first = send(&a, b"first", 5_000);
     let taken = take_one(&b).await;
-    let second = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"second".to_vec(), 5_000));
+    let second = send(&a, b"second", 5_000);
     // The caller `taken` was meant for stopped waiting: the next caller gets it, before
     // anything that came after it, and its claim is not made a second time.
     b.give_back(taken);
@@ -174,9 +184,8 @@ async fn a_request_given_back_is_the_next_one_taken_and_still_served_once() {
 #[tokio::test]
 async fn requests_that_came_meanwhile_are_taken_and_claimed_together() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
-    let forwarded: Vec<_> =
-        (0..3u8).map(|n| tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), vec![n], 5_000))).collect();
+    let (a, b) = pair(&redis).await;
+    let forwarded: Vec<_> = (0..3u8).map(|n| send(&a, &[n], 5_000)).collect();
     // Nobody asks `b` for work until all three are in its inbox: one call takes them all.
     let deadline = tokio::time::Instant::now() + LONG;
     while b.shared.requests.lock().await.fresh.len() < 3 {
@@ -195,11 +204,11 @@ async fn requests_that_came_meanwhile_are_taken_and_claimed_together() {
 #[tokio::test]
 async fn a_request_its_sender_gave_up_on_never_comes_out() {
     let redis = RedisServer::start();
-    let (a, b) = (node(&redis, "a", 64, WINDOW_BYTES).await, node(&redis, "b", 64, WINDOW_BYTES).await);
+    let (a, b) = pair(&redis).await;
     // `a` gives up on its first request before `b` asks for work: `a` holds the claim.
     let first = a.forward("b".into(), "s".into(), "{}".into(), b"first".to_vec(), 100);
     assert!(matches!(first.await.expect("no Redis error"), Forwarded::Timeout));
-    let second = tokio::spawn(a.forward("b".into(), "s".into(), "{}".into(), b"second".to_vec(), 5_000));
+    let second = send(&a, b"second", 5_000);
     assert_eq!(take_one(&b).await.body, b"second", "the first is dropped, not run");
     assert!(matches!(second.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
     assert_eq!(b.stats()["served"], 1);
