@@ -17,8 +17,11 @@ Server CPU is read from ``/proc`` (user + system time of every node process and 
 redis-server, before and after a run); the load balancer's is not counted, the client's is
 reported apart. Where Redis's part goes is printed too: the commands each request costs,
 from ``INFO commandstats`` (commands a script runs are counted on their own as well as in
-the script's time). Behind round robin and nginx hash, sessions are handed to the node their
-requests arrive at (``SessionMiddleware``'s ``hand_off``); the last line times that.
+the script's time), and the servers' context switches per request, voluntary +
+involuntary (every wake-up of a thread that waited, and every time one was preempted:
+three nodes, Redis, the balancer and the client share this machine's two cores). Behind
+round robin and nginx hash, sessions are handed to the node their requests arrive at
+(``SessionMiddleware``'s ``hand_off``); the last line times that.
 
 The load: ``SESSIONS`` sessions at once, each on a kept-alive connection of its own:
 ``initialize``, then ``tools/call`` one after another, then DELETE. The client is a bare
@@ -56,14 +59,28 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def _switches(pid: int) -> tuple[int, int]:
+    """Context switches of every thread of process ``pid`` so far: (voluntary, involuntary)."""
+    voluntary = involuntary = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/status") as status:
+            for line in status:
+                if line.startswith("voluntary_ctxt_switches"):
+                    voluntary += int(line.split()[1])
+                elif line.startswith("nonvoluntary_ctxt_switches"):
+                    involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 @dataclass
 class Deployment:
     name: str
     nodes: list[Node]
     balancer: Nginx | HAProxy | None = None
     #: Per run: server CPU per request, requests per second, the client's CPU per request,
-    #: and redis-server's part of the server CPU per request.
-    runs: list[tuple[float, float, float, float]] = field(default_factory=list)
+    #: redis-server's part of the server CPU per request, and the servers' context switches
+    #: per request, voluntary (a thread waited) and involuntary (a thread was preempted).
+    runs: list[tuple[float, ...]] = field(default_factory=list)
     #: Redis's commands in the last run: calls and microseconds per request, by command.
     commands: dict[str, tuple[float, float]] = field(default_factory=dict)
 
@@ -220,13 +237,22 @@ async def _run(deployment: Deployment, redis: Any, redis_pid: int, calls: int) -
     await redis.config_resetstat()
     pids = [*deployment.pids(), redis_pid]
     before = [_cpu_seconds(pid) for pid in pids]
+    switches_before = [_switches(pid) for pid in pids]
     client_before, started = time.process_time(), time.perf_counter()
     requests = await _load(deployment.port, calls)
     wall = time.perf_counter() - started
     client = time.process_time() - client_before
     used = [_cpu_seconds(pid) - b for pid, b in zip(pids, before, strict=True)]
+    switches = [_switches(pid) for pid in pids]
     per_request = [seconds / requests * 1e6 for seconds in (sum(used), client, used[-1])]
-    deployment.runs.append((per_request[0], requests / wall, per_request[1], per_request[2]))
+    voluntary, involuntary = (
+        sum(now[i] - then[i] for now, then in zip(switches, switches_before, strict=True))
+        / requests
+        for i in (0, 1)
+    )
+    deployment.runs.append(
+        (per_request[0], requests / wall, per_request[1], per_request[2], voluntary, involuntary)
+    )
     deployment.commands = {
         name.removeprefix("cmdstat_"): (stat["calls"] / requests, stat["usec"] / requests)
         for name, stat in (await redis.info("commandstats")).items()
@@ -267,7 +293,7 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
         f"sessions x {calls} tools/call, {runs} interleaved run(s): medians; ratios taken "
         "within each run, their median and range",
         f"  {'deployment':<24}{'CPU/request':>13}{'of it Redis':>13}{'req/s':>9}{'vs bare':>9}"
-        f"{'vs 1 node':>11}{'range':>13}{'client CPU/req':>16}",
+        f"{'vs 1 node':>11}{'range':>13}{'client CPU/req':>16}{'switches/req':>14}",
     ]
     for d in deployments:
         to_one = ratios(d, one)
@@ -275,6 +301,7 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
             f"  {d.name:<24}{median(d, 0):>10.0f} us{median(d, 3):>10.0f} us{median(d, 1):>9.0f}"
             f"{statistics.median(ratios(d, bare)):>8.2f}x{statistics.median(to_one):>10.2f}x"
             f"{min(to_one):>7.2f}-{max(to_one):.2f}{median(d, 2):>13.0f} us"
+            f"{median(d, 4):>8.1f} +{median(d, 5):>4.1f}"
         )
     for d in deployments[1:]:
         top = sorted(d.commands.items(), key=lambda item: -item[1][1])[:5]
