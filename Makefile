@@ -89,17 +89,19 @@ test: test-rust test-python
 test-rust:
 	cargo test --workspace --locked -q
 
-# Every virtualenv the tests run in (CI builds them side by side: make -j4 test-envs).
+# Every virtualenv the tests run in (CI builds them side by side, with lint and the Rust
+# tests: see .ci/run).
 test-envs: $(foreach v,$(MCP_VERSIONS),$(VENVS)/mcp-$(v)/.installed) $(FASTMCP_VENV)/.installed
 
-## pytest in one virtualenv per SDK line of MCP_VERSIONS, and FastMCP's tests in its own
-# Two lanes side by side (TEST_LANES=1: one after the other). Most of a test's time is spent
-# waiting (leases, restarts, streams), so two cores carry both. One lane runs the newest SDK
-# line's suite, the longest, but for LANE_FILES; the other runs the other lines, FastMCP's
-# tests and LANE_FILES on the newest line, so the two end at about the same time. Each
-# lane's output is printed whole when it ends.
+# pytest runs in two lanes side by side (TEST_LANES=1: one after the other). Most of a
+# test's time is spent waiting (leases, restarts, streams), so two cores carry both. One
+# lane runs the newest SDK line's suite, the longest, but for LANE_FILES; the other runs
+# the other lines, FastMCP's tests and LANE_FILES on the newest line, so the two end at
+# about the same time. Each lane's output is printed whole when it ends.
 TEST_LANES ?= 2
 LANE_FILES := tests/test_relay_security.py tests/test_redis_deployments.py
+
+## pytest in one virtualenv per SDK line of MCP_VERSIONS and FastMCP's in its own, two lanes at once
 test-python: test-envs
 	@$(MAKE) --no-print-directory -j$(TEST_LANES) --output-sync=target \
 	  test-lane-main test-lane-others
