@@ -75,16 +75,17 @@ def mixed(request_id: int | str) -> list[Any]:
     ]
 
 
-def steps_call(n: int, delay: float, token: str) -> dict[str, Any]:
+def steps_call(n: int, delay: float, token: str, cut_at: int = -1) -> dict[str, Any]:
     """The JSON body of a ``tools/call`` of the test servers' ``steps`` tool: ``n`` progress
-    notifications (tagged ``token``), ``delay`` seconds apart, then ``done <n>``."""
+    notifications (tagged ``token``), ``delay`` seconds apart, then ``done <n>``; the
+    server ends the call's event stream after notification ``cut_at``, if any."""
     return {
         "jsonrpc": "2.0",
         "id": 7,
         "method": "tools/call",
         "params": {
             "name": "steps",
-            "arguments": {"n": n, "delay": delay},
+            "arguments": {"n": n, "delay": delay, "cut_at": cut_at},
             "_meta": {"progressToken": token},
         },
     }

@@ -279,6 +279,31 @@ async def test_behind_round_robin_a_session_moves_at_most_once_in_40_requests(
         cluster.stop()
 
 
+@ONE_LINE
+async def test_with_json_responses_a_call_once_answered_holds_its_session_no_longer(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """With answers in JSON bodies rather than event streams, a call holds its session
+    until its answer, and no longer: two relayed requests after it move the session."""
+    cluster = Cluster(redis_server, prefix, size=2, MCP_DB_JSON_RESPONSE="1").start()
+    try:
+        owner, other = cluster.nodes
+        async with httpx.AsyncClient(timeout=20) as http:
+            session = await RawSession(http, owner.url).open()
+            first_owner = (await _owner(redis_server, prefix, session.id))[0]
+            call = await session.post(steps_call(3, 0.01, "json"))
+            assert call.headers["content-type"].startswith("application/json"), call.headers
+            assert "done 3" in call.text, call.text
+            session.url = other.url
+            for _ in range(2):
+                await _ping(session)
+            moved_to, epoch = await _owner(redis_server, prefix, session.id)
+        assert (moved_to != first_owner, epoch) == (True, 2), "handed to the other node"
+        assert _total(cluster, "handed_off") == 1
+    finally:
+        cluster.stop()
+
+
 async def _result_stored(redis: RedisServer, prefix: str, session_id: str, stream: str) -> None:
     """Waits until the last entry of the session's event stream ``stream`` (a POST's: its
     request ID) is the call's result: the call is over, on whichever node it ran."""
@@ -294,28 +319,33 @@ async def _result_stored(redis: RedisServer, prefix: str, session_id: str, strea
 
 
 @ONE_LINE
+@pytest.mark.parametrize("cut_by", ["client", "server"])
 async def test_a_stream_cut_before_a_hand_off_resumes_at_the_new_owner_exactly_once(
-    cluster: Cluster, redis_server: RedisServer, prefix: str
+    cluster: Cluster, redis_server: RedisServer, prefix: str, cut_by: str
 ) -> None:
-    """A client cuts a call's stream on the session's owner. The call runs on: the session
-    moves to the node the hash picks only once the call is answered, and the client resumes
-    there with ``Last-Event-ID``: the new owner replays the rest of the stream from Redis,
-    every event once."""
+    """A call's stream on the session's owner ends before its answer: the client cuts it,
+    or the server closes it (SSE polling, ``close_sse_stream``). The call runs on: the
+    session moves to the node the hash picks only once the call is answered, and the client
+    resumes there with ``Last-Event-ID``: the new owner replays the rest of the stream from
+    Redis, every event once."""
     async with httpx.AsyncClient(timeout=30) as http:
         session, picked, first_owner, owner_node = await _owned_elsewhere_with_owner(
             http, cluster, redis_server, prefix
         )
-        # Straight to the owner, which runs it; then the client cuts the stream.
-        n, call = 20, steps_call(20, 0.05, "resumed")
+        # Straight to the owner, which runs it; then the stream ends after 5 events.
+        n, call = 20, steps_call(20, 0.05, "resumed", cut_at=4 if cut_by == "server" else -1)
         seen: list[dict[str, str]] = []
-        headers = session.headers()
+        # The server closes a call's stream for clients of protocol 2025-11-25 and later.
+        headers = session.headers(**{"mcp-protocol-version": "2025-11-25"})
         async with http.stream("POST", owner_node.url, json=call, headers=headers) as stream:
             assert stream.status_code == 200
             async for event in sse_events(stream):
                 seen.append(event)
-                if len(seen) == 5:
+                if len(seen) == 5 and cut_by == "client":
                     break
-        # The call runs on without its client. Requests from the picked node meanwhile are
+        # The server's close may overtake its last notification: that one is replayed.
+        assert 4 <= len(seen) <= 5, seen
+        # The call runs on without its stream. Requests from the picked node meanwhile are
         # relayed, and the session stays: handing it on would end the call midway.
         for _ in range(3):
             await _ping(session)

@@ -127,20 +127,22 @@ class _Base(_SdkEventStore):
 
     async def _store(self, session: str, stream_id: StreamId, message: Any) -> EventId:
         stream = stream_id if type(stream_id) is str else str(stream_id)
+        tag = None
         try:
             if message is None:  # a priming event: a resume point, never replayed
                 return await self._append(session, stream, "p", None)
             tag, data = encode(message)
-            event_id = await self._append(session, stream, tag, data)
-            if self._answer_hooks and tag in _ANSWERS:
-                for hook in self._answer_hooks:
-                    hook(session, stream)
-            return event_id
+            return await self._append(session, stream, tag, data)
         except Exception:
             # Raising would stop the SDK's message router for the whole session. Without an
             # ID the SDK still delivers the message live; it just cannot be resumed from.
             logger.exception("could not store an event of session %s", session[:8])
             return None  # type: ignore[return-value]
+        finally:
+            # The call is over once the SDK has its answer, stored or not.
+            if tag in _ANSWERS and self._answer_hooks:
+                for hook in self._answer_hooks:
+                    hook(session, stream)
 
     async def _replay_to(
         self, session: str, last_event_id: EventId, send_callback: EventCallback

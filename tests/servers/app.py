@@ -15,6 +15,7 @@ Run by the tests under uvicorn in a subprocess. Configured by environment:
   a fixed test key unless given
 - ``MCP_DB_HAND_OFF=0``: ``SessionMiddleware(hand_off=False)``: sessions stay with their
   owner until it is gone
+- ``MCP_DB_JSON_RESPONSE`` (mcp 2.x): answers come as JSON bodies, not event streams
 - ``MCP_DB_BRIDGE``: the same bus given to ``SessionMiddleware(bus=...)`` too, so its
   events reach handshake-era sessions (on mcp 1.x, the ``publish`` tool publishes on it)
 """
@@ -245,6 +246,8 @@ if SDK_MAJOR >= 2:
     app_options: dict[str, Any] = {"event_store": store, "retry_interval": RETRY_MS}
     if IDLE_TIMEOUT is not None:
         app_options["session_idle_timeout"] = IDLE_TIMEOUT
+    if os.environ.get("MCP_DB_JSON_RESPONSE"):  # answers as JSON bodies, not event streams
+        app_options["json_response"] = True
     app = server.streamable_http_app(**app_options)
 else:
     app = server.streamable_http_app()

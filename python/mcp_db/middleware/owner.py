@@ -34,8 +34,8 @@ from mcp_db.middleware.routing import HAND_OFF_CALM, NotFound, Record, Request, 
 
 logger = logging.getLogger("mcp_db")
 
-#: How long a call whose client went away keeps its session from being handed on, at most,
-#: should its answer go unseen (it was stored just before the client left).
+#: How long a call keeps its session from being handed on, at most, should its answer go
+#: unseen (not stored: Redis was unreachable, say).
 DETACHED_FOR = 300.0
 
 
@@ -164,33 +164,26 @@ class Owner:
             owned.last_used = time.monotonic()
 
     async def _serve_call(self, request: Request, owned: Owned) -> None:
-        """Serves a POST (when sessions may be handed off), and notes the calls of one
-        whose client went away before the answer: the SDK runs them on, and the session
-        must not be handed on under them (``Owned.detached``, until ``answered`` hears
-        their answer stored)."""
-        receive, send = request.receive, request.send
+        """Serves a POST (when sessions may be handed off), and holds the session for its
+        calls until they are answered (``Owned.detached``). The SDK runs a call on after its
+        event stream ended without the answer, whether the client cut the stream or the
+        server closed it (SSE polling: ``close_sse_stream``), and handing the session on
+        would end the call midway. The store tells ``answered`` of every answer the SDK
+        sends, in an event stream or in a JSON body."""
+        receive = request.receive
         body: list[bytes] = []
-        answered = False
 
         async def receive_noting() -> Message:
             message = await receive()
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
+                if not message.get("more_body"):
+                    until = time.monotonic() + DETACHED_FOR
+                    for call in call_ids(b"".join(body)):
+                        owned.detached[call] = until
             return message
 
-        async def send_noting(message: Message) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.body" and not message.get("more_body"):
-                answered = True
-            await send(message)
-
-        try:
-            await self.inner(request.scope, receive_noting, send_noting)
-        finally:
-            if not answered:
-                until = time.monotonic() + DETACHED_FOR
-                for call in call_ids(b"".join(body)):
-                    owned.detached[call] = until
+        await self.inner(request.scope, receive_noting, request.send)
 
     def answered(self, session_id: str, stream: str) -> None:
         """The store stored an answer on ``stream`` of ``session_id``: a call detached from

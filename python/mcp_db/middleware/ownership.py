@@ -41,9 +41,10 @@ class Owned:
     calm: int = 0
     #: Set while the session is being handed to another node: requests here wait for it.
     moving: Any = None
-    #: Calls whose client went away before their answer, which the SDK still runs: their
-    #: stream IDs (the JSON-RPC request IDs), each with the time until which it counts.
-    #: Live state, like ``in_flight``: handing the session on would end them.
+    #: Calls not answered yet, whose POST may be over (the client cut its stream, or the
+    #: server closed it) while the SDK still runs them: their stream IDs (the JSON-RPC
+    #: request IDs), each with the time until which it counts. Live state, like
+    #: ``in_flight``: handing the session on would end them.
     detached: dict[str, float] = field(default_factory=dict)
 
 

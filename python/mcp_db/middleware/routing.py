@@ -290,8 +290,8 @@ def hand_off_to(owned: Owned, relayed_from: str | None, version: str | None) -> 
     session instead, if any: the node that relayed its last ``HAND_OFF_AFTER`` requests in
     a row, once the session is calm, and only while the owner holds no live state of it.
     Live state is a request in flight (a call, or a server→client request awaiting its
-    answer, which belongs to one; a call whose client went away still runs, see
-    ``Owned.detached``), or a GET stream whose client would not listen again.
+    answer, which belongs to one; a call whose event stream ended before its answer still
+    runs, see ``Owned.detached``), or a GET stream whose client would not listen again.
     ``relayed_from``: the node that relayed the request (``None``: this node's own client);
     ``version``: its ``MCP-Protocol-Version``."""
     if owned.calm:
