@@ -357,11 +357,11 @@ def test_a_call_in_flight_holds_the_session_until_it_ends() -> None:
     assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER, "the next request moves it"
 
 
-def test_a_call_whose_client_went_away_holds_the_session_until_answered() -> None:
-    o = held_here(detached={"7": float("inf")})
+def test_a_call_whose_stream_ended_holds_the_session_until_answered() -> None:
+    o = held_here(unanswered={"7": float("inf")})
     assert hand_off_to(o, OTHER, RELISTENING_FROM) is None
     assert hand_off_to(o, OTHER, RELISTENING_FROM) is None, "the SDK still runs the call"
-    del o.detached["7"]
+    del o.unanswered["7"]
     assert hand_off_to(o, OTHER, RELISTENING_FROM) == OTHER
 
 

@@ -99,8 +99,8 @@ class _Base(_SdkEventStore):
     _metric_attributes: ClassVar[dict[str, str]] = {}
     #: Replays that failed because Redis could not be read.
     _replay_errors = 0
-    #: Told ``(session, stream)`` once an answer (a JSON-RPC response or error) is stored
-    #: (``_on_answer``).
+    #: Told ``(session, stream)`` once an answer (a JSON-RPC response or error) has been
+    #: stored, or could not be (``_on_answer``).
     _answer_hooks: tuple[Callable[[str, str], None], ...] = ()
 
     async def _append(self, session: str, stream: str, tag: str, data: bytes | None) -> str:
@@ -201,9 +201,9 @@ class _Base(_SdkEventStore):
         return SessionEventStore(self, session_id)
 
     def _on_answer(self, hook: Callable[[str, str], None]) -> None:
-        """Calls ``hook(session, stream)`` each time an answer to a call (a JSON-RPC
-        response or error) is stored, once Redis has it: the call is over, and its answer
-        survives whatever happens to this node next (``SessionMiddleware`` uses it)."""
+        """Calls ``hook(session, stream)`` each time the SDK hands the store an answer to
+        a call (a JSON-RPC response or error), once Redis has it or the write failed: either
+        way the call is over (``SessionMiddleware`` uses it)."""
         self._answer_hooks = (*self._answer_hooks, hook)
 
     def attach(self, target: Any) -> None:

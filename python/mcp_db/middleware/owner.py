@@ -36,7 +36,7 @@ logger = logging.getLogger("mcp_db")
 
 #: How long a call keeps its session from being handed on, at most, should its answer go
 #: unseen (not stored: Redis was unreachable, say).
-DETACHED_FOR = 300.0
+UNANSWERED_FOR = 300.0
 
 
 def call_ids(body: bytes) -> list[str]:
@@ -129,11 +129,11 @@ class Owner:
             await self._close(request, owned)
             return
         if self.ownership is not None:
-            if owned.detached:
+            if owned.unanswered:
                 now = time.monotonic()
-                for call, until in list(owned.detached.items()):
+                for call, until in list(owned.unanswered.items()):
                     if until < now:
-                        del owned.detached[call]
+                        del owned.unanswered[call]
             to = hand_off_to(owned, request.scope.get(RELAYED), request.version)
             if to is not None and await self._hand_off(request, owned, to):
                 return
@@ -165,7 +165,7 @@ class Owner:
 
     async def _serve_call(self, request: Request, owned: Owned) -> None:
         """Serves a POST (when sessions may be handed off), and holds the session for its
-        calls until they are answered (``Owned.detached``). The SDK runs a call on after its
+        calls until they are answered (``Owned.unanswered``). The SDK runs a call on after its
         event stream ended without the answer, whether the client cut the stream or the
         server closed it (SSE polling: ``close_sse_stream``), and handing the session on
         would end the call midway. The store tells ``answered`` of every answer the SDK
@@ -178,19 +178,19 @@ class Owner:
             if message["type"] == "http.request":
                 body.append(message.get("body", b""))
                 if not message.get("more_body"):
-                    until = time.monotonic() + DETACHED_FOR
+                    until = time.monotonic() + UNANSWERED_FOR
                     for call in call_ids(b"".join(body)):
-                        owned.detached[call] = until
+                        owned.unanswered[call] = until
             return message
 
         await self.inner(request.scope, receive_noting, request.send)
 
     def answered(self, session_id: str, stream: str) -> None:
-        """The store stored an answer on ``stream`` of ``session_id``: a call detached from
-        its client (if it was one) is over."""
+        """The SDK answered the call on ``stream`` of ``session_id`` (the store tells,
+        stored or not): it holds the session no longer."""
         owned = self.table.owned.get(session_id)
-        if owned is not None and owned.detached:
-            owned.detached.pop(stream, None)
+        if owned is not None and owned.unanswered:
+            owned.unanswered.pop(stream, None)
 
     async def _hand_off(self, request: Request, owned: Owned, to: str) -> bool:
         """Hands the session to node ``to``, which relayed this request, instead of serving

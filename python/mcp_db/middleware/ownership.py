@@ -45,7 +45,7 @@ class Owned:
     #: server closed it) while the SDK still runs them: their stream IDs (the JSON-RPC
     #: request IDs), each with the time until which it counts. Live state, like
     #: ``in_flight``: handing the session on would end them.
-    detached: dict[str, float] = field(default_factory=dict)
+    unanswered: dict[str, float] = field(default_factory=dict)
 
 
 class Ownership:

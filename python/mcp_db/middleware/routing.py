@@ -291,7 +291,7 @@ def hand_off_to(owned: Owned, relayed_from: str | None, version: str | None) -> 
     a row, once the session is calm, and only while the owner holds no live state of it.
     Live state is a request in flight (a call, or a server→client request awaiting its
     answer, which belongs to one; a call whose event stream ended before its answer still
-    runs, see ``Owned.detached``), or a GET stream whose client would not listen again.
+    runs, see ``Owned.unanswered``), or a GET stream whose client would not listen again.
     ``relayed_from``: the node that relayed the request (``None``: this node's own client);
     ``version``: its ``MCP-Protocol-Version``."""
     if owned.calm:
@@ -304,7 +304,7 @@ def hand_off_to(owned: Owned, relayed_from: str | None, version: str | None) -> 
     owned.streak += 1
     if owned.streak < HAND_OFF_AFTER or owned.calm:
         return None
-    if owned.in_flight > owned.listening or owned.detached:
+    if owned.in_flight > owned.listening or owned.unanswered:
         return None  # a call in flight: the next request asks again
     if owned.listening and (version is None or version < RELISTENING_FROM):
         return None
