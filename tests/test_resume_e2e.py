@@ -195,6 +195,7 @@ class RawSession:
             assert reply.headers.get("retry-after"), reply.headers
             await asyncio.sleep(0.2)
         assert reply.status_code == 200, (url, reply.status_code, reply.text)
+        assert " on " in reply.text, (url, reply.headers, reply.text)
         return reply.text.rsplit(" on ", 1)[1].split('"', 1)[0]
 
     async def event_ids_of_call(self) -> list[str]:
