@@ -137,14 +137,25 @@ static START: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 /// Runs `work` on the I/O thread and returns an asyncio future of the running loop that
 /// completes with `finish(result)`, built on the loop's thread. A result that comes after
-/// its caller was cancelled is dropped.
+/// its caller was cancelled is dropped; cancelling the future aborts the work (once the
+/// loop runs the done callbacks).
 pub fn spawn<T, W, F>(py: Python<'_>, work: W, finish: F) -> PyResult<Bound<'_, PyAny>>
 where
     T: Send + 'static,
     W: Future<Output = PyResult<T>> + Send + 'static,
     F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
 {
-    spawn_or_give_back(py, work, finish, drop)
+    let (future, promise) = promise(py)?;
+    let task = crate::runtime::runtime()?.spawn(async move {
+        let result = work.await;
+        promise.keep(Box::new(move |py, wanted| match result {
+            Ok(value) => wanted.then(|| finish(py, value)),
+            Err(e) => wanted.then_some(Err(e)),
+        }));
+    });
+    // A caller that is cancelled stops the work too (as with `future_into_py`).
+    future.call_method1("add_done_callback", (Abort(task.abort_handle()),))?;
+    Ok(future)
 }
 
 /// Runs `work` on the I/O thread and returns an asyncio future of its result, converted to
@@ -161,45 +172,47 @@ where
     spawn(py, work, |py, value: T| value.into_py_any(py))
 }
 
-/// [`spawn`], for work whose result must not be lost when its caller is cancelled: a
-/// result that comes after that goes to `give_back` instead (on the loop's thread).
-///
-/// Cancelling the future aborts the work, but only once the loop runs the done callbacks;
-/// the work can finish in between. A wait for the next relayed request, say, may by then
-/// have taken and claimed one, which must go to the next wait, not to nobody.
-pub fn spawn_or_give_back<'py, T, W, F, G>(
-    py: Python<'py>,
-    work: W,
-    finish: F,
-    give_back: G,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: Send + 'static,
-    W: Future<Output = PyResult<T>> + Send + 'static,
-    F: FnOnce(Python<'_>, T) -> PyResult<Py<PyAny>> + Send + 'static,
-    G: FnOnce(T) + Send + 'static,
-{
+/// A future of the running loop, and what completes it from any thread.
+pub fn promise(py: Python<'_>) -> PyResult<(Bound<'_, PyAny>, Promise)> {
     let start = START.get_or_try_init(py, || Ok::<_, PyErr>(py.import("mcp_db._wake")?.getattr("start")?.unbind()))?;
-    let (wakeup, future): (Bound<'py, Wakeup>, Bound<'py, PyAny>) = start.bind(py).call0()?.extract()?;
-    let inner = wakeup.get().handle();
-    let target = future.clone().unbind();
-    let task = crate::runtime::runtime()?.spawn(async move {
-        let result = work.await;
-        inner.push(
-            target,
-            Box::new(move |py, wanted| match result {
-                Ok(value) if wanted => Some(finish(py, value)),
-                Ok(value) => {
-                    give_back(value);
-                    None
-                }
-                Err(e) => wanted.then_some(Err(e)),
-            }),
-        );
-    });
-    // A caller that is cancelled stops the work too (as with `future_into_py`).
-    future.call_method1("add_done_callback", (Abort(task.abort_handle()),))?;
-    Ok(future)
+    let (wakeup, future): (Bound<'_, Wakeup>, Bound<'_, PyAny>) = start.bind(py).call0()?.extract()?;
+    let promise = Promise { inner: wakeup.get().handle(), future: future.clone().unbind() };
+    Ok((future, promise))
+}
+
+/// Completes one asyncio future from any thread, through its loop's [`Wakeup`]. Dropped
+/// unkept, it leaves the future pending (its caller cancels it).
+pub struct Promise {
+    inner: Arc<Inner>,
+    future: Py<PyAny>,
+}
+
+impl Promise {
+    /// Queues the future's result, built by `finish` on the loop's thread.
+    pub fn keep(self, finish: Finish) {
+        self.inner.push(self.future, finish);
+    }
+}
+
+/// A flag set once `future` is cancelled (by a done callback; nothing else runs for it).
+pub fn on_cancel(future: &Bound<'_, PyAny>) -> PyResult<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    future.call_method1("add_done_callback", (Cancelled(flag.clone()),))?;
+    Ok(flag)
+}
+
+/// Sets its flag once its future is cancelled (a done callback).
+#[pyclass(frozen, module = "mcp_db._core")]
+struct Cancelled(Arc<AtomicBool>);
+
+#[pymethods]
+impl Cancelled {
+    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
+        if future.call_method0("cancelled")?.is_truthy()? {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        Ok(())
+    }
 }
 
 /// Aborts a piece of work once its future is cancelled (a done callback).

@@ -5,6 +5,7 @@
 //! thread, one hand-off each.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use mcp_db_core::relay::{self, Headers, Incoming, Part};
 use pyo3::prelude::*;
@@ -88,39 +89,27 @@ impl Relay {
 
     /// The next requests relayed to this node, as a list (at most `max`: all that have come,
     /// once one has), or `None` once the relay is closed. Each is claimed by this node
-    /// already: run it. A request is claimed only when this is awaited.
+    /// already: run it. A request is claimed only when this is awaited, and asking wakes
+    /// no other thread unless requests are waiting already.
     #[pyo3(signature = (max = 64))]
     fn next_requests<'py>(&self, py: Python<'py>, max: usize) -> PyResult<Bound<'py, PyAny>> {
-        let next = self.relay.next_requests(max);
-        let work = async move { Ok(next.await) };
+        let (future, promise) = bridge::promise(py)?;
+        let stopped = bridge::on_cancel(&future)?;
         let relay = self.relay.clone();
-        let give_back = move |taken: Option<Vec<Incoming>>| {
-            for incoming in taken.into_iter().flatten() {
-                relay.give_back(incoming);
-            }
-        };
-        bridge::spawn_or_give_back(
-            py,
-            work,
-            |py, taken: Option<Vec<Incoming>>| {
-                let Some(taken) = taken else { return Ok(py.None()) };
-                let requests = taken
-                    .into_iter()
-                    .map(|incoming| {
-                        let request = RelayedRequest {
-                            id: PyBytes::new(py, &incoming.id).unbind(),
-                            sender: incoming.from,
-                            session: incoming.session,
-                            head: incoming.head,
-                            body: PyBytes::new(py, &incoming.body).unbind(),
-                        };
-                        Py::new(py, request)
-                    })
-                    .collect::<PyResult<Vec<_>>>()?;
-                Ok(PyList::new(py, requests)?.into_any().unbind())
-            },
-            give_back,
-        )
+        let deliver = Box::new(move |taken: relay::Delivery| {
+            promise.keep(Box::new(move |py, wanted| match taken {
+                None => wanted.then(|| Ok(py.None())),
+                Some(taken) if wanted => Some(requests_to_py(py, taken)),
+                Some(taken) => {
+                    for incoming in taken {
+                        relay.give_back(incoming);
+                    }
+                    None
+                }
+            }));
+        });
+        self.relay.ask(max, Box::new(move || !stopped.load(Ordering::SeqCst)), deliver);
+        Ok(future)
     }
 
     /// Sends the response's status and headers.
@@ -145,13 +134,13 @@ impl Relay {
         self.relay.end(id, ok).map_err(to_py)
     }
 
-    /// Resolves once the relaying side went away (its client disconnected, or the node died).
+    /// Resolves once the relaying side went away (its client disconnected, or the node
+    /// died). Nothing runs on the I/O thread for it until then: most responses end first.
     fn disconnected<'py>(&self, py: Python<'py>, id: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-        let gone = self.relay.disconnected(id).map_err(to_py)?;
-        bridge::future(py, async move {
-            gone.await;
-            Ok(())
-        })
+        let (future, promise) = bridge::promise(py)?;
+        let gone = Box::new(move || promise.keep(Box::new(|py, wanted| wanted.then(|| Ok(py.None())))));
+        self.relay.on_disconnect(id, gone).map_err(to_py)?;
+        Ok(future)
     }
 }
 
@@ -160,6 +149,24 @@ impl Relay {
 #[pyclass(frozen, module = "mcp_db._core")]
 pub struct Forward {
     forward: relay::Forward,
+}
+
+/// Requests taken on, as Python's `RelayedRequest`s.
+fn requests_to_py(py: Python<'_>, taken: Vec<Incoming>) -> PyResult<Py<PyAny>> {
+    let requests = taken
+        .into_iter()
+        .map(|incoming| {
+            let request = RelayedRequest {
+                id: PyBytes::new(py, &incoming.id).unbind(),
+                sender: incoming.from,
+                session: incoming.session,
+                head: incoming.head,
+                body: PyBytes::new(py, &incoming.body).unbind(),
+            };
+            Py::new(py, request)
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    Ok(PyList::new(py, requests)?.into_any().unbind())
 }
 
 /// A part of the response as Python sees it.

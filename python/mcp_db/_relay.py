@@ -126,12 +126,18 @@ async def pump(forward: Forward, receive: Receive, send: Send) -> Pumped:
         nonlocal watcher
         watcher = loop.create_task(watch_client())
 
-    # Most responses are over before a client could go away: watch only slower ones.
-    timer = loop.call_later(_WATCH_AFTER, start_watching)
+    # Most responses are over before a client could go away: watch only slower ones, and
+    # set the watch only once there is something to wait for (most relayed responses came
+    # whole, with the acceptance).
+    timer: asyncio.TimerHandle | None = None
     try:
         following: Part | None = None
         while True:
-            part = following or forward.try_next() or await forward.next()
+            part = following or forward.try_next()
+            if part is None:
+                if timer is None:
+                    timer = loop.call_later(_WATCH_AFTER, start_watching)
+                part = await forward.next()
             following = None
             if type(part) is Chunk:
                 # An end right behind the last chunk completes the response with it.
@@ -163,7 +169,8 @@ async def pump(forward: Forward, receive: Receive, send: Send) -> Pumped:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
                 break
     finally:
-        timer.cancel()
+        if timer is not None:
+            timer.cancel()
         if watcher is not None:
             watcher.cancel()
     return result

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::frame::{decode_start, decode_whole, encode_request, kind, new_id, Frame, Headers, ReqId};
+use super::frame::{decode_start, decode_whole, encode_request, is_response, kind, new_id, Frame, Headers, ReqId};
 use super::outbox::Unheard;
 use super::serve::CLAIM_AND_ACCEPT;
 use super::{Shared, CLAIM_TTL_MS};
@@ -16,8 +16,12 @@ use crate::error::Result;
 use crate::keys::{claim_key, inbox_channel, reply_channel};
 
 /// How long `forward` waits, once the owner took a request on, for the response's first
-/// part to hand over with the acceptance.
+/// part to hand over with the acceptance (from an owner that accepts at once).
 const FIRST_PART_GRACE: Duration = Duration::from_millis(5);
+/// How soon, at most, an owner must say it took a request on when its response is slower
+/// (a lazy acceptance; a quarter of the caller's bound if that is less). A quick response
+/// is its own acceptance: no frame, and no wake-up here, for the acceptance alone.
+const LAZY_ACCEPT_MS: u64 = 200;
 
 /// What a relaying node waits on for one forwarded request.
 pub(super) struct Pending {
@@ -67,8 +71,11 @@ pub(super) async fn forward(
     let forget = |shared: &Shared| {
         shared.pending.lock().unwrap().remove(&id);
     };
-    let request =
-        Frame { kind: kind::REQUEST, id, seq: 0, payload: encode_request(&shared.node, &session, &head, &body) };
+    // The request frame's sequence number offers the owner a lazy acceptance (0: none).
+    // Owners from before it ignore the offer and accept at once, which is handled below too.
+    let lazy = u32::try_from((accept_timeout_ms / 4).min(LAZY_ACCEPT_MS)).unwrap_or(0);
+    let payload = encode_request(&shared.node, &session, &head, &body);
+    let request = Frame { kind: kind::REQUEST, id, seq: lazy, payload };
     let inbox = inbox_channel(&shared.prefix, &owner);
     let mut pipe = redis::pipe();
     pipe.cmd("PUBLISH").arg(&inbox).arg(shared.encode(&inbox, &request));
@@ -117,16 +124,26 @@ pub(super) async fn forward(
             }
         }
     };
-    match first {
+    let accepted = match first {
+        // The response's first frame: the owner took the request on (a lazy acceptance).
+        Some(frame) if lazy > 0 && is_response(frame.kind) => Ok(Some(frame)),
+        // Most answers follow within a millisecond or two: hand the first part over with
+        // the acceptance, saving Python a wake-up. Waiting here delays nothing; a slower
+        // answer is taken with `next()` as usual.
         Some(Frame { kind: kind::ACCEPTED, .. }) => {
-            // Most answers follow within a millisecond or two: hand the first part over
-            // with the acceptance, saving Python a wake-up. Waiting here delays nothing; a
-            // slower answer is taken with `next()` as usual.
-            let first = tokio::time::timeout(FIRST_PART_GRACE, rx.recv()).await.ok().flatten();
+            Ok(tokio::time::timeout(FIRST_PART_GRACE, rx.recv()).await.ok().flatten())
+        }
+        other => Err(other),
+    };
+    let first = match accepted {
+        Ok(first) => {
             let rx = tokio::sync::Mutex::new(rx).into();
             let reader = Reader { shared, state, owner };
-            Ok(Forwarded::Accepted(Forward { reader, id, rx, first: Mutex::new(first) }))
+            return Ok(Forwarded::Accepted(Forward { reader, id, rx, first: Mutex::new(first) }));
         }
+        Err(other) => other,
+    };
+    match first {
         Some(Frame { kind: kind::REFUSED, payload, .. }) => {
             forget(&shared);
             Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))

@@ -102,6 +102,11 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// Whether a frame is part of a response (what may come first when acceptance is lazy).
+pub(crate) fn is_response(kind: u8) -> bool {
+    matches!(kind, kind::START | kind::DATA | kind::END | kind::WHOLE)
+}
+
 /// A request as the owner receives it.
 pub struct Incoming {
     pub id: ReqId,
@@ -109,6 +114,11 @@ pub struct Incoming {
     pub session: String,
     pub head: String,
     pub body: Vec<u8>,
+    /// 0: the sender wants its acceptance at once (what nodes before lazy acceptance ask).
+    /// Otherwise it takes the response's first frame as the acceptance, and needs an
+    /// acceptance of its own only from a response slower than this many milliseconds (the
+    /// request frame's sequence number carries it).
+    pub accept_within_ms: u32,
 }
 
 pub(crate) fn encode_request(from: &str, session: &str, head: &str, body: &[u8]) -> Vec<u8> {
@@ -117,9 +127,16 @@ pub(crate) fn encode_request(from: &str, session: &str, head: &str, body: &[u8])
     w.0
 }
 
-pub(crate) fn decode_request(id: ReqId, payload: &[u8]) -> Option<Incoming> {
-    let mut r = Reader(payload);
-    Some(Incoming { id, from: r.text()?, session: r.text()?, head: r.text()?, body: r.take()?.to_vec() })
+pub(crate) fn decode_request(frame: &Frame) -> Option<Incoming> {
+    let mut r = Reader(&frame.payload);
+    Some(Incoming {
+        id: frame.id,
+        from: r.text()?,
+        session: r.text()?,
+        head: r.text()?,
+        body: r.take()?.to_vec(),
+        accept_within_ms: frame.seq,
+    })
 }
 
 pub(crate) fn encode_start(status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
@@ -171,14 +188,15 @@ mod tests {
 
     #[test]
     fn requests_and_starts_round_trip() {
-        let id = new_id();
         let bytes = encode_request("node-1", "sess", "{\"method\":\"POST\"}", b"{}");
-        let r = decode_request(id, &bytes).unwrap();
+        let mut frame = Frame { kind: kind::REQUEST, id: new_id(), seq: 150, payload: bytes };
+        let r = decode_request(&frame).unwrap();
         assert_eq!(
-            (r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice()),
-            ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..])
+            (r.from.as_str(), r.session.as_str(), r.head.as_str(), r.body.as_slice(), r.accept_within_ms),
+            ("node-1", "sess", "{\"method\":\"POST\"}", &b"{}"[..], 150)
         );
-        assert!(decode_request(id, &bytes[..bytes.len() - 1]).is_none(), "a truncated request is refused");
+        frame.payload.pop();
+        assert!(decode_request(&frame).is_none(), "a truncated request is refused");
         let headers = vec![(b"content-type".to_vec(), b"text/event-stream".to_vec())];
         assert_eq!(decode_start(&encode_start(200, &headers)), Some((200, headers.clone())));
         let whole = encode_whole(404, &headers, b"{\"error\":1}");

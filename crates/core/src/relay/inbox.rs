@@ -60,7 +60,7 @@ impl Shared {
                     let sender = match why {
                         Rejected::Unsealed => Frame::decode(bytes)
                             .filter(|f| f.kind == kind::REQUEST)
-                            .and_then(|f| decode_request(f.id, &f.payload))
+                            .and_then(|f| decode_request(&f))
                             .map(|r| r.from),
                         _ => claimed_sender(bytes),
                     };
@@ -88,12 +88,15 @@ impl Shared {
         // A sealed frame names its sender: it must be the peer of the request it is about.
         let from = |peer: &str| sender.as_deref().is_none_or(|s| s == peer);
         match frame.kind {
-            kind::REQUEST => match decode_request(frame.id, &frame.payload) {
+            kind::REQUEST => match decode_request(&frame) {
                 Some(incoming) if !from(&incoming.from) => {
                     self.rejections.note(Rejected::Forged, channel, sender.as_deref());
                 }
                 Some(incoming) => {
+                    // Counted first: the taker may take it before `try_send` returns.
+                    self.unclaimed.fetch_add(1, Ordering::Relaxed);
                     if inbox.try_send(incoming).is_err() {
+                        self.unclaimed.fetch_sub(1, Ordering::Relaxed);
                         // The claim was never made: the relaying node times out and answers 503.
                         self.stats.dropped_requests.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("relay: inbox full ({INBOX_BACKLOG} requests waiting); dropping one");

@@ -9,10 +9,16 @@
 //! ```
 //!
 //! A request travels as one `Q` frame. The owner takes it on only when its event loop asks
-//! for work, and then by one script that sets a claim key with NX and publishes `A`
-//! (accepted). A relaying node that hears nothing within its bound sets the same key
-//! itself: whichever SET wins decides, so a request reaches a handler at most once, and
-//! the loser knows (the owner drops it; the relayer answers 503).
+//! for work (`take.rs`), and then by one script that sets a claim key with NX. A relaying
+//! node that hears nothing within its bound sets the same key itself: whichever SET wins
+//! decides, so a request reaches a handler at most once, and the loser knows (the owner
+//! drops it; the relayer answers 503).
+//!
+//! The owner says it won with `A` (accepted), or with the response's first frame: the `Q`
+//! frame's sequence number offers a lazy acceptance, in milliseconds. Then only a response
+//! slower than a quarter of that gets an `A` of its own, from `serve::accept_late`. A `Q`
+//! with sequence 0 (from a node before lazy acceptance) gets its `A` from the claim script
+//! itself; a relaying node takes either `A` or a response frame as the acceptance.
 //!
 //! The response is `S` (status and headers), `D` frames (body chunks, in order as the SDK
 //! sends them) and `E`. Frames from one node travel over one connection, so they arrive in
@@ -37,6 +43,7 @@ mod outbox;
 pub mod seal;
 mod serve;
 mod sweep;
+mod take;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -58,7 +65,9 @@ use inbox::Rejections;
 use outbox::Unheard;
 use seal::{Rejected, Seal};
 pub use serve::RoomWait;
-use serve::{Served, CLAIM_AND_ACCEPT};
+use serve::{Late, Served, CLAIM_AND_ACCEPT};
+use take::Askers;
+pub use take::{Asker, Delivery};
 
 const INBOX_BACKLOG: usize = 1024;
 /// How long a claim key outlives the decision it records.
@@ -82,10 +91,15 @@ struct Shared {
     connector: Arc<Connector>,
     pending: Mutex<HashMap<ReqId, Pending>>,
     served: Mutex<HashMap<ReqId, Arc<Served>>>,
-    requests: tokio::sync::Mutex<Waiting>,
-    /// Requests taken for a caller who stopped waiting ([`Relay::give_back`]).
-    returned: mpsc::UnboundedSender<Incoming>,
+    /// Callers waiting for relayed requests, and requests given back for them (`take.rs`).
+    askers: Mutex<Askers>,
+    /// Told when a caller asks.
+    asked: Notify,
+    /// Requests heard and not yet taken on or refused.
+    unclaimed: AtomicU64,
     out: mpsc::UnboundedSender<(String, Frame, Unheard)>,
+    /// Lazy acceptances owed, for `serve::accept_late`.
+    late: mpsc::UnboundedSender<Late>,
     claim: redis::Script,
     draining: AtomicBool,
     closed: AtomicBool,
@@ -94,13 +108,6 @@ struct Shared {
     unsubscribe: Notify,
     stats: RelayStats,
     rejections: Rejections,
-}
-
-/// Where `next_requests` takes requests from: those given back first (already registered
-/// and claimed), then those fresh from the inbox.
-struct Waiting {
-    fresh: mpsc::Receiver<Incoming>,
-    returned: mpsc::UnboundedReceiver<Incoming>,
 }
 
 #[derive(Default)]
@@ -186,7 +193,7 @@ impl Relay {
         }
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX_BACKLOG);
         let (out_tx, out_rx) = mpsc::unbounded_channel();
-        let (returned_tx, returned_rx) = mpsc::unbounded_channel();
+        let (late_tx, late_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             prefix: prefix.to_owned(),
             node: node.to_owned(),
@@ -198,9 +205,11 @@ impl Relay {
             connector,
             pending: Mutex::new(HashMap::new()),
             served: Mutex::new(HashMap::new()),
-            requests: tokio::sync::Mutex::new(Waiting { fresh: inbox_rx, returned: returned_rx }),
-            returned: returned_tx,
+            askers: Mutex::new(Askers::default()),
+            asked: Notify::new(),
+            unclaimed: AtomicU64::new(0),
             out: out_tx,
+            late: late_tx,
             claim: redis::Script::new(CLAIM_AND_ACCEPT),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
@@ -212,6 +221,8 @@ impl Relay {
         });
         runtime.spawn(inbox::listen(shared.clone(), inbox_tx));
         runtime.spawn(outbox::publish(shared.clone(), out_rx));
+        runtime.spawn(serve::accept_late(shared.clone(), late_rx));
+        runtime.spawn(take::take(shared.clone(), inbox_rx));
         runtime.spawn(sweep::sweep(shared.clone(), Duration::from_millis(sweep_ms.max(10))));
         Ok(Relay { shared })
     }
@@ -273,6 +284,7 @@ impl Relay {
                 ("timeouts", s.timeouts.load(Ordering::Relaxed)),
                 ("lost", s.lost.load(Ordering::Relaxed)),
                 ("dropped_requests", s.dropped_requests.load(Ordering::Relaxed)),
+                ("unclaimed", self.shared.unclaimed.load(Ordering::Relaxed)),
                 ("in_flight_forwarded", self.shared.pending.lock().unwrap().len() as u64),
                 ("in_flight_served", self.shared.served.lock().unwrap().len() as u64),
             ]

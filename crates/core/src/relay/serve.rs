@@ -1,17 +1,19 @@
 //! The owning side: requests relayed to this node, claimed before they run, and their
 //! responses sent frame by frame within the relaying node's window.
 
-use std::future::Future;
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures_util::future::join_all;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
-use super::frame::{encode_start, encode_whole, kind, Frame, Incoming};
+use super::frame::{encode_start, encode_whole, kind, Frame, Incoming, ReqId};
 use super::outbox::Unheard;
-use super::{id_of, Relay, Shared, Waiting, CLAIM_TTL_MS};
-use crate::error::Result;
+use super::{id_of, Relay, Shared, CLAIM_TTL_MS};
+use crate::error::{Error, Result};
 use crate::keys::{claim_key, reply_channel};
 
 /// KEYS[1] claim key; ARGV node px channel frame. Claims a relayed request and tells the
@@ -40,6 +42,11 @@ pub(super) struct Served {
     pub(super) chunks_only: AtomicBool,
     pub(super) cancelled: AtomicBool,
     pub(super) wake: Notify,
+    /// An acceptance is owed (a lazy one: no frame has gone yet). Held while a frame is
+    /// queued, so a late acceptance never follows the response's first frame.
+    unaccepted: Mutex<bool>,
+    /// What to call once the relaying side went away (`Relay::on_disconnect`).
+    on_cancel: Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 impl Served {
@@ -49,6 +56,10 @@ impl Served {
     pub(super) fn cancel(&self) {
         self.cancelled.store(true, Ordering::SeqCst);
         self.wake.notify_waiters();
+        let callbacks = std::mem::take(&mut *self.on_cancel.lock().unwrap());
+        for callback in callbacks {
+            callback();
+        }
     }
 
     /// Whether another data frame may go: both windows have room.
@@ -73,33 +84,46 @@ fn register(shared: &Shared, incoming: &Incoming) {
         chunks_only: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
         wake: Notify::new(),
+        unaccepted: Mutex::new(incoming.accept_within_ms > 0),
+        on_cancel: Mutex::new(Vec::new()),
     });
     shared.served.lock().unwrap().insert(incoming.id, served);
 }
 
 /// Claims a request and tells its sender, in one script: whether this node won. Lost if
 /// the sender gave up first (or Redis cannot be reached: then the sender times out and
-/// answers 503); a lost request is forgotten here.
+/// answers 503); a lost request is forgotten here. A sender that offered a lazy acceptance
+/// is told by the response's first frame instead, or by [`accept_late`] if that is slow.
 async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
     let accepted = Frame { kind: kind::ACCEPTED, id: incoming.id, seq: 0, payload: Vec::new() };
     let key = claim_key(&shared.prefix, &incoming.session, &incoming.id);
     let replies = reply_channel(&shared.prefix, &incoming.from);
-    let in_script = !shared.connector.is_cluster().await.unwrap_or(false);
-    let mut call = shared.claim.key(&key);
-    call.arg(&shared.node).arg(CLAIM_TTL_MS);
-    if in_script {
-        call.arg(&replies).arg(shared.encode(&replies, &accepted));
-    } else {
-        call.arg("").arg("");
-    }
-    let won = match shared.connector.invoke::<i64>(&call).await {
-        Ok(n) => n == 1,
-        Err(e) => {
-            tracing::warn!("relay: cannot claim a relayed request: {e}");
-            false
+    let lazy = incoming.accept_within_ms > 0;
+    let in_script = !lazy && !shared.connector.is_cluster().await.unwrap_or(false);
+    let claimed = if lazy { set_claim(shared, &key).await } else { Err(None) };
+    let claimed = match claimed {
+        Ok(won) => Ok(won),
+        // The script: to publish the acceptance with the claim, or where Redis is full.
+        Err(None | Some(Error::OutOfMemory(_))) => {
+            let mut call = shared.claim.key(&key);
+            call.arg(&shared.node).arg(CLAIM_TTL_MS);
+            if in_script {
+                call.arg(&replies).arg(shared.encode(&replies, &accepted));
+            } else {
+                call.arg("").arg("");
+            }
+            shared.connector.invoke::<i64>(&call).await.map(|n| n == 1)
         }
+        Err(Some(e)) => Err(e),
     };
-    if won && !in_script {
+    let won = claimed.unwrap_or_else(|e| {
+        tracing::warn!("relay: cannot claim a relayed request: {e}");
+        false
+    });
+    if won && lazy {
+        let (now, bound) = (Instant::now(), Duration::from_millis(u64::from(incoming.accept_within_ms)));
+        let _ = shared.late.send(Late { early: now + bound / 4, due: now + bound / 2, id: incoming.id });
+    } else if won && !in_script {
         shared.publish(replies, accepted, Unheard::Ignore);
     }
     if won {
@@ -110,22 +134,92 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
     won
 }
 
-/// Claims `taken` side by side (their scripts pipelined on one connection), in a task of
-/// its own: the caller's wait may be aborted (its Python future cancelled), and a request
-/// claimed meanwhile must then go to the next caller, not to nobody.
-async fn claim_all(shared: &Arc<Shared>, taken: Vec<Incoming>) -> Vec<Incoming> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let task_shared = shared.clone();
-    tokio::spawn(async move {
-        let won = join_all(taken.iter().map(|incoming| claim(&task_shared, incoming))).await;
-        let claimed: Vec<Incoming> = taken.into_iter().zip(won).filter_map(|(i, won)| won.then_some(i)).collect();
-        if let Err(claimed) = tx.send(claimed) {
-            for incoming in claimed {
-                let _ = task_shared.returned.send(incoming);
+/// Claims with a plain `SET NX PX`: a tenth of the script's cost in Redis. Refused once
+/// Redis is at `maxmemory` (the script, flagged `allow-oom`, is not): `Err(Some(OOM))`.
+async fn set_claim(shared: &Shared, key: &str) -> std::result::Result<bool, Option<Error>> {
+    let mut set = redis::pipe();
+    set.cmd("SET").arg(key).arg(&shared.node).arg("NX").arg("PX").arg(CLAIM_TTL_MS);
+    match shared.connector.query(&set).await {
+        Ok(reply) => Ok(matches!(reply.first(), Some(redis::Value::Okay))),
+        Err(e) => Err(Some(e)),
+    }
+}
+
+/// Registers and claims `taken` side by side (their scripts pipelined on one connection):
+/// those this node won.
+pub(super) async fn claim_all(shared: &Shared, taken: Vec<Incoming>) -> Vec<Incoming> {
+    for incoming in &taken {
+        register(shared, incoming);
+    }
+    let won = join_all(taken.iter().map(|incoming| claim(shared, incoming))).await;
+    taken.into_iter().zip(won).filter_map(|(incoming, won)| won.then_some(incoming)).collect()
+}
+
+/// A lazy acceptance owed: sent between a quarter (`early`) and half (`due`) of the
+/// sender's bound after the claim.
+pub(super) struct Late {
+    early: Instant,
+    due: Instant,
+    id: ReqId,
+}
+
+impl PartialEq for Late {
+    fn eq(&self, other: &Late) -> bool {
+        self.due == other.due
+    }
+}
+impl Eq for Late {}
+impl PartialOrd for Late {
+    fn partial_cmp(&self, other: &Late) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Late {
+    /// The earliest due first, in a max-heap.
+    fn cmp(&self, other: &Late) -> std::cmp::Ordering {
+        other.due.cmp(&self.due)
+    }
+}
+
+/// Sends the acceptances owed for responses slower than their sender's lazy bound. It
+/// wakes when the first is due and sends every one past its `early` point, so under load
+/// it wakes about once a quarter bound, not once per request; most are settled by then
+/// (their response went) and cost nothing more.
+pub(super) async fn accept_late(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Late>) {
+    let mut owed: BinaryHeap<Late> = BinaryHeap::new();
+    loop {
+        let Some(next) = owed.peek().map(|late| late.due) else {
+            match rx.recv().await {
+                Some(late) => owed.push(late),
+                None => return,
+            }
+            continue;
+        };
+        tokio::select! {
+            late = rx.recv() => match late {
+                Some(late) => owed.push(late),
+                None => return,
+            },
+            () = tokio::time::sleep_until(next) => {
+                let now = Instant::now();
+                while owed.peek().is_some_and(|late| late.early <= now) {
+                    let late = owed.pop().expect("peeked");
+                    accept(&shared, &late.id);
+                }
             }
         }
-    });
-    rx.await.unwrap_or_default()
+    }
+}
+
+/// Sends a lazy acceptance if it is still owed (no frame of the response has gone yet).
+fn accept(shared: &Shared, id: &ReqId) {
+    let served = shared.served.lock().unwrap().get(id).cloned();
+    let Some(served) = served else { return };
+    let mut unaccepted = served.unaccepted.lock().unwrap();
+    if std::mem::take(&mut *unaccepted) {
+        let frame = Frame { kind: kind::ACCEPTED, id: *id, seq: 0, payload: Vec::new() };
+        shared.publish(reply_channel(&shared.prefix, &served.from), frame, Unheard::Ignore);
+    }
 }
 
 /// A response whose window is full (`Relay::send`).
@@ -154,64 +248,6 @@ impl RoomWait {
 }
 
 impl Relay {
-    /// The next requests relayed to this node, each claimed by this node already (at most
-    /// `max`: all that have come, once one has), or `None` once the relay is closed. A
-    /// request is claimed only when this is called, so a node whose event loop does not ask
-    /// for work (frozen, overloaded) takes nothing on, and its relaying nodes time out; a
-    /// request whose claim is lost (its sender gave up first) never comes out of here.
-    pub fn next_requests(&self, max: usize) -> impl Future<Output = Option<Vec<Incoming>>> + Send + 'static {
-        let shared = self.shared.clone();
-        let max = max.max(1);
-        async move {
-            loop {
-                let mut fresh = Vec::with_capacity(max);
-                {
-                    let mut guard = shared.requests.lock().await;
-                    let Waiting { fresh: inbox, returned } = &mut *guard;
-                    tokio::select! {
-                        biased;
-                        Some(first) = returned.recv() => {
-                            // Claimed already, for a caller who stopped waiting.
-                            let mut again = vec![first];
-                            while again.len() < max {
-                                let Ok(more) = returned.try_recv() else { break };
-                                again.push(more);
-                            }
-                            return Some(again);
-                        }
-                        n = inbox.recv_many(&mut fresh, max) => if n == 0 { return None },
-                    }
-                }
-                let mut taken = Vec::with_capacity(fresh.len());
-                for incoming in fresh {
-                    if shared.draining.load(Ordering::SeqCst) {
-                        let refusal =
-                            Frame { kind: kind::REFUSED, id: incoming.id, seq: 0, payload: b"draining".to_vec() };
-                        shared.publish(reply_channel(&shared.prefix, &incoming.from), refusal, Unheard::Ignore);
-                        continue;
-                    }
-                    register(&shared, &incoming);
-                    taken.push(incoming);
-                }
-                if taken.is_empty() {
-                    continue;
-                }
-                let claimed = claim_all(&shared, taken).await;
-                if !claimed.is_empty() {
-                    return Some(claimed);
-                }
-            }
-        }
-    }
-
-    /// Hands requests from `next_requests` back when the caller they were taken for stopped
-    /// waiting before they were delivered: the next `next_requests` returns them first, as
-    /// they are (registered and claimed).
-    pub fn give_back(&self, incoming: Incoming) {
-        // Fails only once the relay is gone; then the request ends with it.
-        let _ = self.shared.returned.send(incoming);
-    }
-
     /// Sends the response's status and headers.
     pub fn start(&self, id: &[u8], status: u16, headers: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         self.send_frame(id, kind::START, encode_start(status, headers))
@@ -246,25 +282,30 @@ impl Relay {
         Ok(())
     }
 
-    /// Resolves once the relaying side went away (its client disconnected, or the node died).
-    pub fn disconnected(&self, id: &[u8]) -> Result<impl Future<Output = ()> + Send + 'static> {
+    /// Calls `callback` once the relaying side went away (its client disconnected, or the
+    /// node died): at once if it has, or if the request is over or was never this node's.
+    /// Not called if the response ends first.
+    pub fn on_disconnect(&self, id: &[u8], callback: Box<dyn FnOnce() + Send>) -> Result<()> {
         let served = self.shared.served.lock().unwrap().get(&id_of(id)?).cloned();
-        Ok(async move {
-            let Some(served) = served else { return };
-            loop {
-                let notified = served.wake.notified();
-                if served.cancelled.load(Ordering::SeqCst) {
-                    return;
-                }
-                notified.await;
+        if let Some(served) = served {
+            let mut waiting = served.on_cancel.lock().unwrap();
+            // `cancel` sets the flag before it takes the callbacks: one pushed after that
+            // point sees the flag.
+            if !served.cancelled.load(Ordering::SeqCst) {
+                waiting.push(callback);
+                return Ok(());
             }
-        })
+        }
+        callback();
+        Ok(())
     }
 
     fn send_frame(&self, id: &[u8], kind: u8, payload: Vec<u8>) -> Result<()> {
         let rid = id_of(id)?;
         let served = self.shared.served.lock().unwrap().get(&rid).cloned();
         let Some(served) = served else { return Ok(()) }; // ended or never ours: nothing to do
+        let mut unaccepted = served.unaccepted.lock().unwrap();
+        *unaccepted = false; // this frame is the acceptance, if one is owed
         let seq = served.next_seq.fetch_add(1, Ordering::SeqCst);
         let channel = reply_channel(&self.shared.prefix, &served.from);
         self.shared.publish(channel, Frame { kind, id: rid, seq, payload }, Unheard::Served(rid));

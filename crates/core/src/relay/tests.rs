@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio::time::timeout;
 
 use super::*;
-use crate::keys::claim_key;
+use crate::keys::{claim_key, inbox_channel, reply_channel};
 use crate::testing::RedisServer;
 
 const PREFIX: &str = "t";
@@ -188,7 +188,7 @@ async fn requests_that_came_meanwhile_are_taken_and_claimed_together() {
     let forwarded: Vec<_> = (0..3u8).map(|n| send(&a, &[n], 5_000)).collect();
     // Nobody asks `b` for work until all three are in its inbox: one call takes them all.
     let deadline = tokio::time::Instant::now() + LONG;
-    while b.shared.requests.lock().await.fresh.len() < 3 {
+    while b.stats()["unclaimed"] < 3 {
         assert!(tokio::time::Instant::now() < deadline, "three requests reach b's inbox");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -212,4 +212,155 @@ async fn a_request_its_sender_gave_up_on_never_comes_out() {
     assert_eq!(take_one(&b).await.body, b"second", "the first is dropped, not run");
     assert!(matches!(second.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
     assert_eq!(b.stats()["served"], 1);
+}
+
+/// The kinds of the frames heard on node `name`'s reply channel, by a bare subscriber,
+/// until `quiet` passes with nothing more.
+async fn kinds_heard(mut replies: redis::aio::PubSub, quiet: Duration) -> Vec<char> {
+    let mut kinds = Vec::new();
+    let mut messages = replies.on_message();
+    while let Ok(Some(message)) = timeout(quiet, messages.next()).await {
+        kinds.push(char::from(Frame::decode(message.get_payload_bytes()).expect("a frame").kind));
+    }
+    kinds
+}
+
+async fn subscribed(redis: &RedisServer, channel: String) -> redis::aio::PubSub {
+    let (mut pubsub, _) = redis.connector().pubsub().await.expect("a pub/sub connection");
+    pubsub.subscribe(channel).await.expect("subscribed");
+    pubsub
+}
+
+#[tokio::test]
+async fn a_quick_response_is_its_own_acceptance() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    let heard = tokio::spawn(kinds_heard(subscribed(&redis, reply_channel(PREFIX, "a")).await, LONG / 4));
+    let forwarded = send(&a, b"{}", 5_000);
+    let incoming = take_one(&b).await;
+    assert_eq!(incoming.accept_within_ms, 200, "the request offers a lazy acceptance");
+    b.respond(&incoming.id, 200, &[], b"{\"ok\":1}").unwrap();
+    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
+        panic!("the response is the acceptance");
+    };
+    assert!(matches!(forward.try_next(), Some(Part::Whole { status: 200, .. })), "and comes with it");
+    assert_eq!(heard.await.expect("no panic"), vec!['W'], "one frame, no acceptance of its own");
+}
+
+#[tokio::test]
+async fn a_slow_response_is_accepted_within_the_lazy_bound() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    // A bound of 400 ms offers 100 ms: the acceptance goes 25 to 50 ms after the claim.
+    let forwarded = send(&a, b"{}", 400);
+    let incoming = take_one(&b).await;
+    assert_eq!(incoming.accept_within_ms, 100);
+    let Forwarded::Accepted(forward) = timeout(Duration::from_millis(300), forwarded)
+        .await
+        .expect("accepted well within the bound")
+        .expect("no panic")
+        .expect("no Redis error")
+    else {
+        panic!("the owner took the request on");
+    };
+    assert!(forward.try_next().is_none(), "nothing of the response yet");
+    b.start(&incoming.id, 200, &[]).unwrap();
+    b.end(&incoming.id, true).unwrap();
+    assert!(matches!(next_part(&forward).await, Part::Start { status: 200, .. }), "sequence 1 follows the acceptance");
+    assert!(matches!(next_part(&forward).await, Part::End { ok: true }));
+    assert_eq!(a.stats()["timeouts"] + a.stats()["lost"], 0);
+}
+
+#[tokio::test]
+async fn an_owner_that_accepts_at_once_is_still_understood() {
+    // An owner from before lazy acceptance: it claims, publishes ACCEPTED, then responds.
+    let redis = RedisServer::start();
+    let a = node(&redis, "a", 64, WINDOW_BYTES).await;
+    let (forwarded, id) = forward_to_a_bare_inbox(&redis, &a, 5_000).await;
+    let replies = reply_channel(PREFIX, "a");
+    let mut pipe = redis::pipe();
+    pipe.cmd("SET").arg(claim_key(PREFIX, "s", &id)).arg("b").arg("NX").arg("PX").arg(60_000);
+    pipe.cmd("PUBLISH").arg(&replies).arg(Frame { kind: kind::ACCEPTED, id, seq: 0, payload: vec![] }.encode());
+    let whole = frame::encode_whole(202, &[], b"");
+    pipe.cmd("PUBLISH").arg(&replies).arg(Frame { kind: kind::WHOLE, id, seq: 1, payload: whole }.encode());
+    redis.query(&pipe).await;
+    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
+        panic!("accepted");
+    };
+    assert!(matches!(next_part(&forward).await, Part::Whole { status: 202, .. }));
+}
+
+#[tokio::test]
+async fn a_sender_that_wants_its_acceptance_at_once_gets_it() {
+    // A relaying node from before lazy acceptance: its request frame's sequence is 0.
+    let redis = RedisServer::start();
+    let b = node(&redis, "b", 64, WINDOW_BYTES).await;
+    let heard = tokio::spawn(kinds_heard(subscribed(&redis, reply_channel(PREFIX, "a")).await, LONG / 4));
+    let request =
+        Frame { kind: kind::REQUEST, id: frame::new_id(), seq: 0, payload: frame::encode_request("a", "s", "{}", b"") };
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBLISH").arg(inbox_channel(PREFIX, "b")).arg(request.encode());
+    redis.query(&pipe).await;
+    let incoming = take_one(&b).await;
+    assert_eq!(incoming.accept_within_ms, 0);
+    b.respond(&incoming.id, 200, &[], b"{}").unwrap();
+    assert_eq!(heard.await.expect("no panic"), vec!['A', 'W'], "the acceptance, then the response");
+}
+
+#[tokio::test]
+async fn a_disconnect_is_told_once_the_relaying_side_goes_away() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    let forwarded = send(&a, b"{}", 5_000);
+    let incoming = take_one(&b).await;
+    let (told, mut gone) = tokio::sync::oneshot::channel();
+    b.on_disconnect(&incoming.id, Box::new(move || told.send(()).expect("waited for"))).unwrap();
+    b.start(&incoming.id, 200, &[]).unwrap();
+    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
+        panic!("accepted");
+    };
+    assert!(timeout(Duration::from_millis(200), &mut gone).await.is_err(), "not while the client is there");
+    drop(forward); // the client went away
+    timeout(LONG, gone).await.expect("told in time").expect("told");
+    // Asked after that, or for a request that is over, it is told at once.
+    let (told, gone) = tokio::sync::oneshot::channel();
+    b.on_disconnect(&incoming.id, Box::new(move || told.send(()).expect("waited for"))).unwrap();
+    timeout(Duration::from_millis(10), gone).await.expect("at once").expect("told");
+}
+
+#[tokio::test]
+async fn nothing_is_claimed_for_a_caller_that_stopped_waiting() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    assert!(timeout(Duration::from_millis(50), b.next_requests(1)).await.is_err(), "nothing came");
+    let forwarded = send(&a, b"late", 5_000);
+    let deadline = tokio::time::Instant::now() + LONG;
+    while b.stats()["unclaimed"] < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the request reaches b");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(b.stats()["served"], 0, "heard, but not claimed while nobody asks");
+    let incoming = take_one(&b).await;
+    assert_eq!((incoming.body.as_slice(), b.stats()["unclaimed"]), (&b"late"[..], 0));
+    b.respond(&incoming.id, 200, &[], b"{}").unwrap();
+    assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+}
+
+#[tokio::test]
+async fn the_owner_claims_while_redis_is_full() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    let mut full = redis::pipe();
+    full.cmd("CONFIG").arg("SET").arg("maxmemory-policy").arg("noeviction");
+    full.cmd("CONFIG").arg("SET").arg("maxmemory").arg(1);
+    redis.query(&full).await;
+    // A plain SET is refused now; the claim falls back to the script, which Redis allows.
+    let forwarded = send(&a, b"{}", 5_000);
+    let incoming = take_one(&b).await;
+    b.respond(&incoming.id, 200, &[], b"{}").unwrap();
+    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
+        panic!("accepted");
+    };
+    assert!(matches!(next_part(&forward).await, Part::Whole { status: 200, .. }));
 }
