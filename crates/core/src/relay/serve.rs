@@ -30,6 +30,11 @@ end
 return 0
 ";
 
+/// The longest lazy acceptance an owner grants, whatever a request frame offers (relaying
+/// nodes offer at most 200 ms): an odd frame cannot hold an entry in `accept_late` longer
+/// than half of this.
+const MAX_LAZY_MS: u32 = 10_000;
+
 /// What an owner keeps for one request it serves for another node.
 pub(super) struct Served {
     pub(super) from: String,
@@ -121,7 +126,8 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
         false
     });
     if won && lazy {
-        let (now, bound) = (Instant::now(), Duration::from_millis(u64::from(incoming.accept_within_ms)));
+        let within = incoming.accept_within_ms.min(MAX_LAZY_MS);
+        let (now, bound) = (Instant::now(), Duration::from_millis(u64::from(within)));
         let _ = shared.late.send(Late { early: now + bound / 4, due: now + bound / 2, id: incoming.id });
     } else if won && !in_script {
         shared.publish(replies, accepted, Unheard::Ignore);

@@ -364,3 +364,20 @@ async fn the_owner_claims_while_redis_is_full() {
     };
     assert!(matches!(next_part(&forward).await, Part::Whole { status: 200, .. }));
 }
+
+#[tokio::test]
+async fn an_odd_lazy_offer_is_capped() {
+    // A request frame offering u32::MAX ms: the owner owes its acceptance within 5 s (half
+    // of its 10 s cap) all the same, so nothing waits on it for weeks.
+    let redis = RedisServer::start();
+    let b = node(&redis, "b", 64, WINDOW_BYTES).await;
+    let heard = tokio::spawn(kinds_heard(subscribed(&redis, reply_channel(PREFIX, "a")).await, Duration::from_secs(6)));
+    let payload = frame::encode_request("a", "s", "{}", b"");
+    let request = Frame { kind: kind::REQUEST, id: frame::new_id(), seq: u32::MAX, payload };
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBLISH").arg(inbox_channel(PREFIX, "b")).arg(request.encode());
+    redis.query(&pipe).await;
+    let incoming = take_one(&b).await;
+    assert_eq!(incoming.accept_within_ms, u32::MAX);
+    assert_eq!(heard.await.expect("no panic"), vec!['A'], "accepted, late, with no response yet");
+}
