@@ -154,7 +154,8 @@ where
         }));
     });
     // A caller that is cancelled stops the work too (as with `future_into_py`).
-    future.call_method1("add_done_callback", (Abort(task.abort_handle()),))?;
+    let abort = task.abort_handle();
+    when_cancelled(&future, move || abort.abort())?;
     Ok(future)
 }
 
@@ -197,33 +198,26 @@ impl Promise {
 /// A flag set once `future` is cancelled (by a done callback; nothing else runs for it).
 pub fn on_cancel(future: &Bound<'_, PyAny>) -> PyResult<Arc<AtomicBool>> {
     let flag = Arc::new(AtomicBool::new(false));
-    future.call_method1("add_done_callback", (Cancelled(flag.clone()),))?;
+    let set = flag.clone();
+    when_cancelled(future, move || set.store(true, Ordering::SeqCst))?;
     Ok(flag)
 }
 
-/// Sets its flag once its future is cancelled (a done callback).
-#[pyclass(frozen, module = "mcp_db._core")]
-struct Cancelled(Arc<AtomicBool>);
-
-#[pymethods]
-impl Cancelled {
-    fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
-        if future.call_method0("cancelled")?.is_truthy()? {
-            self.0.store(true, Ordering::SeqCst);
-        }
-        Ok(())
-    }
+/// Runs `then` once `future` is cancelled.
+fn when_cancelled(future: &Bound<'_, PyAny>, then: impl Fn() + Send + Sync + 'static) -> PyResult<()> {
+    future.call_method1("add_done_callback", (OnCancel(Box::new(then)),))?;
+    Ok(())
 }
 
-/// Aborts a piece of work once its future is cancelled (a done callback).
+/// Runs its action once its future is cancelled (a done callback).
 #[pyclass(frozen, module = "mcp_db._core")]
-struct Abort(tokio::task::AbortHandle);
+struct OnCancel(Box<dyn Fn() + Send + Sync>);
 
 #[pymethods]
-impl Abort {
+impl OnCancel {
     fn __call__(&self, future: &Bound<'_, PyAny>) -> PyResult<()> {
         if future.call_method0("cancelled")?.is_truthy()? {
-            self.0.abort();
+            (self.0)();
         }
         Ok(())
     }

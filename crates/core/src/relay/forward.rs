@@ -124,47 +124,39 @@ pub(super) async fn forward(
             }
         }
     };
-    let accepted = match first {
+    let first = match first {
         // The response's first frame: the owner took the request on (a lazy acceptance).
-        Some(frame) if lazy > 0 && is_response(frame.kind) => Ok(Some(frame)),
+        Some(frame) if lazy > 0 && is_response(frame.kind) => Some(frame),
         // Most answers follow within a millisecond or two: hand the first part over with
         // the acceptance, saving Python a wake-up. Waiting here delays nothing; a slower
         // answer is taken with `next()` as usual.
         Some(Frame { kind: kind::ACCEPTED, .. }) => {
-            Ok(tokio::time::timeout(FIRST_PART_GRACE, rx.recv()).await.ok().flatten())
+            tokio::time::timeout(FIRST_PART_GRACE, rx.recv()).await.ok().flatten()
         }
-        other => Err(other),
-    };
-    let first = match accepted {
-        Ok(first) => {
-            let rx = tokio::sync::Mutex::new(rx).into();
-            let reader = Reader { shared, state, owner };
-            return Ok(Forwarded::Accepted(Forward { reader, id, rx, first: Mutex::new(first) }));
-        }
-        Err(other) => other,
-    };
-    match first {
         Some(Frame { kind: kind::REFUSED, payload, .. }) => {
             forget(&shared);
-            Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()))
+            return Ok(Forwarded::Refused(String::from_utf8_lossy(&payload).into_owned()));
         }
         // The sweep found the owner gone before it answered. It heard the request, though:
         // unless this node takes the claim, the owner may yet run it.
         Some(Frame { kind: kind::LOST, payload, .. }) => {
-            Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
+            return Ok(if give_up(&shared, &session, &id).await.unwrap_or(false) {
                 Forwarded::Unreachable
             } else {
                 Forwarded::OwnerLost(String::from_utf8_lossy(&payload).into_owned())
-            })
+            });
         }
-        // The relay closed, or a response began without its acceptance: the owner may have
-        // run it.
+        // The relay closed, or a response began without its acceptance (only a lazy offer
+        // allows that): the owner may have run it.
         _ => {
             forget(&shared);
             shared.stats.lost.fetch_add(1, Ordering::Relaxed);
-            Ok(Forwarded::OwnerLost("the relay closed before the owner answered".into()))
+            return Ok(Forwarded::OwnerLost("the relay closed before the owner answered".into()));
         }
-    }
+    };
+    let rx = tokio::sync::Mutex::new(rx).into();
+    let reader = Reader { shared, state, owner };
+    Ok(Forwarded::Accepted(Forward { reader, id, rx, first: Mutex::new(first) }))
 }
 
 #[derive(Default)]

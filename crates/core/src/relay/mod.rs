@@ -67,7 +67,7 @@ use seal::{Rejected, Seal};
 pub use serve::RoomWait;
 use serve::{Late, Served, CLAIM_AND_ACCEPT};
 use take::Askers;
-pub use take::{Asker, Delivery};
+pub use take::Delivery;
 
 const INBOX_BACKLOG: usize = 1024;
 /// How long a claim key outlives the decision it records.

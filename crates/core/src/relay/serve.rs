@@ -1,6 +1,7 @@
 //! The owning side: requests relayed to this node, claimed before they run, and their
 //! responses sent frame by frame within the relaying node's window.
 
+use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -95,7 +96,7 @@ fn register(shared: &Shared, incoming: &Incoming) {
     shared.served.lock().unwrap().insert(incoming.id, served);
 }
 
-/// Claims a request and tells its sender, in one script: whether this node won. Lost if
+/// Claims a request (and tells its sender, if it wants that at once): whether this node won. Lost if
 /// the sender gave up first (or Redis cannot be reached: then the sender times out and
 /// answers 503); a lost request is forgotten here. A sender that offered a lazy acceptance
 /// is told by the response's first frame instead, or by [`accept_late`] if that is slow.
@@ -105,11 +106,9 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
     let replies = reply_channel(&shared.prefix, &incoming.from);
     let lazy = incoming.accept_within_ms > 0;
     let in_script = !lazy && !shared.connector.is_cluster().await.unwrap_or(false);
-    let claimed = if lazy { set_claim(shared, &key).await } else { Err(None) };
-    let claimed = match claimed {
-        Ok(won) => Ok(won),
+    let claimed = match if lazy { Some(set_claim(shared, &key).await) } else { None } {
         // The script: to publish the acceptance with the claim, or where Redis is full.
-        Err(None | Some(Error::OutOfMemory(_))) => {
+        None | Some(Err(Error::OutOfMemory(_))) => {
             let mut call = shared.claim.key(&key);
             call.arg(&shared.node).arg(CLAIM_TTL_MS);
             if in_script {
@@ -119,7 +118,7 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
             }
             shared.connector.invoke::<i64>(&call).await.map(|n| n == 1)
         }
-        Err(Some(e)) => Err(e),
+        Some(set) => set,
     };
     let won = claimed.unwrap_or_else(|e| {
         tracing::warn!("relay: cannot claim a relayed request: {e}");
@@ -128,7 +127,7 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
     if won && lazy {
         let within = incoming.accept_within_ms.min(MAX_LAZY_MS);
         let (now, bound) = (Instant::now(), Duration::from_millis(u64::from(within)));
-        let _ = shared.late.send(Late { early: now + bound / 4, due: now + bound / 2, id: incoming.id });
+        let _ = shared.late.send(Late { due: now + bound / 2, early: now + bound / 4, id: incoming.id });
     } else if won && !in_script {
         shared.publish(replies, accepted, Unheard::Ignore);
     }
@@ -142,14 +141,12 @@ async fn claim(shared: &Shared, incoming: &Incoming) -> bool {
 
 /// Claims with a plain `SET NX PX`: about 6 µs of Redis's time in the cluster bench,
 /// where the script with its `PUBLISH` took about 37. Refused once Redis is at `maxmemory`
-/// (the script, flagged `allow-oom`, is not): `Err(Some(OOM))`.
-async fn set_claim(shared: &Shared, key: &str) -> std::result::Result<bool, Option<Error>> {
+/// (the script, flagged `allow-oom`, is not).
+async fn set_claim(shared: &Shared, key: &str) -> Result<bool> {
     let mut set = redis::pipe();
     set.cmd("SET").arg(key).arg(&shared.node).arg("NX").arg("PX").arg(CLAIM_TTL_MS);
-    match shared.connector.query(&set).await {
-        Ok(reply) => Ok(matches!(reply.first(), Some(redis::Value::Okay))),
-        Err(e) => Err(Some(e)),
-    }
+    let reply = shared.connector.query(&set).await?;
+    Ok(matches!(reply.first(), Some(redis::Value::Okay)))
 }
 
 /// Registers and claims `taken` side by side (their scripts pipelined on one connection):
@@ -163,29 +160,12 @@ pub(super) async fn claim_all(shared: &Shared, taken: Vec<Incoming>) -> Vec<Inco
 }
 
 /// A lazy acceptance owed: sent between a quarter (`early`) and half (`due`) of the
-/// sender's bound after the claim.
+/// sender's bound after the claim. Ordered by `due` first.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
 pub(super) struct Late {
-    early: Instant,
     due: Instant,
+    early: Instant,
     id: ReqId,
-}
-
-impl PartialEq for Late {
-    fn eq(&self, other: &Late) -> bool {
-        self.due == other.due
-    }
-}
-impl Eq for Late {}
-impl PartialOrd for Late {
-    fn partial_cmp(&self, other: &Late) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Late {
-    /// The earliest due first, in a max-heap.
-    fn cmp(&self, other: &Late) -> std::cmp::Ordering {
-        other.due.cmp(&self.due)
-    }
 }
 
 /// Sends the acceptances owed for responses slower than their sender's lazy bound. It
@@ -193,25 +173,19 @@ impl Ord for Late {
 /// it wakes about once a quarter bound, not once per request; most are settled by then
 /// (their response went) and cost nothing more.
 pub(super) async fn accept_late(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Late>) {
-    let mut owed: BinaryHeap<Late> = BinaryHeap::new();
+    let mut owed: BinaryHeap<Reverse<Late>> = BinaryHeap::new();
     loop {
-        let Some(next) = owed.peek().map(|late| late.due) else {
-            match rx.recv().await {
-                Some(late) => owed.push(late),
-                None => return,
-            }
-            continue;
-        };
+        let next = owed.peek().map(|Reverse(late)| late.due);
         tokio::select! {
             late = rx.recv() => match late {
-                Some(late) => owed.push(late),
+                Some(late) => owed.push(Reverse(late)),
                 None => return,
             },
-            () = tokio::time::sleep_until(next) => {
+            () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let now = Instant::now();
-                while owed.peek().is_some_and(|late| late.early <= now) {
-                    let late = owed.pop().expect("peeked");
+                while let Some(Reverse(late)) = owed.peek().filter(|Reverse(late)| late.early <= now) {
                     accept(&shared, &late.id);
+                    owed.pop();
                 }
             }
         }

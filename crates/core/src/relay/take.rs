@@ -32,7 +32,7 @@ const HOLD: usize = 64;
 pub type Delivery = Option<Vec<Incoming>>;
 
 /// A caller waiting for relayed requests (`Relay::ask`).
-pub struct Asker {
+pub(super) struct Asker {
     max: usize,
     /// Whether the caller still waits: nothing is claimed for one that stopped.
     waiting: Box<dyn Fn() -> bool + Send>,

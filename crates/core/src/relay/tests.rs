@@ -39,10 +39,7 @@ fn send(a: &Relay, body: &[u8], accept_timeout_ms: u64) -> tokio::task::JoinHand
 async fn accepted(a: &Relay, b: &Relay) -> (Forward, ReqId) {
     let forwarded = send(a, b"{}", 5_000);
     let incoming = take_one(b).await;
-    match forwarded.await.expect("no panic").expect("no Redis error") {
-        Forwarded::Accepted(forward) => (forward, incoming.id),
-        _ => panic!("the owner took the request on"),
-    }
+    (accepted_now(forwarded).await, incoming.id)
 }
 
 /// The next request relayed to `b`, claimed by `b` (as `next_requests` gives them).
@@ -175,7 +172,7 @@ async fn a_request_given_back_is_the_next_one_taken_and_still_served_once() {
     let then = take_one(&b).await;
     assert_eq!(then.body, b"second");
     for (incoming, forwarded) in [(again, first), (then, second)] {
-        assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+        accepted_now(forwarded).await;
         b.respond(&incoming.id, 200, &[], b"{}").unwrap();
     }
     assert_eq!(b.stats()["served"], 2);
@@ -195,7 +192,7 @@ async fn requests_that_came_meanwhile_are_taken_and_claimed_together() {
     let taken = timeout(LONG, b.next_requests(8)).await.expect("in time").expect("requests");
     assert_eq!(taken.iter().map(|i| i.body.clone()).collect::<Vec<_>>(), vec![vec![0], vec![1], vec![2]]);
     for (incoming, forwarded) in taken.iter().zip(forwarded) {
-        assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+        accepted_now(forwarded).await;
         b.respond(&incoming.id, 200, &[], b"{}").unwrap();
     }
     assert_eq!(b.stats()["served"], 3);
@@ -210,7 +207,7 @@ async fn a_request_its_sender_gave_up_on_never_comes_out() {
     assert!(matches!(first.await.expect("no Redis error"), Forwarded::Timeout));
     let second = send(&a, b"second", 5_000);
     assert_eq!(take_one(&b).await.body, b"second", "the first is dropped, not run");
-    assert!(matches!(second.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+    accepted_now(second).await;
     assert_eq!(b.stats()["served"], 1);
 }
 
@@ -223,6 +220,24 @@ async fn kinds_heard(mut replies: redis::aio::PubSub, quiet: Duration) -> Vec<ch
         kinds.push(char::from(Frame::decode(message.get_payload_bytes()).expect("a frame").kind));
     }
     kinds
+}
+
+/// A request frame to node `b`'s inbox, as a node "a" with no relay of its own sends it,
+/// offering a lazy acceptance of `lazy_ms` (0: it wants its acceptance at once).
+async fn request_from_a(redis: &RedisServer, lazy_ms: u32) {
+    let payload = frame::encode_request("a", "s", "{}", b"");
+    let request = Frame { kind: kind::REQUEST, id: frame::new_id(), seq: lazy_ms, payload };
+    let mut pipe = redis::pipe();
+    pipe.cmd("PUBLISH").arg(inbox_channel(PREFIX, "b")).arg(request.encode());
+    redis.query(&pipe).await;
+}
+
+/// A forwarded request's outcome, which must be that the owner took it on.
+async fn accepted_now(forwarded: tokio::task::JoinHandle<Result<Forwarded>>) -> Forward {
+    match forwarded.await.expect("no panic").expect("no Redis error") {
+        Forwarded::Accepted(forward) => forward,
+        _ => panic!("the owner took the request on"),
+    }
 }
 
 async fn subscribed(redis: &RedisServer, channel: String) -> redis::aio::PubSub {
@@ -240,9 +255,7 @@ async fn a_quick_response_is_its_own_acceptance() {
     let incoming = take_one(&b).await;
     assert_eq!(incoming.accept_within_ms, 200, "the request offers a lazy acceptance");
     b.respond(&incoming.id, 200, &[], b"{\"ok\":1}").unwrap();
-    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
-        panic!("the response is the acceptance");
-    };
+    let forward = accepted_now(forwarded).await;
     assert!(matches!(forward.try_next(), Some(Part::Whole { status: 200, .. })), "and comes with it");
     assert_eq!(heard.await.expect("no panic"), vec!['W'], "one frame, no acceptance of its own");
 }
@@ -284,9 +297,7 @@ async fn an_owner_that_accepts_at_once_is_still_understood() {
     let whole = frame::encode_whole(202, &[], b"");
     pipe.cmd("PUBLISH").arg(&replies).arg(Frame { kind: kind::WHOLE, id, seq: 1, payload: whole }.encode());
     redis.query(&pipe).await;
-    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
-        panic!("accepted");
-    };
+    let forward = accepted_now(forwarded).await;
     assert!(matches!(next_part(&forward).await, Part::Whole { status: 202, .. }));
 }
 
@@ -296,11 +307,7 @@ async fn a_sender_that_wants_its_acceptance_at_once_gets_it() {
     let redis = RedisServer::start();
     let b = node(&redis, "b", 64, WINDOW_BYTES).await;
     let heard = tokio::spawn(kinds_heard(subscribed(&redis, reply_channel(PREFIX, "a")).await, LONG / 4));
-    let request =
-        Frame { kind: kind::REQUEST, id: frame::new_id(), seq: 0, payload: frame::encode_request("a", "s", "{}", b"") };
-    let mut pipe = redis::pipe();
-    pipe.cmd("PUBLISH").arg(inbox_channel(PREFIX, "b")).arg(request.encode());
-    redis.query(&pipe).await;
+    request_from_a(&redis, 0).await;
     let incoming = take_one(&b).await;
     assert_eq!(incoming.accept_within_ms, 0);
     b.respond(&incoming.id, 200, &[], b"{}").unwrap();
@@ -316,9 +323,7 @@ async fn a_disconnect_is_told_once_the_relaying_side_goes_away() {
     let (told, mut gone) = tokio::sync::oneshot::channel();
     b.on_disconnect(&incoming.id, Box::new(move || told.send(()).expect("waited for"))).unwrap();
     b.start(&incoming.id, 200, &[]).unwrap();
-    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
-        panic!("accepted");
-    };
+    let forward = accepted_now(forwarded).await;
     assert!(timeout(Duration::from_millis(200), &mut gone).await.is_err(), "not while the client is there");
     drop(forward); // the client went away
     timeout(LONG, gone).await.expect("told in time").expect("told");
@@ -344,7 +349,7 @@ async fn nothing_is_claimed_for_a_caller_that_stopped_waiting() {
     let incoming = take_one(&b).await;
     assert_eq!((incoming.body.as_slice(), b.stats()["unclaimed"]), (&b"late"[..], 0));
     b.respond(&incoming.id, 200, &[], b"{}").unwrap();
-    assert!(matches!(forwarded.await.expect("no panic").expect("no Redis error"), Forwarded::Accepted(_)));
+    accepted_now(forwarded).await;
 }
 
 #[tokio::test]
@@ -359,9 +364,7 @@ async fn the_owner_claims_while_redis_is_full() {
     let forwarded = send(&a, b"{}", 5_000);
     let incoming = take_one(&b).await;
     b.respond(&incoming.id, 200, &[], b"{}").unwrap();
-    let Forwarded::Accepted(forward) = forwarded.await.expect("no panic").expect("no Redis error") else {
-        panic!("accepted");
-    };
+    let forward = accepted_now(forwarded).await;
     assert!(matches!(next_part(&forward).await, Part::Whole { status: 200, .. }));
 }
 
@@ -372,11 +375,7 @@ async fn an_odd_lazy_offer_is_capped() {
     let redis = RedisServer::start();
     let b = node(&redis, "b", 64, WINDOW_BYTES).await;
     let heard = tokio::spawn(kinds_heard(subscribed(&redis, reply_channel(PREFIX, "a")).await, Duration::from_secs(6)));
-    let payload = frame::encode_request("a", "s", "{}", b"");
-    let request = Frame { kind: kind::REQUEST, id: frame::new_id(), seq: u32::MAX, payload };
-    let mut pipe = redis::pipe();
-    pipe.cmd("PUBLISH").arg(inbox_channel(PREFIX, "b")).arg(request.encode());
-    redis.query(&pipe).await;
+    request_from_a(&redis, u32::MAX).await;
     let incoming = take_one(&b).await;
     assert_eq!(incoming.accept_within_ms, u32::MAX);
     assert_eq!(heard.await.expect("no panic"), vec!['A'], "accepted, late, with no response yet");
