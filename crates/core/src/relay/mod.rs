@@ -9,7 +9,8 @@
 //! ```
 //!
 //! A request travels as one `Q` frame. The owner takes it on only when its event loop asks
-//! for work (`take.rs`), and then by one script that sets a claim key with NX. A relaying
+//! for work (`take.rs`), and then by setting a claim key with `SET NX` (a script where Redis
+//! is full, or to publish an eager acceptance with it). A relaying
 //! node that hears nothing within its bound sets the same key itself: whichever SET wins
 //! decides, so a request reaches a handler at most once, and the loser knows (the owner
 //! drops it; the relayer answers 503).
