@@ -11,6 +11,17 @@
 //! Its work is small and bursty (a frame, a pipeline reply) and every result goes back to
 //! one Python thread, so one worker thread by default: a second one mostly adds
 //! cross-thread wake-ups. `MCP_DB_TOKIO_THREADS` sets it.
+//!
+//! On Linux that thread is scheduled as a batch thread (`SCHED_BATCH`): when it wakes (a
+//! reply, a frame, a write from the event loop) it runs on an idle core if there is one, and
+//! otherwise waits for the running thread to sleep or for the next tick, instead of
+//! preempting it. The work it wakes for is a few microseconds; a preemption costs the
+//! preempted event loop tens of microseconds in switches and cold caches, and while it waits
+//! more work queues up for it to do in one go. Behind round robin, where every relayed
+//! request wakes it about seven times on two nodes, this cut server CPU per request by about
+//! an eighth and raised requests per second as much (README, Performance). Its priority is
+//! unchanged: it gets its fair share of the CPU. `MCP_DB_IO_SCHED=normal` keeps the
+//! system's default policy.
 
 use std::sync::{Arc, Barrier, Mutex, PoisonError};
 use std::time::Duration;
@@ -34,6 +45,31 @@ fn threads() -> usize {
     std::env::var("MCP_DB_TOKIO_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|n| *n > 0).unwrap_or(1)
 }
 
+/// Whether the I/O threads run as batch threads: `MCP_DB_IO_SCHED`, `batch` (the default)
+/// or `normal`. `ValueError` for anything else.
+fn batch_scheduled() -> PyResult<bool> {
+    match std::env::var("MCP_DB_IO_SCHED").as_deref() {
+        Err(_) | Ok("batch") => Ok(true),
+        Ok("normal") => Ok(false),
+        Ok(other) => Err(pyo3::exceptions::PyValueError::new_err(format!(
+            "MCP_DB_IO_SCHED must be 'batch' or 'normal', not {other:?}"
+        ))),
+    }
+}
+
+/// Makes the calling thread a batch thread (see the module's doc). Best effort: where the
+/// system refuses (a seccomp profile, say), the thread keeps its policy and works as well.
+#[cfg(target_os = "linux")]
+fn schedule_as_batch() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid `sched_param` for the call's duration; pid 0 is the calling
+    // thread, and the call changes nothing else.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &raw const param) };
+}
+
+#[cfg(not(target_os = "linux"))]
+fn schedule_as_batch() {}
+
 /// The runtime of this process if it has built one, without building it.
 fn current() -> Option<Current> {
     let current = *CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
@@ -49,10 +85,16 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
         return Ok(c.runtime);
     }
     let threads = threads();
+    let batch = batch_scheduled()?;
     let built = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
         .thread_name("mcp-db-io")
+        .on_thread_start(move || {
+            if batch {
+                schedule_as_batch();
+            }
+        })
         .build()?;
     // Leaked: it lives as long as the process, and the parent's, if any, is never dropped.
     let runtime: &'static Runtime = Box::leak(Box::new(built));

@@ -1,0 +1,64 @@
+"""The core's I/O threads are batch threads on Linux (``src/runtime.rs``): their wake-ups
+do not preempt the event loop. ``MCP_DB_IO_SCHED=normal`` keeps the system's default, and
+any other value is refused with a clear error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.support.redis_server import RedisServer
+
+# The core's runtime, not the SDK: see tests/conftest.py.
+pytestmark = [
+    pytest.mark.one_sdk_line,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a Linux policy"),
+]
+
+#: Connects a store (which starts the I/O threads) and prints each I/O thread's policy.
+SCRIPT = """
+import asyncio, os, sys
+from mcp_db import RedisEventStore
+
+async def main():
+    store = RedisEventStore(sys.argv[1], prefix="runtime")
+    await store.connect()
+    await store.for_session("s").store_event("1", None)
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/comm") as comm:
+            if comm.read().strip() == "mcp-db-io":
+                print(os.sched_getscheduler(int(tid)))
+
+asyncio.run(main())
+"""
+
+
+def policies(redis_server: RedisServer, **env: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-c", SCRIPT, redis_server.url]
+    environ = {k: v for k, v in os.environ.items() if k != "MCP_DB_IO_SCHED"}
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=60, env={**environ, **env}
+    )
+
+
+def test_the_io_threads_are_batch_threads(redis_server: RedisServer) -> None:
+    done = policies(redis_server)
+    assert done.returncode == 0, done.stderr
+    found = [int(line) for line in done.stdout.split()]
+    assert found and set(found) == {os.SCHED_BATCH}, found
+
+
+def test_normal_keeps_the_default_policy(redis_server: RedisServer) -> None:
+    done = policies(redis_server, MCP_DB_IO_SCHED="normal")
+    assert done.returncode == 0, done.stderr
+    found = [int(line) for line in done.stdout.split()]
+    assert found and set(found) == {os.SCHED_OTHER}, found
+
+
+def test_an_unknown_policy_is_refused(redis_server: RedisServer) -> None:
+    done = policies(redis_server, MCP_DB_IO_SCHED="fifo")
+    assert done.returncode != 0
+    assert "MCP_DB_IO_SCHED must be 'batch' or 'normal', not \"fifo\"" in done.stderr
