@@ -9,6 +9,9 @@ turn, interleaved over several runs:
   middleware (what the store costs, apart from what the middleware adds);
 - ``mcp-db, 1 node``: ``RedisEventStore`` and ``SessionMiddleware``;
 - ``3 nodes, round robin``: three such nodes behind nginx round robin;
+- ``3 nodes, RR, normal I/O``: round robin again, with the core's I/O thread under the
+  system's default scheduling policy (``MCP_DB_IO_SCHED=normal``) rather than as a batch
+  thread (``src/runtime.rs``): what the batch policy saves;
 - ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``;
 - ``3 nodes, HAProxy stick``: behind HAProxy learning each session's node from the
   ``Mcp-Session-Id`` response header (``examples/haproxy.cfg``).
@@ -111,8 +114,10 @@ def _deployments(redis_url: str) -> list[Deployment]:
     env = {"MCP_DB_REDIS_URL": redis_url, "MCP_DB_PREFIX": "bench-cluster"}
     wrapped = {**env, "MCP_DB_MIDDLEWARE": "1"}
 
-    def three(kind: type[Nginx] | type[HAProxy], **balancer: Any) -> tuple[list[Node], Any]:
-        nodes = [Node(env=wrapped) for _ in range(3)]
+    def three(
+        kind: type[Nginx] | type[HAProxy], io: str = "batch", **balancer: Any
+    ) -> tuple[list[Node], Any]:
+        nodes = [Node(env={**wrapped, "MCP_DB_IO_SCHED": io}) for _ in range(3)]
         return nodes, kind([f"127.0.0.1:{n.port}" for n in nodes], **balancer)
 
     return [
@@ -120,6 +125,7 @@ def _deployments(redis_url: str) -> list[Deployment]:
         Deployment("store alone, 1 node", [Node(env=env)]),
         Deployment("mcp-db, 1 node", [Node(env=wrapped)]),
         Deployment("3 nodes, round robin", *three(Nginx)),
+        Deployment("3 nodes, RR, normal I/O", *three(Nginx, io="normal")),
         Deployment("3 nodes, nginx hash", *three(Nginx, hash=True)),
         Deployment("3 nodes, HAProxy stick", *three(HAProxy)),
     ]
@@ -311,6 +317,14 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
             f"  Redis per request, {d.name}: "
             + ", ".join(f"{name} {calls:.2f}x {usec:.1f} us" for name, (calls, usec) in top)
         )
+    batch, normal = _named(deployments, "round robin"), _named(deployments, "normal I/O")
+    cpu = [b[0] / n[0] for b, n in zip(batch.runs, normal.runs, strict=True)]
+    rate = [b[1] / n[1] for b, n in zip(batch.runs, normal.runs, strict=True)]
+    lines.append(
+        "  round robin, the I/O thread a batch thread against the default policy, run by run: "
+        f"CPU per request {statistics.median(cpu):.2f}x ({min(cpu):.2f}-{max(cpu):.2f}), "
+        f"requests per second {statistics.median(rate):.2f}x ({min(rate):.2f}-{max(rate):.2f})"
+    )
     lines.append(
         f"  hand-off: a session's requests to node B while node A owns it, median of 40: "
         f"1st (relayed) {relayed:.2f} ms, 2nd (handed to B, rebuilt there) {handed:.2f} ms, "
