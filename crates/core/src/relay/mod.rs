@@ -104,6 +104,9 @@ struct Shared {
     claim: redis::Script,
     draining: AtomicBool,
     closed: AtomicBool,
+    /// Told once `closed` is set: the tasks that would otherwise wait forever end then (each
+    /// holds this state, and the state holds the senders they wait on).
+    stopped: Notify,
     subscribed: AtomicBool,
     ready: Notify,
     unsubscribe: Notify,
@@ -121,6 +124,18 @@ struct RelayStats {
 }
 
 impl Shared {
+    /// Resolves once the relay is closed (`Relay::close`).
+    async fn closed(&self) {
+        loop {
+            // Made before the flag is read: `notify_waiters` wakes it even if not yet polled.
+            let stopped = self.stopped.notified();
+            if self.closed.load(Ordering::SeqCst) {
+                return;
+            }
+            stopped.await;
+        }
+    }
+
     fn lost(&self, id: &ReqId, why: &str) {
         if let Some(p) = self.pending.lock().unwrap().remove(id) {
             self.stats.lost.fetch_add(1, Ordering::Relaxed);
@@ -214,6 +229,7 @@ impl Relay {
             claim: redis::Script::new(CLAIM_AND_ACCEPT),
             draining: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            stopped: Notify::new(),
             subscribed: AtomicBool::new(false),
             ready: Notify::new(),
             unsubscribe: Notify::new(),
@@ -257,11 +273,13 @@ impl Relay {
         self.shared.unsubscribe.notify_one();
     }
 
-    /// Leaves both channels and stops the background tasks; requests in flight end.
+    /// Leaves both channels and stops the background tasks; requests in flight end. The
+    /// frames already queued still go out (a cancel, an end).
     pub fn close(&self) {
         self.shared.draining.store(true, Ordering::SeqCst);
         self.shared.closed.store(true, Ordering::SeqCst);
         self.shared.unsubscribe.notify_one();
+        self.shared.stopped.notify_waiters();
         self.shared.forget_everything();
     }
 

@@ -34,10 +34,25 @@ impl Shared {
     }
 }
 
-/// Sends every queued frame, in order, one pipeline per batch.
+/// Sends every queued frame, in order, one pipeline per batch, until the relay closes; what
+/// was queued by then goes out last.
 pub(super) async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Frame, Unheard)>) {
     let mut batch = Vec::with_capacity(256);
-    while rx.recv_many(&mut batch, 256).await > 0 {
+    let mut closing = false;
+    while !closing {
+        tokio::select! {
+            biased;
+            received = rx.recv_many(&mut batch, 256) => if received == 0 { return },
+            () = shared.closed() => {
+                closing = true;
+                while let Ok(frame) = rx.try_recv() {
+                    batch.push(frame);
+                }
+                if batch.is_empty() {
+                    return;
+                }
+            }
+        }
         let mut pipe = redis::pipe();
         for (channel, frame, _) in &batch {
             pipe.cmd("PUBLISH").arg(channel).arg(shared.encode(channel, frame));

@@ -181,6 +181,7 @@ pub(super) async fn accept_late(shared: Arc<Shared>, mut rx: mpsc::UnboundedRece
                 Some(late) => owed.push(Reverse(late)),
                 None => return,
             },
+            () = shared.closed() => return,
             () = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let now = Instant::now();
                 while let Some(Reverse(late)) = owed.peek().filter(|Reverse(late)| late.early <= now) {

@@ -2,7 +2,6 @@
 //! on a dead peer.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +12,9 @@ use crate::keys::{node_key, reply_channel};
 /// Ends requests whose peer node is gone: its subscriber left or its heartbeat lapsed.
 pub(super) async fn sweep(shared: Arc<Shared>, every: Duration) {
     loop {
-        tokio::time::sleep(every).await;
-        if shared.closed.load(Ordering::SeqCst) {
-            return;
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = shared.closed() => return,
         }
         let mut peers: HashSet<String> = HashSet::new();
         peers.extend(shared.pending.lock().unwrap().values().map(|p| p.owner.clone()));

@@ -380,3 +380,28 @@ async fn an_odd_lazy_offer_is_capped() {
     assert_eq!(incoming.accept_within_ms, u32::MAX);
     assert_eq!(heard.await.expect("no panic"), vec!['A'], "accepted, late, with no response yet");
 }
+
+#[tokio::test]
+async fn a_closed_relay_lets_go_of_everything() {
+    let redis = RedisServer::start();
+    let (a, b) = pair(&redis).await;
+    // Every task has had work: a request relayed, taken, lazily owed an acceptance, answered.
+    let forwarded = send(&a, b"{}", 5_000);
+    let incoming = take_one(&b).await;
+    b.respond(&incoming.id, 200, &[], b"ok").expect("responded");
+    let forward = accepted_now(forwarded).await;
+    assert!(matches!(next_part(&forward).await, Part::Whole { status: 200, .. }));
+    drop(forward);
+    let (weak_a, weak_b) = (Arc::downgrade(&a.shared), Arc::downgrade(&b.shared));
+    for relay in [a, b] {
+        relay.close();
+    }
+    // Its tasks end, and with them the last hold on its state and its Redis connection (the
+    // sweep's period here is a minute: it must not wait for its next round either).
+    let gone = async {
+        while weak_a.upgrade().is_some() || weak_b.upgrade().is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    timeout(Duration::from_secs(2), gone).await.expect("every task of a closed relay ended");
+}
