@@ -53,7 +53,8 @@ $(VENVS)/build/.ok:
 # One abi3 wheel serves every Python >= 3.10 and every virtualenv below.
 $(WHEELS)/.built: $(VENVS)/build/.ok $(RUST_SOURCES) $(PY_SOURCES) pyproject.toml
 	rm -f $(WHEELS)/mcp_db-*.whl
-	$(VENVS)/build/bin/maturin build --release --locked -q -o $(WHEELS)
+# `+`: cargo shares make's job slots (without it, make -j closes them and cargo warns).
+	+$(VENVS)/build/bin/maturin build --release --locked -q -o $(WHEELS)
 	touch $@
 
 ## the abi3 wheel, in target/wheels
@@ -87,7 +88,7 @@ test: test-rust test-python
 
 ## cargo test of the Rust workspace: the core (against throwaway redis-servers) and the binding
 test-rust:
-	cargo test --workspace --locked -q
+	+cargo test --workspace --locked -q
 
 # Every virtualenv the tests run in (CI builds them side by side, with lint and the Rust
 # tests: see .ci/run).
