@@ -38,19 +38,14 @@ impl Shared {
 /// was queued by then goes out last.
 pub(super) async fn publish(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<(String, Frame, Unheard)>) {
     let mut batch = Vec::with_capacity(256);
-    let mut closing = false;
-    while !closing {
+    loop {
         tokio::select! {
             biased;
             received = rx.recv_many(&mut batch, 256) => if received == 0 { return },
+            // Closed: the channel takes no more frames, and ends once those queued are out.
             () = shared.closed() => {
-                closing = true;
-                while let Ok(frame) = rx.try_recv() {
-                    batch.push(frame);
-                }
-                if batch.is_empty() {
-                    return;
-                }
+                rx.close();
+                continue;
             }
         }
         let mut pipe = redis::pipe();

@@ -385,11 +385,9 @@ async fn an_odd_lazy_offer_is_capped() {
 async fn a_closed_relay_lets_go_of_everything() {
     let redis = RedisServer::start();
     let (a, b) = pair(&redis).await;
-    // Every task has had work: a request relayed, taken, lazily owed an acceptance, answered.
-    let forwarded = send(&a, b"{}", 5_000);
-    let incoming = take_one(&b).await;
-    b.respond(&incoming.id, 200, &[], b"ok").expect("responded");
-    let forward = accepted_now(forwarded).await;
+    // Every task has had work: a request relayed, taken, accepted late, answered.
+    let (forward, id) = accepted(&a, &b).await;
+    b.respond(&id, 200, &[], b"ok").expect("responded");
     assert!(matches!(next_part(&forward).await, Part::Whole { status: 200, .. }));
     drop(forward);
     let (weak_a, weak_b) = (Arc::downgrade(&a.shared), Arc::downgrade(&b.shared));
