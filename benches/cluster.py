@@ -12,6 +12,10 @@ turn, interleaved over several runs:
 - ``3 nodes, RR, normal I/O``: round robin again, with the core's I/O thread under the
   system's default scheduling policy (``MCP_DB_IO_SCHED=normal``) rather than as a batch
   thread (``src/runtime.rs``): what the batch policy saves;
+- ``1 node, batch process`` and ``3 nodes, RR, batch procs``: mcp-db on one node, and
+  round robin, with every node a batch process (``chrt --batch 0``, every thread of it):
+  the recipe for several nodes on one host (``docs/deploy/workers.md``), measured against
+  the same deployments under the default policy;
 - ``3 nodes, nginx hash``: behind nginx ``hash $http_mcp_session_id consistent``;
 - ``3 nodes, HAProxy stick``: behind HAProxy learning each session's node from the
   ``Mcp-Session-Id`` response header (``examples/haproxy.cfg``).
@@ -47,7 +51,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tests._nodes import Node
+from tests._nodes import BATCH, Node
 from tests.support.haproxy import HAProxy
 from tests.support.nginx import Nginx
 
@@ -115,9 +119,12 @@ def _deployments(redis_url: str) -> list[Deployment]:
     wrapped = {**env, "MCP_DB_MIDDLEWARE": "1"}
 
     def three(
-        kind: type[Nginx] | type[HAProxy], io: str = "batch", **balancer: Any
+        kind: type[Nginx] | type[HAProxy],
+        io: str = "batch",
+        wrapper: tuple[str, ...] = (),
+        **balancer: Any,
     ) -> tuple[list[Node], Any]:
-        nodes = [Node(env={**wrapped, "MCP_DB_IO_SCHED": io}) for _ in range(3)]
+        nodes = [Node(env={**wrapped, "MCP_DB_IO_SCHED": io}, wrapper=wrapper) for _ in range(3)]
         return nodes, kind([f"127.0.0.1:{n.port}" for n in nodes], **balancer)
 
     return [
@@ -126,6 +133,8 @@ def _deployments(redis_url: str) -> list[Deployment]:
         Deployment("mcp-db, 1 node", [Node(env=wrapped)]),
         Deployment("3 nodes, round robin", *three(Nginx)),
         Deployment("3 nodes, RR, normal I/O", *three(Nginx, io="normal")),
+        Deployment("1 node, batch process", [Node(env=wrapped, wrapper=BATCH)]),
+        Deployment("3 nodes, RR, batch procs", *three(Nginx, wrapper=BATCH)),
         Deployment("3 nodes, nginx hash", *three(Nginx, hash=True)),
         Deployment("3 nodes, HAProxy stick", *three(HAProxy)),
     ]
@@ -324,6 +333,14 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
         "  round robin, the I/O thread a batch thread against the default policy, run by run: "
         f"CPU per request {statistics.median(cpu):.2f}x ({min(cpu):.2f}-{max(cpu):.2f}), "
         f"requests per second {statistics.median(rate):.2f}x ({min(rate):.2f}-{max(rate):.2f})"
+    )
+    solo, spread = _named(deployments, "1 node, batch"), _named(deployments, "RR, batch")
+    both = ratios(spread, solo)
+    lines.append(
+        "  every node a batch process (chrt --batch 0, docs/deploy/workers.md), run by run: "
+        f"1 node {statistics.median(ratios(solo, one)):.2f}x mcp-db on 1 node, round robin "
+        f"{statistics.median(ratios(spread, batch)):.2f}x round robin; round robin against 1 "
+        f"node, both batch: {statistics.median(both):.2f}x ({min(both):.2f}-{max(both):.2f})"
     )
     lines.append(
         f"  hand-off: a session's requests to node B while node A owns it, median of 40: "

@@ -16,6 +16,8 @@ import httpx
 from tests.support.redis_server import free_port, stop_process, wait_listening
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Runs a node as a batch process, every thread of it (docs/deploy/workers.md).
+BATCH = ("chrt", "--batch", "0")
 
 
 class Node:
@@ -24,7 +26,8 @@ class Node:
     With ``workers > 1`` it is ``uvicorn --workers N``: N worker processes share the port,
     under a supervisor (``process``) that restarts a worker that dies. With
     ``gunicorn_preload``, the supervisor is ``gunicorn --preload`` with uvicorn's worker
-    class: it imports the app once, then forks the workers (and any worker it restarts)."""
+    class: it imports the app once, then forks the workers (and any worker it restarts).
+    ``wrapper``: a command the server runs under (``BATCH``: ``chrt --batch 0``)."""
 
     def __init__(
         self,
@@ -33,8 +36,10 @@ class Node:
         *,
         workers: int = 1,
         gunicorn_preload: bool = False,
+        wrapper: tuple[str, ...] = (),
     ) -> None:
         self.app = app
+        self.wrapper = wrapper
         self.env = env or {}
         self.workers = workers
         self.gunicorn_preload = gunicorn_preload
@@ -78,6 +83,9 @@ class Node:
         return self
 
     def _command(self) -> list[str]:
+        return [*self.wrapper, *self._server()]
+
+    def _server(self) -> list[str]:
         if self.gunicorn_preload:
             return [
                 *(sys.executable, "-m", "gunicorn", self.app, "--preload"),

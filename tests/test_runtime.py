@@ -1,6 +1,7 @@
 """The core's I/O threads are batch threads on Linux (``src/runtime.rs``): their wake-ups
 do not preempt the event loop. ``MCP_DB_IO_SCHED=normal`` keeps the system's default, and
-any other value is refused with a clear error."""
+any other value is refused with a clear error. The recipe for several workers on one busy
+host, every thread a batch thread (``chrt --batch 0``, docs/deploy/workers.md), serves."""
 
 from __future__ import annotations
 
@@ -8,8 +9,11 @@ import os
 import subprocess
 import sys
 
+import anyio
 import pytest
 
+from tests._client import client_session, result_text
+from tests._nodes import BATCH, Node
 from tests.support.redis_server import RedisServer
 
 # The core's runtime, not the SDK: see tests/conftest.py.
@@ -66,3 +70,33 @@ def test_an_unknown_policy_is_refused(redis_server: RedisServer) -> None:
     done = run(redis_server, MCP_DB_IO_SCHED="fifo")
     assert done.returncode != 0
     assert "MCP_DB_IO_SCHED must be 'batch' or 'normal', not \"fifo\"" in done.stderr
+
+
+def test_workers_under_chrt_batch_serve_one_session_across_them(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """``chrt --batch 0 uvicorn --workers 3``: one session's requests, each on a connection
+    of its own, spread over the workers and are relayed among them; every thread of every
+    worker (the event loop, the core's I/O thread, the SDK's worker threads) is a batch
+    thread, and so is the supervisor."""
+    env = {"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
+    node = Node(env=env, workers=3, wrapper=BATCH).start()
+    try:
+        workers = node.worker_pids()
+
+        async def calls() -> None:
+            async with client_session(node.url, fresh_connections=True) as session:
+                for i in range(9):
+                    result = await session.call_tool("echo", {"text": f"call {i}"})
+                    assert result_text(result) == f"call {i}"
+
+        anyio.run(calls)
+        assert node.process is not None
+        for pid in (node.process.pid, *workers):
+            threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
+            found = {tid: os.sched_getscheduler(tid) for tid in threads}
+            assert set(found.values()) == {os.SCHED_BATCH}, (pid, found)
+            if pid in workers:
+                assert len(threads) > 2, "the loop, the I/O thread and the SDK's workers"
+    finally:
+        node.stop()
