@@ -11,6 +11,7 @@ import sys
 
 import anyio
 import pytest
+import redis
 
 from tests._client import client_session, result_text
 from tests._nodes import BATCH, Node
@@ -76,7 +77,8 @@ def test_workers_under_chrt_batch_serve_one_session_across_them(
     redis_server: RedisServer, prefix: str
 ) -> None:
     """``chrt --batch 0 uvicorn --workers 3``: one session's requests, each on a connection
-    of its own, spread over the workers and are relayed among them; every thread of every
+    of its own, spread over the workers and are relayed among them (the owner's claim keys
+    show it); every thread of every
     worker (the event loop, the core's I/O thread, the SDK's worker threads) is a batch
     thread, and so is the supervisor."""
     env = {"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
@@ -86,11 +88,15 @@ def test_workers_under_chrt_batch_serve_one_session_across_them(
 
         async def calls() -> None:
             async with client_session(node.url, fresh_connections=True) as session:
-                for i in range(9):
+                for i in range(12):
                     result = await session.call_tool("echo", {"text": f"call {i}"})
                     assert result_text(result) == f"call {i}"
 
         anyio.run(calls)
+        # Each request the owner ran for another worker left its claim key (60 s).
+        client = redis.Redis.from_url(redis_server.url)
+        assert list(client.scan_iter(f"{prefix}:c:*")), "no request was relayed"
+        client.close()
         assert node.process is not None
         for pid in (node.process.pid, *workers):
             threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
