@@ -58,10 +58,15 @@ async def test_one_session_of_each_mounted_server_across_nodes(
     cluster: Cluster, server: str
 ) -> None:
     async with client_session(at(cluster.url, server)) as session:
-        answers = {result_text(await session.call_tool("whoami", {})) for _ in range(6)}
+        ran = [result_text(await session.call_tool("whoami", {})) for _ in range(6)]
         assert result_text(await session.call_tool("echo", {"text": "hi"})) == "hi"
-    (answer,) = answers  # one owner ran every call, whichever node nginx picked
-    assert answer.startswith(f"{server} on "), answer
+    assert all(answer.startswith(f"{server} on ") for answer in ran), ran
+    # One owner at a time ran every call, whichever node nginx picked. The session may move
+    # once: behind round robin its owner hands it to a node that relayed two calls in a row
+    # (the hand-off, docs/deploy/balancers.md; not again within 64 requests), and on a
+    # loaded machine the 2 s lease of tests/servers/mounted.py can lapse (a takeover).
+    owners = [answer for i, answer in enumerate(ran) if i == 0 or ran[i - 1] != answer]
+    assert len(owners) <= 2, ran
     assert len(cluster.served_by()) == 3
 
 
