@@ -86,6 +86,12 @@ def result_text(result: Any) -> str:
     return result.content[0].text
 
 
+def owners_in_turn(answers: list[str]) -> list[str]:
+    """The processes that ran a session's calls, in turn (``whoami`` answers in order,
+    repeats folded): one per move of the session."""
+    return [answer for i, answer in enumerate(answers) if i == 0 or answers[i - 1] != answer]
+
+
 #: Whether this SDK line's client resumes a cut stream by itself (1.2x and 2.x).
 AUTO_RESUME = SDK_MAJOR >= 2 or not _open.__name__.startswith("streamablehttp")
 #: The protocol the client negotiates: 2025-11-25, except on 1.12, which predates it.

@@ -14,7 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from mcp_db._core import key_of
-from tests._client import AUTO_RESUME, PROTOCOL, client_session, result_text, sse_events
+from tests._client import (
+    AUTO_RESUME,
+    PROTOCOL,
+    client_session,
+    owners_in_turn,
+    result_text,
+    sse_events,
+)
 from tests._cluster import Cluster
 from tests._messages import steps_call
 from tests._nodes import Node
@@ -40,11 +47,11 @@ async def test_one_session_is_served_by_every_node(cluster: Cluster, protocol: s
         seen.append(progress)
 
     async with client_session(cluster.url, protocol=protocol) as session:
-        names = set()
+        names: list[str] = []
         for _ in range(6):
             tools = await session.list_tools()
             assert {"steps", "echo", "whoami"} <= {t.name for t in tools.tools}
-            names.add(result_text(await session.call_tool("whoami", {})))
+            names.append(result_text(await session.call_tool("whoami", {})))
             resource = await session.read_resource("note://greeting")
             assert resource.contents[0].text == "hello from a resource"
             prompt = await session.get_prompt("review", {"code": "x = 1"})
@@ -55,9 +62,11 @@ async def test_one_session_is_served_by_every_node(cluster: Cluster, protocol: s
             assert seen == list(range(20))
     client_name = {n.split(" on ")[0] for n in names}
     assert len(client_name) == 1, names
-    # nginx spread the requests over every node; all of them ran on the session's owner.
+    # nginx spread the requests over every node; all of them ran on the session's owner,
+    # one owner at a time: it may move once (a hand-off behind round robin, or a takeover
+    # if its 2 s lease lapses on a loaded machine), never back.
     assert len(cluster.served_by()) == 3
-    assert len({n.split(" on ")[1] for n in names}) == 1, f"one owner ran them all: {names}"
+    assert len(owners_in_turn(names)) <= 2, f"one owner at a time ran them all: {names}"
 
 
 async def test_delete_through_one_node_gives_404_on_every_node(cluster: Cluster) -> None:
