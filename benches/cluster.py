@@ -300,9 +300,9 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
     def median(deployment: Deployment, i: int) -> float:
         return statistics.median(r[i] for r in deployment.runs)
 
-    def ratios(deployment: Deployment, base: Deployment) -> list[float]:
-        """CPU per request against ``base``'s, run by run."""
-        return [r[0] / b[0] for r, b in zip(deployment.runs, base.runs, strict=True)]
+    def ratios(deployment: Deployment, base: Deployment, i: int = 0) -> list[float]:
+        """CPU per request (``i=1``: requests per second) against ``base``'s, run by run."""
+        return [r[i] / b[i] for r, b in zip(deployment.runs, base.runs, strict=True)]
 
     bare, one = _named(deployments, "bare SDK"), _named(deployments, "mcp-db, 1 node")
     lines = [
@@ -327,8 +327,7 @@ async def measure(redis_url: str, redis_pid: int, quick: bool, runs: int) -> lis
             + ", ".join(f"{name} {calls:.2f}x {usec:.1f} us" for name, (calls, usec) in top)
         )
     batch, normal = _named(deployments, "round robin"), _named(deployments, "normal I/O")
-    cpu = [b[0] / n[0] for b, n in zip(batch.runs, normal.runs, strict=True)]
-    rate = [b[1] / n[1] for b, n in zip(batch.runs, normal.runs, strict=True)]
+    cpu, rate = ratios(batch, normal), ratios(batch, normal, 1)
     lines.append(
         "  round robin, the I/O thread a batch thread against the default policy, run by run: "
         f"CPU per request {statistics.median(cpu):.2f}x ({min(cpu):.2f}-{max(cpu):.2f}), "

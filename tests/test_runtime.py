@@ -13,6 +13,7 @@ import anyio
 import pytest
 import redis
 
+from mcp_db._core import key_layout
 from tests._client import client_session, result_text
 from tests._nodes import BATCH, Node
 from tests.support.redis_server import RedisServer
@@ -78,9 +79,8 @@ def test_workers_under_chrt_batch_serve_one_session_across_them(
 ) -> None:
     """``chrt --batch 0 uvicorn --workers 3``: one session's requests, each on a connection
     of its own, spread over the workers and are relayed among them (the owner's claim keys
-    show it); every thread of every
-    worker (the event loop, the core's I/O thread, the SDK's worker threads) is a batch
-    thread, and so is the supervisor."""
+    show it); every thread of every worker (the event loop, the core's I/O thread, the
+    SDK's worker threads) is a batch thread, and so is the supervisor."""
     env = {"MCP_DB_REDIS_URL": redis_server.url, "MCP_DB_PREFIX": prefix, "MCP_DB_MIDDLEWARE": "1"}
     node = Node(env=env, workers=3, wrapper=BATCH).start()
     try:
@@ -94,9 +94,9 @@ def test_workers_under_chrt_batch_serve_one_session_across_them(
 
         anyio.run(calls)
         # Each request the owner ran for another worker left its claim key (60 s).
-        client = redis.Redis.from_url(redis_server.url)
-        assert list(client.scan_iter(f"{prefix}:c:*")), "no request was relayed"
-        client.close()
+        with redis.Redis.from_url(redis_server.url) as client:
+            claims = dict(key_layout(prefix))["claim"]
+            assert list(client.scan_iter(claims)), "no request was relayed"
         assert node.process is not None
         for pid in (node.process.pid, *workers):
             threads = {int(tid) for tid in os.listdir(f"/proc/{pid}/task")}
